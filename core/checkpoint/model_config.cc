@@ -1,0 +1,184 @@
+#include "core/checkpoint/model_config.h"
+
+#include <fstream>
+#include <sstream>
+
+#include "absl/strings/str_cat.h"
+#include "nlohmann/json.hpp"
+
+namespace moemesh::checkpoint {
+namespace {
+
+using nlohmann::json;
+
+// Reads an optional numeric field into `out`; errors if present with the wrong type.
+template <typename T>
+absl::Status ReadNumber(const json& object, const char* key, bool required, T& out,
+                        std::string_view source) {
+  auto it = object.find(key);
+  if (it == object.end() || it->is_null()) {
+    if (required) {
+      return absl::InvalidArgumentError(absl::StrCat(source, ": missing field '", key, "'"));
+    }
+    return absl::OkStatus();
+  }
+  if (!it->is_number()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": field '", key, "' must be a number, got ", it->dump()));
+  }
+  out = it->get<T>();
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int ModelConfig::NumMoeLayers() const {
+  int count = 0;
+  for (int layer = 0; layer < num_hidden_layers; ++layer) count += IsMoeLayer(layer) ? 1 : 0;
+  return count;
+}
+
+absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, std::string_view source) {
+  json root = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
+  if (root.is_discarded() || !root.is_object()) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
+  }
+  const std::string model_type = root.value("model_type", std::string());
+  if (model_type != "deepseek_v3") {
+    return absl::InvalidArgumentError(absl::StrCat(
+        source, ": model_type is '", model_type, "', moemesh serves only 'deepseek_v3'"));
+  }
+  ModelConfig config;
+  struct IntField {
+    const char* key;
+    int* target;
+    bool required;
+  };
+  const IntField int_fields[] = {
+      {"vocab_size", &config.vocab_size, true},
+      {"hidden_size", &config.hidden_size, true},
+      {"intermediate_size", &config.intermediate_size, true},
+      {"moe_intermediate_size", &config.moe_intermediate_size, true},
+      {"num_hidden_layers", &config.num_hidden_layers, true},
+      {"num_nextn_predict_layers", &config.num_nextn_predict_layers, false},
+      {"num_attention_heads", &config.num_attention_heads, true},
+      {"q_lora_rank", &config.q_lora_rank, false},
+      {"kv_lora_rank", &config.kv_lora_rank, true},
+      {"qk_nope_head_dim", &config.qk_nope_head_dim, true},
+      {"qk_rope_head_dim", &config.qk_rope_head_dim, true},
+      {"v_head_dim", &config.v_head_dim, true},
+      {"n_routed_experts", &config.n_routed_experts, true},
+      {"n_shared_experts", &config.n_shared_experts, false},
+      {"num_experts_per_tok", &config.num_experts_per_tok, true},
+      {"n_group", &config.n_group, false},
+      {"topk_group", &config.topk_group, false},
+      {"first_k_dense_replace", &config.first_k_dense_replace, false},
+      {"moe_layer_freq", &config.moe_layer_freq, false},
+      {"max_position_embeddings", &config.max_position_embeddings, false},
+      {"bos_token_id", &config.bos_token_id, false},
+      {"eos_token_id", &config.eos_token_id, false},
+  };
+  for (const IntField& field : int_fields) {
+    if (absl::Status status = ReadNumber(root, field.key, field.required, *field.target, source);
+        !status.ok()) {
+      return status;
+    }
+  }
+  if (auto status = ReadNumber(root, "routed_scaling_factor", false, config.routed_scaling_factor,
+                               source);
+      !status.ok())
+    return status;
+  if (auto status = ReadNumber(root, "rms_norm_eps", false, config.rms_norm_eps, source);
+      !status.ok())
+    return status;
+  if (auto status = ReadNumber(root, "rope_theta", false, config.rope_theta, source); !status.ok())
+    return status;
+  config.norm_topk_prob = root.value("norm_topk_prob", true);
+  config.tie_word_embeddings = root.value("tie_word_embeddings", false);
+  config.scoring_func = root.value("scoring_func", std::string("sigmoid"));
+  config.topk_method = root.value("topk_method", std::string("noaux_tc"));
+  if (config.scoring_func != "sigmoid" && config.scoring_func != "softmax") {
+    return absl::InvalidArgumentError(
+        absl::StrCat(source, ": unsupported scoring_func '", config.scoring_func, "'"));
+  }
+
+  if (auto it = root.find("rope_scaling"); it != root.end() && it->is_object()) {
+    const std::string type = it->value("type", it->value("rope_type", std::string()));
+    if (type != "yarn") {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": rope_scaling type '", type, "' is not supported (only yarn)"));
+    }
+    YarnRopeScaling yarn;
+    for (auto [key, target] : {std::pair{"factor", &yarn.factor},
+                               std::pair{"beta_fast", &yarn.beta_fast},
+                               std::pair{"beta_slow", &yarn.beta_slow},
+                               std::pair{"mscale", &yarn.mscale},
+                               std::pair{"mscale_all_dim", &yarn.mscale_all_dim}}) {
+      if (auto status = ReadNumber(*it, key, false, *target, absl::StrCat(source, " rope_scaling"));
+          !status.ok())
+        return status;
+    }
+    if (auto status = ReadNumber(*it, "original_max_position_embeddings", true,
+                                 yarn.original_max_position_embeddings,
+                                 absl::StrCat(source, " rope_scaling"));
+        !status.ok())
+      return status;
+    config.rope_scaling = yarn;
+  }
+
+  if (auto it = root.find("quantization_config"); it != root.end() && it->is_object()) {
+    const std::string method = it->value("quant_method", std::string());
+    if (method != "fp8") {
+      return absl::InvalidArgumentError(
+          absl::StrCat(source, ": quantization_config.quant_method '", method,
+                       "' is not supported (only fp8)"));
+    }
+    Fp8Quantization quantization;
+    if (auto block = it->find("weight_block_size"); block != it->end()) {
+      if (!block->is_array() || block->size() != 2 || !(*block)[0].is_number_integer() ||
+          !(*block)[1].is_number_integer() || (*block)[0].get<int>() <= 0 ||
+          (*block)[1].get<int>() <= 0) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            source, ": quantization_config.weight_block_size must be two positive integers"));
+      }
+      quantization.block_rows = (*block)[0].get<int>();
+      quantization.block_cols = (*block)[1].get<int>();
+    }
+    config.quantization = quantization;
+  }
+
+  // Consistency checks that would otherwise surface as out-of-bounds reads later.
+  auto require = [&](bool condition, std::string_view what) -> absl::Status {
+    if (condition) return absl::OkStatus();
+    return absl::InvalidArgumentError(absl::StrCat(source, ": ", what));
+  };
+  for (auto status : {
+           require(config.hidden_size > 0 && config.vocab_size > 0 && config.num_hidden_layers > 0,
+                   "hidden_size, vocab_size and num_hidden_layers must be positive"),
+           require(config.num_attention_heads > 0 && config.kv_lora_rank > 0,
+                   "num_attention_heads and kv_lora_rank must be positive"),
+           require(config.qk_rope_head_dim % 2 == 0, "qk_rope_head_dim must be even"),
+           require(config.n_group > 0 && config.n_routed_experts % config.n_group == 0,
+                   "n_routed_experts must be a multiple of n_group"),
+           require(config.topk_group >= 1 && config.topk_group <= config.n_group,
+                   "topk_group must be in [1, n_group]"),
+           require(config.num_experts_per_tok >= 1 &&
+                       config.num_experts_per_tok <=
+                           config.topk_group * (config.n_routed_experts / config.n_group),
+                   "num_experts_per_tok exceeds the experts of the selected groups"),
+           require(config.moe_layer_freq >= 1, "moe_layer_freq must be >= 1"),
+       }) {
+    if (!status.ok()) return status;
+  }
+  return config;
+}
+
+absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) return absl::NotFoundError(absl::StrCat("cannot open ", path));
+  std::stringstream buffer;
+  buffer << file.rdbuf();
+  return ParseModelConfig(buffer.str(), path);
+}
+
+}  // namespace moemesh::checkpoint
