@@ -70,14 +70,40 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
         directory, ": neither model.safetensors.index.json nor model.safetensors exists"));
   }
 
+  const bool has_index = fs::exists(index_path);
   for (const std::string& shard_name : shard_names) {
-    absl::StatusOr<std::unique_ptr<SafetensorsFile>> shard =
-        SafetensorsFile::Open((fs::path(directory) / shard_name).string());
-    if (!shard.ok()) return shard.status();
-    if (!fs::exists(index_path)) {
+    const std::string shard_path = (fs::path(directory) / shard_name).string();
+    absl::StatusOr<std::unique_ptr<SafetensorsFile>> shard = SafetensorsFile::Open(shard_path);
+    if (!shard.ok()) {
+      if (has_index && absl::IsNotFound(shard.status())) {
+        // Name one tensor the index expects there, so the message says what is missing.
+        std::string example;
+        for (const auto& [name, file] : checkpoint->weight_map_) {
+          if (file == shard_name) {
+            example = name;
+            break;
+          }
+        }
+        return absl::NotFoundError(absl::StrCat(shard_path, ": shard listed in ",
+                                                index_path.string(), " (e.g. for tensor '",
+                                                example, "') cannot be opened: ",
+                                                shard.status().message()));
+      }
+      return shard.status();
+    }
+    if (!has_index) {
       for (const auto& [name, info] : (*shard)->tensors()) checkpoint->weight_map_[name] = shard_name;
     }
     checkpoint->shards_[shard_name] = *std::move(shard);
+  }
+  // Every tensor the index lists must be in the shard it names (headers only; cheap).
+  for (const auto& [name, shard_name] : checkpoint->weight_map_) {
+    const SafetensorsFile& shard = *checkpoint->shards_.at(shard_name);
+    if (shard.Find(name) == nullptr) {
+      return absl::NotFoundError(absl::StrCat(shard.path(), ": tensor '", name, "' is listed in ",
+                                              index_path.string(),
+                                              " for this shard but the shard does not contain it"));
+    }
   }
   return checkpoint;
 }
@@ -85,8 +111,9 @@ absl::StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::string& 
 absl::StatusOr<const TensorInfo*> Checkpoint::Find(const std::string& name) const {
   auto it = weight_map_.find(name);
   if (it == weight_map_.end()) {
-    return absl::NotFoundError(absl::StrCat(directory_, ": tensor '", name,
-                                            "' is not listed in model.safetensors.index.json"));
+    return absl::NotFoundError(
+        absl::StrCat((fs::path(directory_) / "model.safetensors.index.json").string(),
+                     ": tensor '", name, "' is not listed in the checkpoint"));
   }
   const SafetensorsFile& shard = *shards_.at(it->second);
   const TensorInfo* info = shard.Find(name);
@@ -131,8 +158,8 @@ absl::StatusOr<std::vector<float>> Checkpoint::ReadFloat(
   if (!info.ok()) return info.status();
   if ((*info)->shape != expected_shape) {
     return absl::InvalidArgumentError(absl::StrCat(
-        ShardOf(name), ": tensor '", name, "' has shape ", ShapeToString((*info)->shape),
-        " but config.json implies ", ShapeToString(expected_shape)));
+        shards_.at(ShardOf(name))->path(), ": tensor '", name, "' has shape ",
+        ShapeToString((*info)->shape), " but config.json implies ", ShapeToString(expected_shape)));
   }
   absl::StatusOr<const uint8_t*> data = ReadRaw(**info, name);
   if (!data.ok()) return data.status();
@@ -149,7 +176,7 @@ absl::StatusOr<WeightMatrix> Checkpoint::ReadWeight(const std::string& prefix, i
   const std::vector<int64_t> expected_shape = {rows, cols};
   if ((*info)->shape != expected_shape) {
     return absl::InvalidArgumentError(absl::StrCat(
-        ShardOf(weight_name), ": tensor '", weight_name, "' has shape ",
+        shards_.at(ShardOf(weight_name))->path(), ": tensor '", weight_name, "' has shape ",
         ShapeToString((*info)->shape), " but config.json implies ", ShapeToString(expected_shape)));
   }
   WeightMatrix matrix;

@@ -34,7 +34,7 @@ const std::array<float, 256>& Fp8Table() {
 
 }  // namespace
 
-absl::StatusOr<DType> ParseDType(std::string_view name) {
+absl::StatusOr<DType> ParseDType(absl::string_view name) {
   if (name == "F8_E4M3") return DType::kF8E4M3;
   if (name == "BF16") return DType::kBF16;
   if (name == "F16") return DType::kF16;
@@ -42,7 +42,7 @@ absl::StatusOr<DType> ParseDType(std::string_view name) {
   return absl::InvalidArgumentError(absl::StrCat("unknown dtype '", name, "'"));
 }
 
-std::string_view DTypeName(DType dtype) {
+absl::string_view DTypeName(DType dtype) {
   switch (dtype) {
     case DType::kF8E4M3: return "F8_E4M3";
     case DType::kBF16: return "BF16";
@@ -67,20 +67,20 @@ float Fp8E4M3ToFloat(uint8_t bits) { return Fp8Table()[bits]; }
 uint8_t FloatToFp8E4M3(float value) {
   if (std::isnan(value)) return 0x7F;
   const uint8_t sign = std::signbit(value) ? 0x80 : 0x00;
-  float magnitude = std::fabs(value);
+  const float magnitude = std::fabs(value);
   if (magnitude >= 448.0f) return sign | 0x7E;  // saturate at the largest finite value
-  // Search the 127 non-negative finite codes for the nearest; ties go to the even code.
-  const auto& table = Fp8Table();
-  int best = 0;
-  float best_error = magnitude;
-  for (int code = 1; code <= 0x7E; ++code) {
-    const float error = std::fabs(table[code] - magnitude);
-    if (error < best_error || (error == best_error && (code % 2) == 0)) {
-      best = code;
-      best_error = error;
-    }
+  if (magnitude < 0.015625f) {
+    // Subnormal range (below 2^-6): codes 0..8 step 2^-9; code 8 is the smallest normal, 2^-6.
+    // magnitude * 512 is exact and at most 8; lrint rounds half to even.
+    return sign | static_cast<uint8_t>(std::lrint(magnitude * 512.0f));
   }
-  return sign | static_cast<uint8_t>(best);
+  // Normal range: round the float32 mantissa to 3 bits, half to even; a carry moves into the
+  // exponent as it should. The float32 exponent bias 127 becomes e4m3's 7.
+  uint32_t bits;
+  std::memcpy(&bits, &magnitude, sizeof(bits));
+  const uint32_t rounded = bits + 0x7FFFFu + ((bits >> 20) & 1u);
+  const uint32_t code = (rounded >> 20) - (120u << 3);
+  return sign | static_cast<uint8_t>(code > 0x7E ? 0x7E : code);
 }
 
 uint16_t FloatToBFloat16(float value) {

@@ -4,7 +4,7 @@
 #include <cstdint>
 #include <cstring>
 #include <string>
-#include <string_view>
+#include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
 
@@ -16,8 +16,8 @@ enum class DType { kF8E4M3, kBF16, kF16, kF32 };
 
 // Parses the safetensors dtype string ("F8_E4M3", "BF16", "F16", "F32").
 // Errors: InvalidArgument naming the unknown string.
-absl::StatusOr<DType> ParseDType(std::string_view name);
-std::string_view DTypeName(DType dtype);
+absl::StatusOr<DType> ParseDType(absl::string_view name);
+absl::string_view DTypeName(DType dtype);
 // Bytes per element (1, 2, 2, 4).
 int DTypeSize(DType dtype);
 

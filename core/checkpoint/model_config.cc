@@ -14,7 +14,7 @@ using nlohmann::json;
 // Reads an optional numeric field into `out`; errors if present with the wrong type.
 template <typename T>
 absl::Status ReadNumber(const json& object, const char* key, bool required, T& out,
-                        std::string_view source) {
+                        absl::string_view source) {
   auto it = object.find(key);
   if (it == object.end() || it->is_null()) {
     if (required) {
@@ -38,7 +38,7 @@ int ModelConfig::NumMoeLayers() const {
   return count;
 }
 
-absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, std::string_view source) {
+absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::string_view source) {
   json root = json::parse(json_text, nullptr, /*allow_exceptions=*/false);
   if (root.is_discarded() || !root.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
@@ -148,7 +148,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, std::st
   }
 
   // Consistency checks that would otherwise surface as out-of-bounds reads later.
-  auto require = [&](bool condition, std::string_view what) -> absl::Status {
+  auto require = [&](bool condition, absl::string_view what) -> absl::Status {
     if (condition) return absl::OkStatus();
     return absl::InvalidArgumentError(absl::StrCat(source, ": ", what));
   };

@@ -4,7 +4,7 @@
 #include <array>
 #include <optional>
 #include <string>
-#include <string_view>
+#include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
 
@@ -72,7 +72,7 @@ struct ModelConfig {
 
 // Parses config.json text. Errors: InvalidArgument naming the missing or ill-typed field, or a
 // model_type other than deepseek_v3; `source` (a path) prefixes every message.
-absl::StatusOr<ModelConfig> ParseModelConfig(std::string_view json_text, std::string_view source);
+absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::string_view source);
 // Reads and parses `path`.
 absl::StatusOr<ModelConfig> LoadModelConfig(const std::string& path);
 

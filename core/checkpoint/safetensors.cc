@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "core/checkpoint/checkpoint.h"
 #include "nlohmann/json.hpp"
 
 namespace moemesh::checkpoint {
@@ -65,9 +66,11 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     return absl::DataLossError(absl::StrCat(path, ": header is not a JSON object"));
   }
 
+  // First every entry on its own (dtype, shape, offsets well formed and consistent), then the
+  // ranges in data order, so that a truncated file names the first tensor it cuts short.
   for (auto& [name, entry] : header.items()) {
     if (name == "__metadata__") continue;
-    auto fail = [&](std::string_view what) {
+    auto fail = [&](absl::string_view what) {
       return absl::DataLossError(absl::StrCat(path, ": tensor '", name, "': ", what));
     };
     if (!entry.is_object()) return fail("header entry is not an object");
@@ -85,40 +88,57 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
     TensorInfo info;
     info.name = name;
     info.dtype = *dtype;
+    // No real tensor has 2^62 elements; rejecting that bound keeps the byte count from wrapping.
+    uint64_t elements = 1;
+    constexpr uint64_t kLimit = uint64_t{1} << 62;
     for (const auto& dim : *shape_it) {
       if (!dim.is_number_unsigned()) return fail("shape entries must be non-negative integers");
-      info.shape.push_back(dim.get<int64_t>());
+      const uint64_t size = dim.get<uint64_t>();
+      if (size != 0 && elements > kLimit / size) return fail("shape is impossibly large");
+      elements *= size;
+      info.shape.push_back(static_cast<int64_t>(size));
     }
     const uint64_t begin = (*offsets_it)[0].get<uint64_t>();
     const uint64_t end = (*offsets_it)[1].get<uint64_t>();
-    if (begin > end || end > data_size) {
-      return fail(absl::StrCat("data_offsets [", begin, ", ", end,
-                               ") lie outside the data section of ", data_size,
-                               " bytes (the file is truncated or the header is corrupt)"));
+    if (begin > end) {
+      return fail(absl::StrCat("data_offsets [", begin, ", ", end, ") are reversed"));
     }
-    const uint64_t expected_bytes =
-        static_cast<uint64_t>(info.NumElements()) * static_cast<uint64_t>(DTypeSize(info.dtype));
+    const uint64_t expected_bytes = elements * static_cast<uint64_t>(DTypeSize(info.dtype));
     if (end - begin != expected_bytes) {
       return fail(absl::StrCat("shape ", ShapeToString(info.shape), " of ", DTypeName(info.dtype),
                                " needs ", expected_bytes, " bytes but data_offsets span ",
                                end - begin));
     }
-    info.data_begin = data_start + begin;
-    info.data_end = data_start + end;
+    // Relative offsets for now; made absolute once every range is checked.
+    info.data_begin = begin;
+    info.data_end = end;
     file->tensors_.emplace(name, std::move(info));
   }
 
-  std::vector<const TensorInfo*> by_offset;
-  for (const auto& [name, info] : file->tensors_) by_offset.push_back(&info);
+  std::vector<TensorInfo*> by_offset;
+  for (auto& [name, info] : file->tensors_) by_offset.push_back(&info);
   std::sort(by_offset.begin(), by_offset.end(), [](const TensorInfo* a, const TensorInfo* b) {
-    return a->data_begin < b->data_begin;
+    return a->data_begin != b->data_begin ? a->data_begin < b->data_begin
+                                          : a->data_end < b->data_end;
   });
-  for (size_t i = 1; i < by_offset.size(); ++i) {
-    if (by_offset[i]->data_begin < by_offset[i - 1]->data_end) {
-      return absl::DataLossError(absl::StrCat(path, ": tensor '", by_offset[i]->name,
-                                              "' overlaps tensor '", by_offset[i - 1]->name,
-                                              "' in the data section"));
+  for (size_t i = 0; i < by_offset.size(); ++i) {
+    const TensorInfo& info = *by_offset[i];
+    if (info.data_end > data_size) {
+      return absl::DataLossError(absl::StrCat(
+          path, ": tensor '", info.name, "': data_offsets [", info.data_begin, ", ",
+          info.data_end, ") run past the end of the data section (", data_size,
+          " bytes): the file is truncated or the header is corrupt"));
     }
+    if (i > 0 && info.data_begin < by_offset[i - 1]->data_end) {
+      return absl::DataLossError(absl::StrCat(
+          path, ": tensor '", info.name, "' (data_offsets [", info.data_begin, ", ",
+          info.data_end, ")) overlaps tensor '", by_offset[i - 1]->name, "' (data_offsets [",
+          by_offset[i - 1]->data_begin, ", ", by_offset[i - 1]->data_end, "))"));
+    }
+  }
+  for (TensorInfo* info : by_offset) {
+    info->data_begin += data_start;
+    info->data_end += data_start;
   }
   return file;
 }

@@ -1,0 +1,94 @@
+// `moemesh make-checkpoint --preset NAME --seed S [--shard-bytes N] [--tokenizer-from DIR] OUT_DIR`
+// Writes a random DeepSeek-V3-shaped FP8 checkpoint (see core/checkpoint/synthetic_checkpoint.h).
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <system_error>
+
+#include "absl/strings/str_join.h"
+#include "core/checkpoint/synthetic_checkpoint.h"
+#include "tools/moemesh/arguments.h"
+#include "tools/moemesh/commands.h"
+
+namespace moemesh::cli {
+namespace {
+
+constexpr char kUsage[] =
+    "usage: moemesh make-checkpoint --preset NAME [--seed S] [--shard-bytes N]\n"
+    "                               [--tokenizer-from DIR] OUT_DIR\n"
+    "  --preset          model shape: %s\n"
+    "  --seed            random seed (default 0); the same seed writes the same bytes\n"
+    "  --shard-bytes     data bytes per shard before a new one starts (default: per preset)\n"
+    "  --tokenizer-from  copy tokenizer.json and tokenizer_config.json from DIR\n"
+    "OUT_DIR must not exist or be empty.\n";
+
+void PrintUsage(FILE* out) {
+  std::fprintf(out, kUsage, absl::StrJoin(checkpoint::CheckpointPresetNames(), ", ").c_str());
+}
+
+}  // namespace
+
+int RunMakeCheckpoint(const Arguments& arguments) {
+  namespace fs = std::filesystem;
+  absl::StatusOr<ParsedArguments> parsed = ParseArguments(
+      arguments, {{"preset"}, {"seed"}, {"shard-bytes"}, {"tokenizer-from"}, {"help", true}});
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "make-checkpoint: %s\n", std::string(parsed.status().message()).c_str());
+    PrintUsage(stderr);
+    return 2;
+  }
+  if (parsed->Has("help")) {
+    PrintUsage(stdout);
+    return 0;
+  }
+  if (!parsed->Has("preset") || parsed->positionals().size() != 1) {
+    PrintUsage(stderr);
+    return 2;
+  }
+  absl::StatusOr<checkpoint::CheckpointPreset> preset =
+      checkpoint::FindCheckpointPreset(*parsed->Get("preset"));
+  absl::StatusOr<int64_t> seed = parsed->GetInt("seed", 0);
+  absl::StatusOr<int64_t> shard_bytes =
+      preset.ok() ? parsed->GetInt("shard-bytes", static_cast<int64_t>(preset->default_shard_bytes))
+                  : absl::StatusOr<int64_t>(0);
+  for (const absl::Status& status : {preset.status(), seed.status(), shard_bytes.status()}) {
+    if (!status.ok()) {
+      std::fprintf(stderr, "make-checkpoint: %s\n", std::string(status.message()).c_str());
+      return 2;
+    }
+  }
+  if (*shard_bytes <= 0 || *seed < 0) {
+    std::fprintf(stderr, "make-checkpoint: --shard-bytes must be positive, --seed non-negative\n");
+    return 2;
+  }
+  const std::string out_dir = parsed->positionals()[0];
+  const auto start = std::chrono::steady_clock::now();
+  if (absl::Status status = checkpoint::WriteRandomCheckpoint(
+          preset->config, static_cast<uint64_t>(*seed), static_cast<uint64_t>(*shard_bytes),
+          out_dir);
+      !status.ok()) {
+    std::fprintf(stderr, "make-checkpoint: %s\n", std::string(status.message()).c_str());
+    return 1;
+  }
+  if (std::optional<std::string> from = parsed->Get("tokenizer-from")) {
+    for (const char* file : {"tokenizer.json", "tokenizer_config.json"}) {
+      std::error_code error;
+      fs::copy_file(fs::path(*from) / file, fs::path(out_dir) / file,
+                    fs::copy_options::overwrite_existing, error);
+      if (error) {
+        std::fprintf(stderr, "make-checkpoint: cannot copy %s from %s: %s\n", file,
+                     from->c_str(), error.message().c_str());
+        return 1;
+      }
+    }
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::fprintf(stderr, "make-checkpoint: wrote preset '%s' (%llu data bytes) to %s in %.1f s\n",
+               preset->name.c_str(),
+               static_cast<unsigned long long>(checkpoint::CheckpointDataBytes(preset->config)),
+               out_dir.c_str(), seconds);
+  return 0;
+}
+
+}  // namespace moemesh::cli
