@@ -1,0 +1,90 @@
+// DeepSeek-V3's main model in float32 on the CPU: embedding, per layer RMSNorm + MLA (absorbed,
+// latent KV cache) and dense MLP or MoE (gate, routed experts via RoutedExperts, shared expert),
+// final norm and lm_head (DeepSeek-V3 inference/model.py Transformer/Block/MLA/MoE/Gate).
+//
+// A forward step takes several sequences at once, each with any number of new tokens (prefill
+// chunk or one decode token) at its own position; their rows are concatenated.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/checkpoint/checkpoint.h"
+#include "core/model/latent_cache.h"
+#include "core/model/model_weights.h"
+#include "core/model/rope.h"
+#include "core/model/routed_experts.h"
+
+namespace moemesh::model {
+
+// One sequence's share of a step: `tokens` go at positions cache->length(), ... .
+struct SequenceStep {
+  LatentCache* cache = nullptr;
+  std::span<const int32_t> tokens;
+};
+
+// Row layout of a step: sequence i owns rows [row_begin[i], row_begin[i] + row_count[i]).
+struct StepLayout {
+  std::vector<LatentCache*> caches;
+  std::vector<int64_t> row_begin;
+  std::vector<int64_t> row_count;
+  std::vector<int64_t> start_position;  // cache length before the step
+  int64_t total_rows = 0;
+  static StepLayout From(std::span<const SequenceStep> steps);
+};
+
+// Optional record of a step's intermediate values (tests compare them with the goldens).
+struct ForwardTrace {
+  std::vector<std::vector<float>> layer_outputs;  // [layer][rows * hidden], after each block
+  std::vector<std::pair<int, GateDecision>> gates;  // (layer, decision) per MoE layer
+};
+
+class DeepseekModel {
+ public:
+  // Loads every tensor but the routed experts. Errors name the file and tensor at fault.
+  static absl::StatusOr<std::unique_ptr<DeepseekModel>> Load(checkpoint::Checkpoint& checkpoint);
+
+  const checkpoint::ModelConfig& config() const { return config_; }
+  // A new, empty latent cache for one sequence.
+  LatentCache NewCache() const;
+
+  // Runs one step. Returns logits [steps.size(), vocab]: for each sequence, at its last new token
+  // (or, with `all_positions`, [total_rows, vocab] for every new token). Appends to each cache.
+  // Errors: token ids out of range, or a RoutedExperts failure (caches are rolled back then).
+  absl::StatusOr<std::vector<float>> Forward(std::span<const SequenceStep> steps,
+                                             RoutedExperts& routed_experts,
+                                             ForwardTrace* trace = nullptr,
+                                             bool all_positions = false);
+
+  // --- The pieces Forward is made of, for callers that schedule layers themselves. ---
+  // hidden [rows, hidden] = embed_tokens[tokens]. Errors: an id outside [0, vocab).
+  absl::Status Embed(std::span<const int32_t> tokens, float* hidden) const;
+  // hidden += MLA(attn_norm(hidden)) for `layer`, appending the step's latents to the caches.
+  void AttentionBlock(int layer, const StepLayout& layout, float* hidden) const;
+  // normed [rows, hidden] = ffn_norm(hidden) of `layer`.
+  void FeedForwardNorm(int layer, const float* hidden, int64_t rows, float* normed) const;
+  // The MoE gate of `layer` on normed rows (model.py Gate, noaux_tc): sigmoid scores, bias added
+  // for the choice only, top topk_group groups by the sum of each group's two best biased
+  // scores, top-k experts among them, weights = unbiased scores normalised times
+  // routed_scaling_factor.
+  GateDecision Gate(int layer, const float* normed, int64_t rows) const;
+  // out [rows, hidden] = dense MLP (non-MoE layer) or shared expert (MoE layer) of `layer`.
+  void DenseFeedForward(int layer, const float* normed, int64_t rows, float* out) const;
+  // logits [rows, vocab] = lm_head(norm(hidden)) for the given rows of hidden (stride hidden).
+  void Logits(const float* hidden, int64_t rows, float* logits) const;
+
+  const DenseWeights& weights() const { return weights_; }
+
+ private:
+  DeepseekModel(const checkpoint::ModelConfig& config, DenseWeights weights)
+      : config_(config), weights_(std::move(weights)), rope_(config) {}
+
+  checkpoint::ModelConfig config_;
+  DenseWeights weights_;
+  RotaryEmbedding rope_;
+};
+
+}  // namespace moemesh::model

@@ -1,0 +1,56 @@
+// A set of routed experts held in this process and the SwiGLU FFN that runs them. In
+// single-process mode it holds every expert; an expert node holds its placement's share.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/checkpoint/checkpoint.h"
+#include "core/model/model_weights.h"
+#include "core/model/routed_experts.h"
+
+namespace moemesh::model {
+
+// (layer, logical expert id).
+using ExpertKey = std::pair<int, int>;
+
+class ExpertShard : public RoutedExperts {
+ public:
+  // Loads the listed experts (only their tensors' bytes are read).
+  static absl::StatusOr<std::unique_ptr<ExpertShard>> Load(checkpoint::Checkpoint& checkpoint,
+                                                           const std::vector<ExpertKey>& experts);
+  // Every routed expert of every MoE layer.
+  static absl::StatusOr<std::unique_ptr<ExpertShard>> LoadAll(checkpoint::Checkpoint& checkpoint);
+
+  bool Holds(int layer, int expert) const { return experts_.count({layer, expert}) > 0; }
+  std::vector<ExpertKey> HeldExperts() const;
+  int hidden_size() const { return hidden_size_; }
+  int64_t StorageBytes() const;
+
+  // RoutedExperts: sums over all top-k experts of each row; every one must be held here.
+  absl::Status Compute(int layer, const float* hidden, int64_t rows, const GateDecision& decision,
+                       float* out) override;
+
+  // The partial sum over the experts this shard holds: out[r] = sum over k with experts[r, k]
+  // held here of weight[r, k] * expert(hidden[r]), experts added in ascending id order (model.py
+  // MoE order). `out` [rows, hidden_size] is overwritten. Experts not held are skipped: the
+  // caller decides which rows go where. Errors: InvalidArgument for an expert id out of range.
+  absl::Status ComputePartial(int layer, const float* hidden, int64_t rows,
+                              const GateDecision& decision, float* out) const;
+
+ private:
+  ExpertShard(int hidden_size, int num_experts)
+      : hidden_size_(hidden_size), num_experts_(num_experts) {}
+  int hidden_size_;
+  int num_experts_;
+  std::map<ExpertKey, FeedForwardWeights> experts_;
+};
+
+// out[rows, hidden] = down(silu(gate(x)) * up(x)) for x [rows, hidden] (model.py MLP/Expert).
+void SwiGluFeedForward(const FeedForwardWeights& weights, const float* x, int64_t rows, float* out);
+
+}  // namespace moemesh::model
