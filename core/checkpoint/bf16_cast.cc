@@ -92,8 +92,8 @@ absl::Status ConvertCheckpointToBf16(const std::string& input_directory,
               shard_path, ": tensor '", name, "' is F8_E4M3 but not a 2-D linear '.weight'"));
         }
         const std::string prefix = name.substr(0, name.size() - 7);
-        absl::StatusOr<WeightMatrix> weight = (*checkpoint)->ReadWeight(
-            prefix, info->shape[0], info->shape[1], /*dequantize=*/true);
+        absl::StatusOr<WeightMatrix> weight =
+            (*checkpoint)->ReadWeight(prefix, info->shape[0], info->shape[1], /*dequantize=*/true);
         if (!weight.ok()) return weight.status();
         tensor.dtype = DType::kBF16;
         tensor.data = ToBF16Bytes(weight->values.data(), info->NumElements());
@@ -104,15 +104,15 @@ absl::Status ConvertCheckpointToBf16(const std::string& input_directory,
           return absl::NotFoundError(absl::StrCat(shard_path, ": tensor '", name, "' missing"));
         }
         tensor.dtype = local->dtype;
-        tensor.data.assign(file.Data(*local), file.Data(*local) + (local->data_end -
-                                                                     local->data_begin));
+        tensor.data.assign(file.Data(*local),
+                           file.Data(*local) + (local->data_end - local->data_begin));
       }
       total_size += tensor.data.size();
       weight_map[name] = shard_name;
       tensors.push_back(std::move(tensor));
     }
-    if (absl::Status status = WriteSafetensorsFile(
-            (fs::path(output_directory) / shard_name).string(), tensors);
+    if (absl::Status status =
+            WriteSafetensorsFile((fs::path(output_directory) / shard_name).string(), tensors);
         !status.ok()) {
       return status;
     }
@@ -121,9 +121,9 @@ absl::Status ConvertCheckpointToBf16(const std::string& input_directory,
       !status.ok()) {
     return status;
   }
-  if (absl::Status status = WriteConfigWithoutQuantization(
-          (fs::path(input_directory) / "config.json").string(),
-          (fs::path(output_directory) / "config.json").string());
+  if (absl::Status status =
+          WriteConfigWithoutQuantization((fs::path(input_directory) / "config.json").string(),
+                                         (fs::path(output_directory) / "config.json").string());
       !status.ok()) {
     return status;
   }

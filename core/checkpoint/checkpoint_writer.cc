@@ -21,9 +21,8 @@ absl::Status CheckTensor(const TensorBytes& tensor) {
   uint64_t elements = 1;
   for (int64_t dim : tensor.shape) {
     if (dim < 0) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("tensor '", tensor.name, "': negative dimension in ",
-                       ShapeToString(tensor.shape)));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensor '", tensor.name, "': negative dimension in ", ShapeToString(tensor.shape)));
     }
     elements *= static_cast<uint64_t>(dim);
   }
@@ -80,8 +79,8 @@ absl::Status WriteSafetensorsFile(const std::string& path,
   return absl::OkStatus();
 }
 
-Fp8BlockQuantized QuantizeFp8Block(const float* values, int64_t rows, int64_t cols,
-                                   int block_rows, int block_cols) {
+Fp8BlockQuantized QuantizeFp8Block(const float* values, int64_t rows, int64_t cols, int block_rows,
+                                   int block_cols) {
   const int64_t scale_rows = (rows + block_rows - 1) / block_rows;
   const int64_t scale_cols = (cols + block_cols - 1) / block_cols;
   Fp8BlockQuantized result;
@@ -186,18 +185,19 @@ absl::Status CheckpointWriter::AddF32(const std::string& name, std::vector<int64
   return Add(TensorBytes{name, DType::kF32, std::move(shape), ToF32Bytes(values, count)});
 }
 
-absl::Status CheckpointWriter::AddFp8Linear(const std::string& prefix, int64_t rows,
-                                            int64_t cols, const float* values, int block_rows,
-                                            int block_cols) {
+absl::Status CheckpointWriter::AddFp8Linear(const std::string& prefix, int64_t rows, int64_t cols,
+                                            const float* values, int block_rows, int block_cols) {
   Fp8BlockQuantized quantized = QuantizeFp8Block(values, rows, cols, block_rows, block_cols);
   const int64_t scale_rows = (rows + block_rows - 1) / block_rows;
   const int64_t scale_cols = (cols + block_cols - 1) / block_cols;
-  if (absl::Status status = Add(TensorBytes{prefix + ".weight", DType::kF8E4M3, {rows, cols},
-                                            std::move(quantized.codes)});
+  if (absl::Status status = Add(TensorBytes{
+          prefix + ".weight", DType::kF8E4M3, {rows, cols}, std::move(quantized.codes)});
       !status.ok()) {
     return status;
   }
-  return Add(TensorBytes{prefix + ".weight_scale_inv", DType::kF32, {scale_rows, scale_cols},
+  return Add(TensorBytes{prefix + ".weight_scale_inv",
+                         DType::kF32,
+                         {scale_rows, scale_cols},
                          ToF32Bytes(quantized.scales.data(), scale_rows * scale_cols)});
 }
 
@@ -248,10 +248,9 @@ nlohmann::ordered_json ModelConfigToJson(const ModelConfig& config) {
   json["architectures"] = {"DeepseekV3ForCausalLM"};
   json["attention_bias"] = false;
   json["attention_dropout"] = 0.0;
-  json["auto_map"] = {
-      {"AutoConfig", "configuration_deepseek.DeepseekV3Config"},
-      {"AutoModel", "modeling_deepseek.DeepseekV3Model"},
-      {"AutoModelForCausalLM", "modeling_deepseek.DeepseekV3ForCausalLM"}};
+  json["auto_map"] = {{"AutoConfig", "configuration_deepseek.DeepseekV3Config"},
+                      {"AutoModel", "modeling_deepseek.DeepseekV3Model"},
+                      {"AutoModelForCausalLM", "modeling_deepseek.DeepseekV3ForCausalLM"}};
   json["aux_loss_alpha"] = 0.001;
   json["bos_token_id"] = config.bos_token_id;
   json["eos_token_id"] = config.eos_token_id;
@@ -285,14 +284,14 @@ nlohmann::ordered_json ModelConfigToJson(const ModelConfig& config) {
   json["rms_norm_eps"] = config.rms_norm_eps;
   if (config.rope_scaling.has_value()) {
     const YarnRopeScaling& yarn = *config.rope_scaling;
-    json["rope_scaling"] = {{"beta_fast", yarn.beta_fast},
-                            {"beta_slow", yarn.beta_slow},
-                            {"factor", yarn.factor},
-                            {"mscale", yarn.mscale},
-                            {"mscale_all_dim", yarn.mscale_all_dim},
-                            {"original_max_position_embeddings",
-                             yarn.original_max_position_embeddings},
-                            {"type", "yarn"}};
+    json["rope_scaling"] = {
+        {"beta_fast", yarn.beta_fast},
+        {"beta_slow", yarn.beta_slow},
+        {"factor", yarn.factor},
+        {"mscale", yarn.mscale},
+        {"mscale_all_dim", yarn.mscale_all_dim},
+        {"original_max_position_embeddings", yarn.original_max_position_embeddings},
+        {"type", "yarn"}};
   } else {
     json["rope_scaling"] = nullptr;
   }

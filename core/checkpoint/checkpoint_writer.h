@@ -94,8 +94,8 @@ class CheckpointWriter {
   std::vector<TensorBytes> pending_;
   uint64_t pending_bytes_ = 0;
   uint64_t total_bytes_ = 0;
-  std::vector<std::string> temp_names_;          // shards written so far, temporary names
-  std::map<std::string, int> tensor_shard_;      // tensor name -> shard number (0-based)
+  std::vector<std::string> temp_names_;      // shards written so far, temporary names
+  std::map<std::string, int> tensor_shard_;  // tensor name -> shard number (0-based)
   std::vector<std::string> shard_names_;
   bool finished_ = false;
 };

@@ -150,18 +150,22 @@ void AddBlock(std::vector<TensorSpec>& specs, const ModelConfig& config, int lay
   AddLinear(specs, attn + ".kv_a_proj_with_mqa", config.kv_lora_rank + config.qk_rope_head_dim,
             hidden, false);
   AddNorm(specs, attn + ".kv_a_layernorm.weight", config.kv_lora_rank);
-  AddLinear(specs, attn + ".kv_b_proj",
-            heads * (config.qk_nope_head_dim + config.v_head_dim), config.kv_lora_rank, false);
+  AddLinear(specs, attn + ".kv_b_proj", heads * (config.qk_nope_head_dim + config.v_head_dim),
+            config.kv_lora_rank, false);
   AddLinear(specs, attn + ".o_proj", hidden, heads * config.v_head_dim, true);
   if (!config.IsMoeLayer(layer)) {
     AddMlp(specs, prefix + ".mlp", hidden, config.intermediate_size);
     return;
   }
   // Gate logits N(0, 2) for a unit-RMS input, as in the fixture: the sigmoid scores spread.
-  specs.push_back({prefix + ".mlp.gate.weight", TensorSpec::Kind::kGateWeight,
-                   {config.n_routed_experts, hidden}, 2.0f / std::sqrt(static_cast<float>(hidden))});
-  specs.push_back({prefix + ".mlp.gate.e_score_correction_bias", TensorSpec::Kind::kGateBias,
-                   {config.n_routed_experts}, 0.1f});
+  specs.push_back({prefix + ".mlp.gate.weight",
+                   TensorSpec::Kind::kGateWeight,
+                   {config.n_routed_experts, hidden},
+                   2.0f / std::sqrt(static_cast<float>(hidden))});
+  specs.push_back({prefix + ".mlp.gate.e_score_correction_bias",
+                   TensorSpec::Kind::kGateBias,
+                   {config.n_routed_experts},
+                   0.1f});
   for (int expert = 0; expert < config.n_routed_experts; ++expert) {
     AddMlp(specs, absl::StrCat(prefix, ".mlp.experts.", expert), hidden,
            config.moe_intermediate_size);
@@ -177,9 +181,8 @@ void AddBlock(std::vector<TensorSpec>& specs, const ModelConfig& config, int lay
 absl::StatusOr<CheckpointPreset> FindCheckpointPreset(absl::string_view name) {
   if (name == "tiny") return CheckpointPreset{"tiny", TinyConfig(), 32ull << 20};
   if (name == "bench") return CheckpointPreset{"bench", BenchConfig(), 256ull << 20};
-  return absl::InvalidArgumentError(absl::StrCat("unknown preset '", name, "' (known: ",
-                                                 absl::StrJoin(CheckpointPresetNames(), ", "),
-                                                 ")"));
+  return absl::InvalidArgumentError(absl::StrCat(
+      "unknown preset '", name, "' (known: ", absl::StrJoin(CheckpointPresetNames(), ", "), ")"));
 }
 
 std::vector<std::string> CheckpointPresetNames() { return {"tiny", "bench"}; }
@@ -189,7 +192,8 @@ std::vector<TensorSpec> CheckpointLayout(const ModelConfig& config) {
   const int64_t hidden = config.hidden_size;
   const int64_t vocab = config.vocab_size;
   const float head_std = 1.0f / std::sqrt(static_cast<float>(hidden));
-  specs.push_back({"model.embed_tokens.weight", TensorSpec::Kind::kEmbedding, {vocab, hidden}, 1.0f});
+  specs.push_back(
+      {"model.embed_tokens.weight", TensorSpec::Kind::kEmbedding, {vocab, hidden}, 1.0f});
   for (int layer = 0; layer < config.num_hidden_layers; ++layer) AddBlock(specs, config, layer);
   for (int mtp = 0; mtp < config.num_nextn_predict_layers; ++mtp) {
     const int layer = config.num_hidden_layers + mtp;
@@ -198,10 +202,12 @@ std::vector<TensorSpec> CheckpointLayout(const ModelConfig& config) {
     AddNorm(specs, prefix + ".hnorm.weight", hidden);
     AddLinear(specs, prefix + ".eh_proj", hidden, 2 * hidden, false);
     AddNorm(specs, prefix + ".shared_head.norm.weight", hidden);
-    specs.push_back({prefix + ".shared_head.head.weight", TensorSpec::Kind::kEmbedding,
-                     {vocab, hidden}, head_std});
-    specs.push_back({prefix + ".embed_tokens.weight", TensorSpec::Kind::kEmbedding,
-                     {vocab, hidden}, 1.0f});
+    specs.push_back({prefix + ".shared_head.head.weight",
+                     TensorSpec::Kind::kEmbedding,
+                     {vocab, hidden},
+                     head_std});
+    specs.push_back(
+        {prefix + ".embed_tokens.weight", TensorSpec::Kind::kEmbedding, {vocab, hidden}, 1.0f});
     AddBlock(specs, config, layer);
   }
   AddNorm(specs, "model.norm.weight", hidden);
@@ -233,8 +239,8 @@ uint64_t CheckpointDataBytes(const ModelConfig& config) {
   return total;
 }
 
-absl::Status WriteRandomCheckpoint(const ModelConfig& config, uint64_t seed,
-                                   uint64_t shard_bytes, const std::string& directory) {
+absl::Status WriteRandomCheckpoint(const ModelConfig& config, uint64_t seed, uint64_t shard_bytes,
+                                   const std::string& directory) {
   absl::StatusOr<std::unique_ptr<CheckpointWriter>> writer =
       CheckpointWriter::Create(directory, shard_bytes);
   if (!writer.ok()) return writer.status();

@@ -6,11 +6,11 @@
 
 #include <cstdint>
 #include <string>
-#include "absl/strings/string_view.h"
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "core/checkpoint/model_config.h"
 
 namespace moemesh::checkpoint {
@@ -56,7 +56,7 @@ uint64_t CheckpointDataBytes(const ModelConfig& config);
 // (must not exist or be empty): shards of at most `shard_bytes` data, index, config.json and
 // generation_config.json. Each tensor is drawn from std::mt19937_64 seeded with `seed` and the
 // tensor's name, so the bytes depend only on (config, seed, shard_bytes).
-absl::Status WriteRandomCheckpoint(const ModelConfig& config, uint64_t seed,
-                                   uint64_t shard_bytes, const std::string& directory);
+absl::Status WriteRandomCheckpoint(const ModelConfig& config, uint64_t seed, uint64_t shard_bytes,
+                                   const std::string& directory);
 
 }  // namespace moemesh::checkpoint

@@ -20,20 +20,20 @@ constexpr char kUsage[] =
 int RunConvert(const Arguments& arguments) {
   absl::StatusOr<ParsedArguments> parsed = ParseArguments(arguments, {{"to"}, {"help", true}});
   if (!parsed.ok()) {
-    std::fprintf(stderr, "convert: %s\n%s", std::string(parsed.status().message()).c_str(),
-                 kUsage);
+    std::fprintf(stderr, "convert: %s\n%s", std::string(parsed.status().message()).c_str(), kUsage);
     return 2;
   }
   if (parsed->Has("help")) {
     std::fputs(kUsage, stdout);
     return 0;
   }
-  if (parsed->positionals().size() != 2 || parsed->Get("to") != std::optional<std::string>("bf16")) {
+  if (parsed->positionals().size() != 2 ||
+      parsed->Get("to") != std::optional<std::string>("bf16")) {
     std::fputs(kUsage, stderr);
     return 2;
   }
-  if (absl::Status status = checkpoint::ConvertCheckpointToBf16(parsed->positionals()[0],
-                                                                parsed->positionals()[1]);
+  if (absl::Status status =
+          checkpoint::ConvertCheckpointToBf16(parsed->positionals()[0], parsed->positionals()[1]);
       !status.ok()) {
     std::fprintf(stderr, "convert: %s\n", std::string(status.message()).c_str());
     return 1;

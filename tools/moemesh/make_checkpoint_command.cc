@@ -63,9 +63,9 @@ int RunMakeCheckpoint(const Arguments& arguments) {
   }
   const std::string out_dir = parsed->positionals()[0];
   const auto start = std::chrono::steady_clock::now();
-  if (absl::Status status = checkpoint::WriteRandomCheckpoint(
-          preset->config, static_cast<uint64_t>(*seed), static_cast<uint64_t>(*shard_bytes),
-          out_dir);
+  if (absl::Status status =
+          checkpoint::WriteRandomCheckpoint(preset->config, static_cast<uint64_t>(*seed),
+                                            static_cast<uint64_t>(*shard_bytes), out_dir);
       !status.ok()) {
     std::fprintf(stderr, "make-checkpoint: %s\n", std::string(status.message()).c_str());
     return 1;
@@ -76,8 +76,8 @@ int RunMakeCheckpoint(const Arguments& arguments) {
       fs::copy_file(fs::path(*from) / file, fs::path(out_dir) / file,
                     fs::copy_options::overwrite_existing, error);
       if (error) {
-        std::fprintf(stderr, "make-checkpoint: cannot copy %s from %s: %s\n", file,
-                     from->c_str(), error.message().c_str());
+        std::fprintf(stderr, "make-checkpoint: cannot copy %s from %s: %s\n", file, from->c_str(),
+                     error.message().c_str());
         return 1;
       }
     }

@@ -1,10 +1,11 @@
 // Element conversions: FP8 e4m3fn, BF16, F16 against values worked out by hand and a
 // brute-force nearest-value search.
+#include "core/checkpoint/dtype.h"
+
 #include <cmath>
 #include <cstring>
 #include <random>
 
-#include "core/checkpoint/dtype.h"
 #include "gtest/gtest.h"
 
 namespace moemesh::checkpoint {
@@ -30,12 +31,12 @@ TEST(DTypeTest, ParsesSafetensorsNames) {
 
 TEST(DTypeTest, DecodesFp8E4M3ByHand) {
   EXPECT_EQ(Fp8E4M3ToFloat(0x00), 0.0f);
-  EXPECT_EQ(Fp8E4M3ToFloat(0x38), 1.0f);           // exponent 7 - bias 7, mantissa 0
-  EXPECT_EQ(Fp8E4M3ToFloat(0x3C), 1.5f);           // mantissa 4/8
-  EXPECT_EQ(Fp8E4M3ToFloat(0xC0), -2.0f);          // sign, exponent 8
-  EXPECT_EQ(Fp8E4M3ToFloat(0x7E), 448.0f);         // 2^8 * 1.75, the largest finite
-  EXPECT_EQ(Fp8E4M3ToFloat(0x08), std::ldexp(1.0f, -6));   // smallest normal
-  EXPECT_EQ(Fp8E4M3ToFloat(0x01), std::ldexp(1.0f, -9));   // smallest subnormal
+  EXPECT_EQ(Fp8E4M3ToFloat(0x38), 1.0f);                  // exponent 7 - bias 7, mantissa 0
+  EXPECT_EQ(Fp8E4M3ToFloat(0x3C), 1.5f);                  // mantissa 4/8
+  EXPECT_EQ(Fp8E4M3ToFloat(0xC0), -2.0f);                 // sign, exponent 8
+  EXPECT_EQ(Fp8E4M3ToFloat(0x7E), 448.0f);                // 2^8 * 1.75, the largest finite
+  EXPECT_EQ(Fp8E4M3ToFloat(0x08), std::ldexp(1.0f, -6));  // smallest normal
+  EXPECT_EQ(Fp8E4M3ToFloat(0x01), std::ldexp(1.0f, -9));  // smallest subnormal
   EXPECT_EQ(Fp8E4M3ToFloat(0x07), 7 * std::ldexp(1.0f, -9));
   EXPECT_TRUE(std::isnan(Fp8E4M3ToFloat(0x7F)));
   EXPECT_TRUE(std::isnan(Fp8E4M3ToFloat(0xFF)));

@@ -43,8 +43,8 @@ struct RawTensor {
 };
 
 RawTensor FindRaw(const std::string& name) {
-  const nlohmann::json index = nlohmann::json::parse(
-      ReadFile(kFixtureDir + "/model.safetensors.index.json"));
+  const nlohmann::json index =
+      nlohmann::json::parse(ReadFile(kFixtureDir + "/model.safetensors.index.json"));
   const std::string shard = index["weight_map"][name].get<std::string>();
   RawTensor raw;
   raw.bytes = ReadFile(kFixtureDir + "/" + shard);
@@ -168,8 +168,14 @@ TEST(CheckpointFixtureTest, DequantizesFp8BlocksWithPartialEdges) {
     int64_t rows, cols;
     std::vector<std::pair<int64_t, int64_t>> elements;
   } cases[] = {
-      {"model.layers.0.self_attn.q_b_proj", 192, 96, {{0, 0}, {127, 95}, {128, 0}, {150, 50}, {191, 95}}},
-      {"model.layers.0.mlp.down_proj", 64, 288, {{0, 0}, {10, 127}, {10, 128}, {63, 255}, {10, 270}, {63, 287}}},
+      {"model.layers.0.self_attn.q_b_proj",
+       192,
+       96,
+       {{0, 0}, {127, 95}, {128, 0}, {150, 50}, {191, 95}}},
+      {"model.layers.0.mlp.down_proj",
+       64,
+       288,
+       {{0, 0}, {10, 127}, {10, 128}, {63, 255}, {10, 270}, {63, 287}}},
       {"model.layers.2.mlp.experts.7.down_proj", 64, 160, {{5, 129}, {63, 159}}},
   };
   for (const auto& test_case : cases) {
@@ -241,8 +247,8 @@ TEST(CheckpointFixtureTest, LoadingOneExpertReadsOnlyItsByteRanges) {
       const std::string name = prefix + "." + projection + suffix;
       absl::StatusOr<const TensorInfo*> info = checkpoint->Find(name);
       ASSERT_TRUE(info.ok()) << info.status();
-      expected.insert({kFixtureDir + "/" + checkpoint->ShardOf(name), (*info)->data_begin,
-                       (*info)->data_end});
+      expected.insert(
+          {kFixtureDir + "/" + checkpoint->ShardOf(name), (*info)->data_begin, (*info)->data_end});
       expected_bytes += (*info)->data_end - (*info)->data_begin;
     }
   }

@@ -56,7 +56,8 @@ class MalformedCheckpointTest : public ::testing::Test {
 TEST_F(MalformedCheckpointTest, TruncatedShardNamesFileAndTensor) {
   // Cut the last shard inside its last tensor.
   const nlohmann::json index = Index();
-  const std::string shard = directory_ + "/" + index["weight_map"]["lm_head.weight"].get<std::string>();
+  const std::string shard =
+      directory_ + "/" + index["weight_map"]["lm_head.weight"].get<std::string>();
   const std::string bytes = ReadFile(shard);
   auto [header, data_start] = RawHeader(bytes);
   std::string last;
@@ -87,8 +88,7 @@ TEST_F(MalformedCheckpointTest, HeaderLengthPastEndOfFile) {
   absl::StatusOr<std::unique_ptr<Checkpoint>> checkpoint = Checkpoint::Open(directory_);
   ASSERT_FALSE(checkpoint.ok());
   EXPECT_EQ(checkpoint.status().code(), absl::StatusCode::kDataLoss);
-  EXPECT_THAT(Message(checkpoint.status()),
-              AllOf(HasSubstr(shard), HasSubstr("header length")));
+  EXPECT_THAT(Message(checkpoint.status()), AllOf(HasSubstr(shard), HasSubstr("header length")));
 }
 
 TEST_F(MalformedCheckpointTest, OverlappingDataOffsets) {
@@ -152,8 +152,10 @@ TEST_F(MalformedCheckpointTest, TensorMissingFromIndex) {
   absl::StatusOr<std::unique_ptr<Checkpoint>> checkpoint = Checkpoint::Open(directory_);
   ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
   const ModelConfig& config = (*checkpoint)->config();
-  absl::StatusOr<WeightMatrix> weight = (*checkpoint)->ReadWeight(
-      "model.layers.1.mlp.experts.3.up_proj", config.moe_intermediate_size, config.hidden_size);
+  absl::StatusOr<WeightMatrix> weight =
+      (*checkpoint)
+          ->ReadWeight("model.layers.1.mlp.experts.3.up_proj", config.moe_intermediate_size,
+                       config.hidden_size);
   ASSERT_FALSE(weight.ok());
   EXPECT_EQ(weight.status().code(), absl::StatusCode::kNotFound);
   EXPECT_THAT(Message(weight.status()), AllOf(HasSubstr(IndexPath()), HasSubstr("'" + name + "'")));
@@ -184,37 +186,39 @@ TEST_F(MalformedCheckpointTest, ShardListedInIndexMissing) {
   absl::StatusOr<std::unique_ptr<Checkpoint>> checkpoint = Checkpoint::Open(directory_);
   ASSERT_FALSE(checkpoint.ok());
   EXPECT_EQ(checkpoint.status().code(), absl::StatusCode::kNotFound);
-  EXPECT_THAT(Message(checkpoint.status()),
-              AllOf(HasSubstr("model-00009-of-000009.safetensors"),
-                    HasSubstr("'model.norm.weight'")));
+  EXPECT_THAT(Message(checkpoint.status()), AllOf(HasSubstr("model-00009-of-000009.safetensors"),
+                                                  HasSubstr("'model.norm.weight'")));
 }
 
 TEST_F(MalformedCheckpointTest, ShapeDisagreeingWithConfig) {
   // config.json now says q_lora_rank 128; the shards hold 96.
-  nlohmann::ordered_json config = nlohmann::ordered_json::parse(ReadFile(directory_ + "/config.json"));
+  nlohmann::ordered_json config =
+      nlohmann::ordered_json::parse(ReadFile(directory_ + "/config.json"));
   config["q_lora_rank"] = 128;
   WriteFile(directory_ + "/config.json", config.dump(2));
   absl::StatusOr<std::unique_ptr<Checkpoint>> checkpoint = Checkpoint::Open(directory_);
   ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
   const ModelConfig& parsed = (*checkpoint)->config();
   ASSERT_EQ(parsed.q_lora_rank, 128);
-  const std::string shard = directory_ + "/" +
-                            (*checkpoint)->ShardOf("model.layers.0.self_attn.q_a_proj.weight");
+  const std::string shard =
+      directory_ + "/" + (*checkpoint)->ShardOf("model.layers.0.self_attn.q_a_proj.weight");
 
-  absl::StatusOr<WeightMatrix> weight = (*checkpoint)->ReadWeight(
-      "model.layers.0.self_attn.q_a_proj", parsed.q_lora_rank, parsed.hidden_size);
+  absl::StatusOr<WeightMatrix> weight =
+      (*checkpoint)
+          ->ReadWeight("model.layers.0.self_attn.q_a_proj", parsed.q_lora_rank, parsed.hidden_size);
   ASSERT_FALSE(weight.ok());
   EXPECT_EQ(weight.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(Message(weight.status()),
               AllOf(HasSubstr(shard), HasSubstr("'model.layers.0.self_attn.q_a_proj.weight'"),
                     HasSubstr("[96, 64]"), HasSubstr("[128, 64]")));
 
-  absl::StatusOr<std::vector<float>> norm = (*checkpoint)->ReadFloat(
-      "model.layers.0.self_attn.q_a_layernorm.weight", {parsed.q_lora_rank});
+  absl::StatusOr<std::vector<float>> norm =
+      (*checkpoint)
+          ->ReadFloat("model.layers.0.self_attn.q_a_layernorm.weight", {parsed.q_lora_rank});
   ASSERT_FALSE(norm.ok());
   EXPECT_THAT(Message(norm.status()),
-              AllOf(HasSubstr("'model.layers.0.self_attn.q_a_layernorm.weight'"),
-                    HasSubstr("[96]"), HasSubstr("[128]")));
+              AllOf(HasSubstr("'model.layers.0.self_attn.q_a_layernorm.weight'"), HasSubstr("[96]"),
+                    HasSubstr("[128]")));
   EXPECT_EQ((*checkpoint)->BytesRead(), 0u);  // nothing read on a shape mismatch
 }
 
@@ -226,11 +230,13 @@ TEST_F(MalformedCheckpointTest, Fp8WeightWithoutItsScale) {
   absl::StatusOr<std::unique_ptr<Checkpoint>> checkpoint = Checkpoint::Open(directory_);
   ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
   const ModelConfig& config = (*checkpoint)->config();
-  absl::StatusOr<WeightMatrix> weight = (*checkpoint)->ReadWeight(
-      "model.layers.0.mlp.gate_proj", config.intermediate_size, config.hidden_size);
+  absl::StatusOr<WeightMatrix> weight =
+      (*checkpoint)
+          ->ReadWeight("model.layers.0.mlp.gate_proj", config.intermediate_size,
+                       config.hidden_size);
   ASSERT_FALSE(weight.ok());
-  EXPECT_THAT(Message(weight.status()),
-              AllOf(HasSubstr("'model.layers.0.mlp.gate_proj.weight'"), HasSubstr("'" + name + "'")));
+  EXPECT_THAT(Message(weight.status()), AllOf(HasSubstr("'model.layers.0.mlp.gate_proj.weight'"),
+                                              HasSubstr("'" + name + "'")));
 }
 
 }  // namespace

@@ -96,7 +96,8 @@ TEST(CheckpointWriterTest, ShardsFollowTheByteBudgetAndHeadersTheSafetensorsForm
     EXPECT_EQ((data_start - 8) % 8, 0u) << "header padded to 8 bytes";
     EXPECT_EQ(header["__metadata__"], nlohmann::json({{"format", "pt"}}));
     // Header order is data order, contiguous, and the data fills the file.
-    const nlohmann::ordered_json ordered = nlohmann::ordered_json::parse(bytes.substr(8, data_start - 8));
+    const nlohmann::ordered_json ordered =
+        nlohmann::ordered_json::parse(bytes.substr(8, data_start - 8));
     uint64_t offset = 0, tensors = 0, largest = 0;
     for (auto& [name, entry] : ordered.items()) {
       if (name == "__metadata__") continue;
@@ -189,7 +190,8 @@ TEST(SyntheticCheckpointTest, TinyPresetRoundTripAndBf16Cast) {
   const nlohmann::ordered_json bf16_config =
       nlohmann::ordered_json::parse(ReadFile(bf16_dir + "/config.json"));
   EXPECT_FALSE(bf16_config.contains("quantization_config"));
-  nlohmann::ordered_json fp8_config = nlohmann::ordered_json::parse(ReadFile(fp8_dir + "/config.json"));
+  nlohmann::ordered_json fp8_config =
+      nlohmann::ordered_json::parse(ReadFile(fp8_dir + "/config.json"));
   fp8_config.erase("quantization_config");
   EXPECT_EQ(bf16_config, fp8_config);
   for (const char* file : {"tokenizer.json", "tokenizer_config.json", "generation_config.json"}) {
