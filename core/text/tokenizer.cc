@@ -439,7 +439,7 @@ void Tokenizer::EncodePreToken(std::string_view bytes, std::vector<TokenId>* ids
     }
   }
   const size_t first = ids->size();
-  MergeBytes(bytes, ids);
+  MergeBytes(bytes, /*use_heap=*/bytes.size() > kShortPreToken, ids);
   if (cacheable) {
     std::lock_guard<std::mutex> lock(cache_mutex_);
     if (cache_.size() >= kMaxCacheEntries) cache_.clear();
@@ -447,18 +447,29 @@ void Tokenizer::EncodePreToken(std::string_view bytes, std::vector<TokenId>* ids
   }
 }
 
+void Tokenizer::ClearCache() const {
+  std::lock_guard<std::mutex> lock(cache_mutex_);
+  cache_.clear();
+}
+
 const Tokenizer::Merge* Tokenizer::FindMerge(TokenId left, TokenId right) const {
   auto it = merges_.find((static_cast<uint64_t>(left) << 32) | static_cast<uint32_t>(right));
   return it == merges_.end() ? nullptr : &it->second;
 }
 
-void Tokenizer::MergeBytes(std::string_view bytes, std::vector<TokenId>* ids) const {
+std::vector<TokenId> Tokenizer::MergeBytesForTesting(std::string_view bytes, bool use_heap) const {
+  std::vector<TokenId> ids;
+  if (!bytes.empty()) MergeBytes(bytes, use_heap, &ids);
+  return ids;
+}
+
+void Tokenizer::MergeBytes(std::string_view bytes, bool use_heap,
+                           std::vector<TokenId>* ids) const {
   std::vector<TokenId> symbols(bytes.size());
   for (size_t i = 0; i < bytes.size(); ++i) {
     symbols[i] = byte_ids_[static_cast<unsigned char>(bytes[i])];
   }
-  constexpr size_t kShortPreToken = 48;
-  if (symbols.size() <= kShortPreToken) {
+  if (!use_heap) {
     // Short pre-tokens: rescan for the lowest-ranked adjacent pair after every merge.
     while (symbols.size() > 1) {
       int32_t best_rank = INT32_MAX;

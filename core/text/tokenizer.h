@@ -62,6 +62,13 @@ class Tokenizer {
   // byte-level form (e.g. "Ġthe"); nullopt when there is none.
   std::optional<TokenId> TokenToId(std::string_view token) const;
 
+  // BPE of one pre-token's bytes with either merge loop (the rescanning one used for short
+  // pre-tokens, or the heap used for long ones); both must agree. For tests.
+  std::vector<TokenId> MergeBytesForTesting(std::string_view bytes, bool use_heap) const;
+
+  // Drops the pre-token -> ids cache (benchmarks use it to measure the uncached path).
+  void ClearCache() const;
+
   // One more than the largest id that has a token (the embedding table may be larger).
   int32_t vocab_size() const { return static_cast<int32_t>(token_bytes_.size()); }
 
@@ -87,7 +94,7 @@ class Tokenizer {
   // BPE of one pre-token (raw bytes), through the cache.
   void EncodePreToken(std::string_view bytes, std::vector<TokenId>* ids) const;
   // BPE merge loop (no cache).
-  void MergeBytes(std::string_view bytes, std::vector<TokenId>* ids) const;
+  void MergeBytes(std::string_view bytes, bool use_heap, std::vector<TokenId>* ids) const;
   const Merge* FindMerge(TokenId left, TokenId right) const;
 
   std::vector<std::string> token_bytes_;  // id -> bytes ("" where no token)
@@ -98,6 +105,7 @@ class Tokenizer {
   std::vector<Split> splits_;
   std::unique_ptr<AddedTokenTrie> added_tokens_;
 
+  static constexpr size_t kShortPreToken = 48;  // longer pre-tokens use the heap merge loop
   static constexpr size_t kMaxCachedPreTokenBytes = 128;
   static constexpr size_t kMaxCacheEntries = 1 << 18;
   mutable std::mutex cache_mutex_;
