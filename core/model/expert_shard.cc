@@ -103,4 +103,15 @@ absl::Status ExpertShard::ComputePartial(int layer, const float* hidden, int64_t
   return absl::OkStatus();
 }
 
+absl::Status ExpertShard::ComputeExpert(int layer, int expert, const float* x, int64_t rows,
+                                        float* out) const {
+  auto it = experts_.find({layer, expert});
+  if (it == experts_.end()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("routed expert ", expert, " of layer ", layer, " is not held here"));
+  }
+  SwiGluFeedForward(it->second, x, rows, out);
+  return absl::OkStatus();
+}
+
 }  // namespace moemesh::model

@@ -42,6 +42,12 @@ class ExpertShard : public RoutedExperts {
   absl::Status ComputePartial(int layer, const float* hidden, int64_t rows,
                               const GateDecision& decision, float* out) const;
 
+  // One held expert's FFN on contiguous rows: out[rows, hidden_size] = expert(x[rows,
+  // hidden_size]), overwritten. Expert nodes build the partial sum from it (gather rows, run,
+  // Axpy by gate weight in ascending expert order), as ComputePartial does. Errors:
+  // FailedPrecondition when (layer, expert) is not held here.
+  absl::Status ComputeExpert(int layer, int expert, const float* x, int64_t rows, float* out) const;
+
  private:
   ExpertShard(int hidden_size, int num_experts)
       : hidden_size_(hidden_size), num_experts_(num_experts) {}

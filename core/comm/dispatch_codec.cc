@@ -1,0 +1,95 @@
+#include "core/comm/dispatch_codec.h"
+
+#include <bit>
+#include <cstring>
+#include <set>
+
+#include "absl/strings/str_cat.h"
+
+namespace moemesh::comm {
+
+static_assert(std::endian::native == std::endian::little,
+              "the float32 wire format is little-endian; add byte swapping for this host");
+
+std::string FloatsToBytes(const float* values, size_t count) {
+  std::string bytes(count * sizeof(float), '\0');
+  if (count > 0) std::memcpy(bytes.data(), values, count * sizeof(float));
+  return bytes;
+}
+
+absl::StatusOr<std::vector<float>> BytesToFloats(const std::string& bytes) {
+  if (bytes.size() % sizeof(float) != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("float32 payload of ", bytes.size(), " bytes is not a multiple of 4"));
+  }
+  std::vector<float> values(bytes.size() / sizeof(float));
+  if (!values.empty()) std::memcpy(values.data(), bytes.data(), bytes.size());
+  return values;
+}
+
+moemesh::v1::DispatchRequest DispatchRequestFromBatch(const DispatchBatch& batch,
+                                                      uint64_t dispatch_id) {
+  moemesh::v1::DispatchRequest request;
+  request.set_dispatch_id(dispatch_id);
+  request.set_layer(static_cast<uint32_t>(batch.layer));
+  request.set_placement_version(batch.placement_version);
+  request.set_hidden_size(static_cast<uint32_t>(batch.hidden_size));
+  request.set_rows(static_cast<uint32_t>(batch.rows()));
+  request.set_hidden(FloatsToBytes(batch.hidden.data(), batch.hidden.size()));
+  for (const ExpertSliceRows& slice : batch.slices) {
+    moemesh::v1::ExpertSlice* out = request.add_slices();
+    out->set_expert(static_cast<uint32_t>(slice.expert));
+    out->mutable_row_indices()->Add(slice.rows.begin(), slice.rows.end());
+    out->mutable_gate_weights()->Add(slice.gate_weights.begin(), slice.gate_weights.end());
+  }
+  return request;
+}
+
+absl::StatusOr<DispatchBatch> DispatchBatchFromRequest(const moemesh::v1::DispatchRequest& request,
+                                                       int num_experts) {
+  const uint64_t rows = request.rows();
+  const uint64_t hidden_size = request.hidden_size();
+  if (hidden_size == 0) return absl::InvalidArgumentError("hidden_size is 0");
+  if (request.hidden().size() != rows * hidden_size * sizeof(float)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("hidden has ", request.hidden().size(), " bytes, expected rows ", rows,
+                     " x hidden_size ", hidden_size, " x 4 = ", rows * hidden_size * 4));
+  }
+  DispatchBatch batch;
+  batch.layer = static_cast<int>(request.layer());
+  batch.placement_version = request.placement_version();
+  batch.hidden_size = static_cast<int>(hidden_size);
+  auto hidden = BytesToFloats(request.hidden());
+  if (!hidden.ok()) return hidden.status();
+  batch.hidden = *std::move(hidden);
+  std::set<uint32_t> seen;
+  for (const moemesh::v1::ExpertSlice& slice : request.slices()) {
+    if (num_experts > 0 && slice.expert() >= static_cast<uint32_t>(num_experts)) {
+      return absl::InvalidArgumentError(absl::StrCat("expert id ", slice.expert(),
+                                                     " out of range [0, ", num_experts, ")"));
+    }
+    if (!seen.insert(slice.expert()).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("expert ", slice.expert(), " appears in more than one slice"));
+    }
+    if (slice.row_indices_size() != slice.gate_weights_size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "expert ", slice.expert(), ": ", slice.row_indices_size(), " row indices but ",
+          slice.gate_weights_size(), " gate weights"));
+    }
+    ExpertSliceRows rows_of_expert;
+    rows_of_expert.expert = static_cast<int32_t>(slice.expert());
+    for (uint32_t row : slice.row_indices()) {
+      if (row >= rows) {
+        return absl::InvalidArgumentError(absl::StrCat("expert ", slice.expert(), ": row index ",
+                                                       row, " out of range [0, ", rows, ")"));
+      }
+      rows_of_expert.rows.push_back(row);
+    }
+    rows_of_expert.gate_weights.assign(slice.gate_weights().begin(), slice.gate_weights().end());
+    batch.slices.push_back(std::move(rows_of_expert));
+  }
+  return batch;
+}
+
+}  // namespace moemesh::comm

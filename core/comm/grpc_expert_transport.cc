@@ -1,0 +1,313 @@
+#include "core/comm/grpc_expert_transport.h"
+
+#include <algorithm>
+#include <optional>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/comm/dispatch_codec.h"
+#include "grpcpp/grpcpp.h"
+#include "moemesh/v1/expert.grpc.pb.h"
+
+namespace moemesh::comm {
+namespace {
+
+using Result = absl::StatusOr<DispatchResult>;
+
+std::future<Result> Ready(Result result) {
+  std::promise<Result> promise;
+  promise.set_value(std::move(result));
+  return promise.get_future();
+}
+
+}  // namespace
+
+// One ExpertService.Dispatch stream to one node on one lane, with its own channel (a fresh
+// connection per stream, so a restarted node is reached without inheriting backoff state).
+class GrpcExpertTransport::Stream {
+ public:
+  Stream(GrpcExpertTransport* owner, std::string node_id, std::string address, int lane)
+      : owner_(owner), node_id_(std::move(node_id)), address_(std::move(address)), lane_(lane) {
+    grpc::ChannelArguments args;
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    args.SetMaxReceiveMessageSize(-1);
+    args.SetMaxSendMessageSize(-1);
+    const int max_backoff_ms =
+        std::max<int>(100, static_cast<int>(absl::ToInt64Milliseconds(owner->options_.max_reconnect_backoff)));
+    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, std::min(100, max_backoff_ms));
+    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, std::min(100, max_backoff_ms));
+    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, max_backoff_ms);
+    auto channel = grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args);
+    stub_ = moemesh::v1::ExpertService::NewStub(channel);
+    // Corked: the constructor of the stream does not wait for the connection; the first Write
+    // does, bounded by the dispatch deadline (the watchdog cancels the call).
+    context_.set_initial_metadata_corked(true);
+    stream_ = stub_->Dispatch(&context_);
+    reader_ = std::thread([this] { ReaderLoop(); });
+  }
+
+  ~Stream() {
+    context_.TryCancel();
+    if (reader_.joinable()) reader_.join();
+  }
+
+  const std::string& address() const { return address_; }
+
+  bool broken() const {
+    absl::MutexLock lock(&mutex_);
+    return broken_;
+  }
+
+  std::future<Result> Send(DispatchBatch batch) {
+    absl::MutexLock write_lock(&write_mutex_);  // keeps the lane's write order = call order
+    uint64_t id = 0;
+    std::future<Result> future;
+    {
+      absl::MutexLock lock(&mutex_);
+      if (broken_) return Ready(absl::UnavailableError(Describe("stream is broken")));
+      id = next_id_++;
+      Pending& pending = pending_[id];
+      pending.layer = batch.layer;
+      pending.rows = batch.rows();
+      pending.hidden_size = batch.hidden_size;
+      pending.deadline = absl::Now() + owner_->options_.dispatch_deadline;
+      future = pending.promise.get_future();
+    }
+    moemesh::v1::DispatchRequest request = DispatchRequestFromBatch(batch, id);
+    const size_t bytes = request.ByteSizeLong();
+    owner_->Count([&](ExpertTransportCounters& c) {
+      ++c.dispatches;
+      c.bytes_sent += bytes;
+    });
+    if (!stream_->Write(request)) {
+      // The call is over (node gone or cancelled); the reader thread learns why and fails
+      // everything pending, this dispatch included.
+      Break(absl::UnavailableError(Describe("stream closed while sending")));
+    }
+    return future;
+  }
+
+  // Fails dispatches past their deadline (and, the lane being ordered, the whole stream).
+  void Expire(absl::Time now) {
+    uint64_t late_id = 0;
+    int layer = 0;
+    {
+      absl::MutexLock lock(&mutex_);
+      for (const auto& [id, pending] : pending_) {
+        if (pending.deadline <= now) {
+          late_id = id;
+          layer = pending.layer;
+          break;
+        }
+      }
+    }
+    if (late_id == 0) return;
+    owner_->Count([](ExpertTransportCounters& c) { ++c.deadline_exceeded; });
+    Break(absl::UnavailableError(
+        Describe(absl::StrCat("no reply to dispatch ", late_id, " (layer ", layer, ") within ",
+                              absl::FormatDuration(owner_->options_.dispatch_deadline)))));
+  }
+
+ private:
+  struct Pending {
+    std::promise<Result> promise;
+    int layer = 0;
+    int64_t rows = 0;
+    int hidden_size = 0;
+    absl::Time deadline;
+  };
+
+  std::string Describe(absl::string_view what) const {
+    return absl::StrCat("expert node ", node_id_, " (", address_, ", lane ", lane_, "): ", what);
+  }
+
+  // Marks the stream broken, fails every pending dispatch with `status`, cancels the call.
+  void Break(const absl::Status& status) {
+    std::map<uint64_t, Pending> failed;
+    {
+      absl::MutexLock lock(&mutex_);
+      broken_ = true;
+      failed.swap(pending_);
+    }
+    if (!failed.empty()) {
+      owner_->Count([&](ExpertTransportCounters& c) { c.unavailable += failed.size(); });
+    }
+    for (auto& [id, pending] : failed) pending.promise.set_value(status);
+    context_.TryCancel();
+  }
+
+  void ReaderLoop() {
+    moemesh::v1::DispatchReply reply;
+    while (stream_->Read(&reply)) {
+      std::optional<Pending> pending;
+      {
+        absl::MutexLock lock(&mutex_);
+        auto it = pending_.find(reply.dispatch_id());
+        if (it == pending_.end()) continue;  // already failed (deadline); drop the late reply
+        pending.emplace(std::move(it->second));
+        pending_.erase(it);
+      }
+      const size_t bytes = reply.ByteSizeLong();
+      Result result = Convert(reply, *pending);
+      owner_->Count([&](ExpertTransportCounters& c) {
+        c.bytes_received += bytes;
+        if (result.ok()) {
+          ++c.ok;
+        } else if (absl::IsFailedPrecondition(result.status())) {
+          ++c.not_held;
+        } else if (absl::IsInvalidArgument(result.status())) {
+          ++c.invalid;
+        } else {
+          ++c.unavailable;
+        }
+      });
+      pending->promise.set_value(std::move(result));
+    }
+    grpc::Status status;
+    {
+      // A writer blocked on this call returns promptly now that the call is over.
+      absl::MutexLock write_lock(&write_mutex_);
+      status = stream_->Finish();
+    }
+    Break(absl::UnavailableError(Describe(absl::StrCat(
+        "stream closed: ", status.ok() ? std::string("by the node") : status.error_message()))));
+  }
+
+  Result Convert(const moemesh::v1::DispatchReply& reply, const Pending& pending) const {
+    using moemesh::v1::DispatchReply;
+    switch (reply.code()) {
+      case DispatchReply::OK: {
+        const uint64_t expected =
+            static_cast<uint64_t>(pending.rows) * pending.hidden_size * sizeof(float);
+        if (reply.partial_sum().size() != expected) {
+          return absl::InternalError(Describe(absl::StrCat(
+              "reply to dispatch ", reply.dispatch_id(), " has ", reply.partial_sum().size(),
+              " bytes of partial sums, expected ", expected)));
+        }
+        DispatchResult result;
+        auto floats = BytesToFloats(reply.partial_sum());
+        if (!floats.ok()) return floats.status();
+        result.partial_sum = *std::move(floats);
+        result.node_placement_version = reply.placement_version();
+        result.compute_seconds = reply.compute_seconds();
+        return result;
+      }
+      case DispatchReply::NOT_HELD:
+        return absl::FailedPreconditionError(Describe(absl::StrCat(
+            "does not hold layer ", pending.layer, " experts [",
+            absl::StrJoin(reply.missing_experts(), ", "), "] (node serves placement version ",
+            reply.placement_version(), ")", reply.error().empty() ? "" : ": ", reply.error())));
+      case DispatchReply::INVALID:
+        return absl::InvalidArgumentError(
+            Describe(absl::StrCat("rejected dispatch: ", reply.error())));
+      case DispatchReply::OVERLOADED:
+        return absl::UnavailableError(Describe(absl::StrCat("overloaded: ", reply.error())));
+      default:
+        return absl::InternalError(
+            Describe(absl::StrCat("unknown reply code ", static_cast<int>(reply.code()))));
+    }
+  }
+
+  GrpcExpertTransport* const owner_;
+  const std::string node_id_;
+  const std::string address_;
+  const int lane_;
+  std::unique_ptr<moemesh::v1::ExpertService::Stub> stub_;
+  grpc::ClientContext context_;
+  std::unique_ptr<grpc::ClientReaderWriter<moemesh::v1::DispatchRequest, moemesh::v1::DispatchReply>>
+      stream_;
+  absl::Mutex write_mutex_;
+  mutable absl::Mutex mutex_;
+  std::map<uint64_t, Pending> pending_ ABSL_GUARDED_BY(mutex_);
+  uint64_t next_id_ ABSL_GUARDED_BY(mutex_) = 1;
+  bool broken_ ABSL_GUARDED_BY(mutex_) = false;
+  std::thread reader_;
+};
+
+GrpcExpertTransport::GrpcExpertTransport(GrpcExpertTransportOptions options)
+    : options_(std::move(options)) {
+  watchdog_ = std::thread([this] { WatchdogLoop(); });
+}
+
+GrpcExpertTransport::~GrpcExpertTransport() {
+  std::map<std::pair<std::string, int>, std::shared_ptr<Stream>> streams;
+  {
+    absl::MutexLock lock(&mutex_);
+    stopping_ = true;
+    streams.swap(streams_);
+  }
+  if (watchdog_.joinable()) watchdog_.join();
+  streams.clear();  // cancels the calls; pending dispatches fail with UNAVAILABLE
+}
+
+void GrpcExpertTransport::Count(const std::function<void(ExpertTransportCounters&)>& update) {
+  absl::MutexLock lock(&counters_mutex_);
+  update(counters_);
+}
+
+ExpertTransportCounters GrpcExpertTransport::counters() const {
+  absl::MutexLock lock(&counters_mutex_);
+  return counters_;
+}
+
+std::future<Result> GrpcExpertTransport::Dispatch(const std::string& node_id,
+                                                  const std::string& address, int lane,
+                                                  DispatchBatch batch) {
+  if (batch.hidden_size <= 0 || batch.hidden.size() % batch.hidden_size != 0) {
+    return Ready(absl::InvalidArgumentError(
+        absl::StrCat("dispatch to expert node ", node_id, ": hidden has ", batch.hidden.size(),
+                     " values, not a multiple of hidden_size ", batch.hidden_size)));
+  }
+  std::shared_ptr<Stream> stream;
+  std::shared_ptr<Stream> replaced;
+  {
+    absl::MutexLock lock(&mutex_);
+    if (stopping_) {
+      return Ready(absl::UnavailableError("expert transport is shutting down"));
+    }
+    const auto key = std::make_pair(node_id, lane);
+    std::shared_ptr<Stream>& slot = streams_[key];
+    if (slot == nullptr || slot->broken() || slot->address() != address) {
+      replaced = std::move(slot);
+      slot = std::make_shared<Stream>(this, node_id, address, lane);
+      if (opened_[key]++ > 0) Count([](ExpertTransportCounters& c) { ++c.reconnects; });
+    }
+    stream = slot;
+  }
+  replaced.reset();  // outside the lock: joins the old stream's reader
+  return stream->Send(std::move(batch));
+}
+
+void GrpcExpertTransport::Forget(const std::string& node_id) {
+  std::vector<std::shared_ptr<Stream>> dropped;
+  {
+    absl::MutexLock lock(&mutex_);
+    for (auto it = streams_.begin(); it != streams_.end();) {
+      if (it->first.first == node_id) {
+        dropped.push_back(std::move(it->second));
+        it = streams_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+  }
+}
+
+void GrpcExpertTransport::WatchdogLoop() {
+  const absl::Duration period =
+      std::clamp(options_.dispatch_deadline / 20, absl::Milliseconds(5), absl::Milliseconds(100));
+  while (true) {
+    std::vector<std::shared_ptr<Stream>> streams;
+    {
+      absl::MutexLock lock(&mutex_);
+      mutex_.AwaitWithTimeout(absl::Condition(&stopping_), period);
+      if (stopping_) return;
+      for (const auto& [key, stream] : streams_) streams.push_back(stream);
+    }
+    const absl::Time now = absl::Now();
+    for (const auto& stream : streams) stream->Expire(now);
+  }
+}
+
+}  // namespace moemesh::comm

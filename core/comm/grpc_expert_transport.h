@@ -1,0 +1,72 @@
+// ExpertTransport over gRPC: per (expert node, lane) one long-lived bidirectional
+// ExpertService.Dispatch stream; requests carry a dispatch_id and a reader thread per stream
+// resolves the matching future.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <future>
+#include <map>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "core/comm/expert_transport.h"
+
+namespace moemesh::comm {
+
+struct GrpcExpertTransportOptions {
+  // A dispatch without a reply within this time resolves to UNAVAILABLE naming the node, and its
+  // stream is cancelled (the lane is ordered, so everything behind it is late too).
+  absl::Duration dispatch_deadline = absl::Seconds(10);
+  // Channel reconnect backoff bounds: a restarted node is reached again within about this.
+  absl::Duration max_reconnect_backoff = absl::Seconds(1);
+};
+
+// Counters for the metrics issue (plain numbers, read with counters()).
+struct ExpertTransportCounters {
+  uint64_t dispatches = 0;
+  uint64_t ok = 0;
+  uint64_t unavailable = 0;        // broken stream, unreachable node, deadline
+  uint64_t deadline_exceeded = 0;  // subset of unavailable
+  uint64_t not_held = 0;
+  uint64_t invalid = 0;
+  uint64_t reconnects = 0;         // streams opened after the first per (node, lane)
+  uint64_t bytes_sent = 0;
+  uint64_t bytes_received = 0;
+};
+
+// Thread-safe: any number of threads may call Dispatch concurrently (on the same or different
+// lanes). Within one lane, requests are written in call order.
+class GrpcExpertTransport : public ExpertTransport {
+ public:
+  explicit GrpcExpertTransport(GrpcExpertTransportOptions options = {});
+  ~GrpcExpertTransport() override;  // fails everything pending with UNAVAILABLE, joins threads
+
+  std::future<absl::StatusOr<DispatchResult>> Dispatch(const std::string& node_id,
+                                                       const std::string& address, int lane,
+                                                       DispatchBatch batch) override;
+  void Forget(const std::string& node_id) override;
+
+  ExpertTransportCounters counters() const;
+
+ private:
+  class Stream;
+  void WatchdogLoop();
+  void Count(const std::function<void(ExpertTransportCounters&)>& update);
+
+  const GrpcExpertTransportOptions options_;
+  mutable absl::Mutex mutex_;
+  std::map<std::pair<std::string, int>, std::shared_ptr<Stream>> streams_ ABSL_GUARDED_BY(mutex_);
+  std::map<std::pair<std::string, int>, int> opened_ ABSL_GUARDED_BY(mutex_);
+  mutable absl::Mutex counters_mutex_;
+  ExpertTransportCounters counters_ ABSL_GUARDED_BY(counters_mutex_);
+  bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
+  std::thread watchdog_;
+};
+
+}  // namespace moemesh::comm
