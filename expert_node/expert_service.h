@@ -1,0 +1,120 @@
+// The expert node: serves ExpertService.Dispatch from the experts its placement share gives it,
+// and follows the router's placement (register, heartbeat, load the share, report the version).
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "core/checkpoint/checkpoint.h"
+#include "core/comm/control_client.h"
+#include "core/model/expert_shard.h"
+#include "grpcpp/grpcpp.h"
+#include "moemesh/v1/control.pb.h"
+#include "moemesh/v1/expert.grpc.pb.h"
+
+namespace moemesh::expert_node {
+
+// Counters for the metrics issue.
+struct ExpertServiceCounters {
+  uint64_t dispatches = 0;
+  uint64_t rows = 0;            // rows answered (OK replies)
+  uint64_t expert_rows = 0;     // (row, expert) pairs computed
+  uint64_t not_held = 0;
+  uint64_t invalid = 0;
+  double compute_seconds = 0;
+};
+
+// The experts of `placement` that list `node_id` among their replicas, sorted.
+std::vector<model::ExpertKey> ShareOf(const moemesh::v1::Placement& placement,
+                                      const std::string& node_id);
+
+// ExpertService.Dispatch over the installed ExpertShard. Each stream is served in order; a
+// request's experts run on up to `dispatch_threads` threads and are added in ascending expert id.
+class ExpertService final : public moemesh::v1::ExpertService::Service {
+ public:
+  ExpertService(const checkpoint::ModelConfig& config, int dispatch_threads);
+  ~ExpertService() override;
+
+  grpc::Status Dispatch(
+      grpc::ServerContext* context,
+      grpc::ServerReaderWriter<moemesh::v1::DispatchReply, moemesh::v1::DispatchRequest>* stream)
+      override;
+
+  // The reply to one request: OK with partial sums, NOT_HELD naming every expert not held here,
+  // or INVALID (not an MoE layer, hidden size differs from the model's, inconsistent sizes).
+  moemesh::v1::DispatchReply Handle(const moemesh::v1::DispatchRequest& request);
+
+  // Serves `shard` from now on, as placement version `version`.
+  void Install(std::shared_ptr<const model::ExpertShard> shard, uint64_t version);
+  uint64_t placement_version() const;
+  std::shared_ptr<const model::ExpertShard> shard() const;
+  ExpertServiceCounters counters() const;
+
+ private:
+  class Workers;
+  const checkpoint::ModelConfig config_;
+  std::unique_ptr<Workers> workers_;
+  mutable absl::Mutex mutex_;
+  std::shared_ptr<const model::ExpertShard> shard_ ABSL_GUARDED_BY(mutex_);
+  uint64_t version_ ABSL_GUARDED_BY(mutex_) = 0;
+  ExpertServiceCounters counters_ ABSL_GUARDED_BY(mutex_);
+};
+
+struct ExpertNodeOptions {
+  std::string model_dir;        // checkpoint directory
+  std::string router_address;   // host:port of the router's control plane
+  std::string host = "127.0.0.1";
+  int port = 0;                 // 0 picks a free port
+  std::string node_name;        // RegisterRequest.preferred_id ("" lets the router choose)
+  int dispatch_threads = 1;
+  double heartbeat_interval_seconds = 0.5;  // until the router names its own
+};
+
+// A running expert node: gRPC server (ExpertService + health + reflection), control client, and
+// a loader thread that loads each new placement share (only its experts' bytes) and then reports
+// the version in heartbeats.
+class ExpertNode {
+ public:
+  // Opens the checkpoint, binds the server, starts registering. Errors: the checkpoint's, or
+  // Unavailable when the address cannot be bound.
+  static absl::StatusOr<std::unique_ptr<ExpertNode>> Start(ExpertNodeOptions options);
+  ~ExpertNode();  // Shutdown()
+
+  int port() const { return port_; }
+  std::string address() const;  // host:port as registered
+  std::string node_id() const { return control_->node_id(); }
+  uint64_t loaded_placement_version() const { return service_->placement_version(); }
+  ExpertService& service() { return *service_; }
+  // Waits until the loaded placement version is at least `version`; false on timeout.
+  bool WaitForLoadedVersion(uint64_t version, absl::Duration timeout);
+  // Stops heartbeating and loading, then the server (open streams are cancelled after
+  // `grace_seconds`). Idempotent.
+  void Shutdown(double grace_seconds = 0.2);
+
+ private:
+  ExpertNode() = default;
+  void LoaderLoop();
+
+  ExpertNodeOptions options_;
+  std::unique_ptr<checkpoint::Checkpoint> checkpoint_;
+  std::unique_ptr<ExpertService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  int port_ = 0;
+  std::unique_ptr<comm::ControlClient> control_;
+  absl::Mutex mutex_;
+  std::optional<moemesh::v1::Placement> wanted_ ABSL_GUARDED_BY(mutex_);
+  bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
+  bool shut_down_ = false;
+  std::thread loader_;
+};
+
+}  // namespace moemesh::expert_node

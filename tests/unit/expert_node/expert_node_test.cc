@@ -1,0 +1,251 @@
+// In-process cluster on loopback: the router's ControlPlane served over gRPC, expert nodes with
+// the tiny-r1 fixture registering, loading their placement share and answering Dispatch over the
+// real GrpcExpertTransport.
+#include <random>
+#include <set>
+#include <thread>
+
+#include "core/checkpoint/checkpoint.h"
+#include "core/comm/grpc_expert_transport.h"
+#include "core/comm/grpc_server.h"
+#include "core/model/expert_shard.h"
+#include "expert_node/expert_service.h"
+#include "gtest/gtest.h"
+#include "router/control_plane.h"
+#include "tests/unit/comm/grpc_test_util.h"
+
+namespace moemesh::expert_node {
+namespace {
+
+const std::string kFixture = std::string(MOEMESH_SHARED_DIR) + "/fixtures/tiny-r1";
+
+class ExpertNodeClusterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    auto checkpoint = checkpoint::Checkpoint::Open(kFixture);
+    ASSERT_TRUE(checkpoint.ok()) << checkpoint.status();
+    checkpoint_ = *std::move(checkpoint);
+    router::ControlPlaneOptions options;
+    options.expected_expert_nodes = 2;
+    options.expected_attention_nodes = 0;
+    options.heartbeat_interval_seconds = 0.02;
+    options.heartbeat_timeout = absl::Milliseconds(300);
+    plane_ = std::make_unique<router::ControlPlane>(checkpoint_->config(), options);
+    router_ = comm::StartGrpcServer("127.0.0.1:0", {plane_.get()}, &router_port_);
+    ASSERT_NE(router_, nullptr);
+    a_ = StartNode("ex-a");
+    b_ = StartNode("ex-b");
+    ASSERT_TRUE(WaitReady()) << why_;
+  }
+  void TearDown() override {
+    a_.reset();
+    b_.reset();
+    if (router_ != nullptr) comm::ShutdownGrpcServer(router_.get(), 0);
+  }
+
+  std::unique_ptr<ExpertNode> StartNode(const std::string& name) {
+    ExpertNodeOptions options;
+    options.model_dir = kFixture;
+    options.router_address = "127.0.0.1:" + std::to_string(router_port_);
+    options.node_name = name;
+    options.dispatch_threads = 2;
+    auto node = ExpertNode::Start(options);
+    EXPECT_TRUE(node.ok()) << node.status();
+    return node.ok() ? *std::move(node) : nullptr;
+  }
+
+  bool WaitReady() {
+    for (int i = 0; i < 500; ++i) {
+      if (plane_->Ready(&why_)) return true;
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return false;
+  }
+
+  // Random rows routed to distinct experts (top-k of the fixture), weights in (0, 1).
+  model::GateDecision RandomDecision(int64_t rows, uint32_t seed) {
+    const auto& config = checkpoint_->config();
+    std::mt19937 rng(seed);
+    model::GateDecision decision;
+    decision.top_k = config.num_experts_per_tok;
+    std::uniform_real_distribution<float> weight(0.1f, 1.0f);
+    for (int64_t r = 0; r < rows; ++r) {
+      std::vector<int32_t> experts(config.n_routed_experts);
+      for (int e = 0; e < config.n_routed_experts; ++e) experts[e] = e;
+      std::shuffle(experts.begin(), experts.end(), rng);
+      for (int k = 0; k < decision.top_k; ++k) {
+        decision.experts.push_back(experts[k]);
+        decision.weights.push_back(weight(rng));
+      }
+    }
+    return decision;
+  }
+
+  std::vector<float> RandomHidden(int64_t rows, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> normal(0.0f, 1.0f);
+    std::vector<float> hidden(static_cast<size_t>(rows * checkpoint_->config().hidden_size));
+    for (float& v : hidden) v = normal(rng);
+    return hidden;
+  }
+
+  // The batch for the experts of `decision` that `held` says are on the node (all rows sent).
+  comm::DispatchBatch BatchFor(int layer, const std::vector<float>& hidden,
+                               const model::GateDecision& decision,
+                               const std::function<bool(int)>& held, uint64_t version) {
+    comm::DispatchBatch batch;
+    batch.layer = layer;
+    batch.placement_version = version;
+    batch.hidden_size = checkpoint_->config().hidden_size;
+    batch.hidden = hidden;
+    std::map<int, comm::ExpertSliceRows> slices;
+    for (int64_t r = 0; r < decision.rows(); ++r) {
+      for (int k = 0; k < decision.top_k; ++k) {
+        const int expert = decision.experts[r * decision.top_k + k];
+        if (!held(expert)) continue;
+        auto& slice = slices[expert];
+        slice.expert = expert;
+        slice.rows.push_back(static_cast<uint32_t>(r));
+        slice.gate_weights.push_back(decision.weights[r * decision.top_k + k]);
+      }
+    }
+    for (auto& [expert, slice] : slices) batch.slices.push_back(slice);
+    return batch;
+  }
+
+  std::unique_ptr<checkpoint::Checkpoint> checkpoint_;
+  std::unique_ptr<router::ControlPlane> plane_;
+  std::unique_ptr<grpc::Server> router_;
+  int router_port_ = 0;
+  std::unique_ptr<ExpertNode> a_, b_;
+  std::string why_;
+};
+
+TEST_F(ExpertNodeClusterTest, NodesLoadTheirShareAndDispatchMatchesComputePartial) {
+  const moemesh::v1::Placement placement = plane_->CurrentPlacement();
+  ASSERT_EQ(placement.nodes_size(), 2);
+  // Registration order decides e % 2; find which node is which.
+  const std::string first = placement.nodes(0).node_id();
+  ExpertNode* even = a_->node_id() == first ? a_.get() : b_.get();
+  ExpertNode* odd = even == a_.get() ? b_.get() : a_.get();
+  EXPECT_EQ(ShareOf(placement, even->node_id()).size(), 3u * 8);
+  for (const auto& [layer, expert] : even->service().shard()->HeldExperts()) {
+    EXPECT_EQ(expert % 2, 0);
+  }
+  EXPECT_EQ(even->service().shard()->HeldExperts(), ShareOf(placement, even->node_id()));
+  EXPECT_EQ(odd->service().shard()->HeldExperts(), ShareOf(placement, odd->node_id()));
+  EXPECT_EQ(moemesh::testing::HealthCheck(even->address()), 1);
+  EXPECT_NE(moemesh::testing::ReflectionListServices(even->address()).find("moemesh.v1.ExpertService"),
+            std::string::npos);
+
+  auto all = model::ExpertShard::LoadAll(*checkpoint_);
+  ASSERT_TRUE(all.ok()) << all.status();
+  auto even_ref = model::ExpertShard::Load(*checkpoint_, ShareOf(placement, even->node_id()));
+  auto odd_ref = model::ExpertShard::Load(*checkpoint_, ShareOf(placement, odd->node_id()));
+  ASSERT_TRUE(even_ref.ok() && odd_ref.ok());
+
+  comm::GrpcExpertTransport transport;
+  const int hidden_size = checkpoint_->config().hidden_size;
+  for (int layer = 1; layer <= 3; ++layer) {
+    const int64_t rows = 7;
+    const auto hidden = RandomHidden(rows, 100 + layer);
+    const auto decision = RandomDecision(rows, 200 + layer);
+    const uint64_t version = placement.version();
+    auto even_future = transport.Dispatch(
+        even->node_id(), even->address(), 0,
+        BatchFor(layer, hidden, decision, [](int e) { return e % 2 == 0; }, version));
+    auto odd_future = transport.Dispatch(
+        odd->node_id(), odd->address(), 1,
+        BatchFor(layer, hidden, decision, [](int e) { return e % 2 == 1; }, version));
+    auto even_result = even_future.get();
+    auto odd_result = odd_future.get();
+    ASSERT_TRUE(even_result.ok()) << even_result.status();
+    ASSERT_TRUE(odd_result.ok()) << odd_result.status();
+    std::vector<float> even_expected(rows * hidden_size), odd_expected(rows * hidden_size),
+        full(rows * hidden_size);
+    ASSERT_TRUE((*even_ref)->ComputePartial(layer, hidden.data(), rows, decision,
+                                            even_expected.data()).ok());
+    ASSERT_TRUE((*odd_ref)->ComputePartial(layer, hidden.data(), rows, decision,
+                                           odd_expected.data()).ok());
+    ASSERT_TRUE((*all)->Compute(layer, hidden.data(), rows, decision, full.data()).ok());
+    EXPECT_EQ(even_result->partial_sum, even_expected) << "layer " << layer;  // bitwise
+    EXPECT_EQ(odd_result->partial_sum, odd_expected) << "layer " << layer;
+    for (size_t i = 0; i < full.size(); ++i) {
+      ASSERT_NEAR(even_result->partial_sum[i] + odd_result->partial_sum[i], full[i], 1e-5);
+    }
+  }
+  EXPECT_GE(even->service().counters().rows, 21u);
+}
+
+TEST_F(ExpertNodeClusterTest, ExpertNotHeldIsFailedPreconditionNamingIt) {
+  const moemesh::v1::Placement placement = plane_->CurrentPlacement();
+  const std::string first = placement.nodes(0).node_id();
+  ExpertNode* even = a_->node_id() == first ? a_.get() : b_.get();
+  comm::GrpcExpertTransport transport;
+  const auto hidden = RandomHidden(3, 1);
+  const auto decision = RandomDecision(3, 2);
+  comm::DispatchBatch batch = BatchFor(2, hidden, decision, [](int) { return true; }, 1);
+  auto result = transport.Dispatch(even->node_id(), even->address(), 0, batch).get();
+  ASSERT_TRUE(absl::IsFailedPrecondition(result.status())) << result.status();
+  std::set<int> odd_experts;
+  for (int32_t e : decision.experts) {
+    if (e % 2 == 1) odd_experts.insert(e);
+  }
+  ASSERT_FALSE(odd_experts.empty());
+  EXPECT_NE(result.status().message().find(std::to_string(*odd_experts.begin())),
+            absl::string_view::npos)
+      << result.status();
+  // A malformed batch (not an MoE layer) is INVALID_ARGUMENT.
+  batch.layer = 0;
+  auto invalid = transport.Dispatch(even->node_id(), even->address(), 0, batch).get();
+  EXPECT_TRUE(absl::IsInvalidArgument(invalid.status())) << invalid.status();
+}
+
+TEST_F(ExpertNodeClusterTest, KilledNodeFailsFastGoesUnhealthyAndGetsItsExpertsBackOnRestart) {
+  comm::GrpcExpertTransportOptions transport_options;
+  transport_options.dispatch_deadline = absl::Seconds(3);
+  comm::GrpcExpertTransport transport(transport_options);
+  const std::string id = b_->node_id();
+  const std::string old_address = b_->address();
+  const auto share = ShareOf(plane_->CurrentPlacement(), id);
+  const int layer = share.front().first;
+  const int expert = share.front().second;
+  const auto hidden = RandomHidden(2, 5);
+  model::GateDecision decision;
+  decision.top_k = 1;
+  decision.experts = {expert, expert};
+  decision.weights = {0.5f, 0.25f};
+  auto batch = [&] {
+    return BatchFor(layer, hidden, decision, [](int) { return true; }, 0);
+  };
+  ASSERT_TRUE(transport.Dispatch(id, old_address, 0, batch()).get().ok());
+
+  const auto start = std::chrono::steady_clock::now();
+  b_->Shutdown(0);
+  b_.reset();
+  auto after = transport.Dispatch(id, old_address, 0, batch()).get();
+  EXPECT_TRUE(absl::IsUnavailable(after.status())) << after.status();
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 3.5);
+
+  // The router notices the silence: unhealthy, version bumped, not ready, expert unserved.
+  std::string why;
+  for (int i = 0; i < 300 && (plane_->Ready(&why) || why.find(id) == std::string::npos); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_FALSE(plane_->Ready(&why));
+  EXPECT_NE(why.find(id), std::string::npos) << why;
+  EXPECT_TRUE(plane_->FirstUnservedExpert().has_value());
+
+  // Restart under the same name (new port): same id, same experts, ready again.
+  b_ = StartNode("ex-b");
+  ASSERT_NE(b_, nullptr);
+  ASSERT_TRUE(WaitReady()) << why_;
+  EXPECT_EQ(b_->node_id(), id);
+  EXPECT_EQ(b_->service().shard()->HeldExperts(), share);
+  auto again = transport.Dispatch(id, b_->address(), 0, batch()).get();
+  ASSERT_TRUE(again.ok()) << again.status();
+  EXPECT_EQ(plane_->FirstUnservedExpert(), std::nullopt);
+}
+
+}  // namespace
+}  // namespace moemesh::expert_node
