@@ -49,9 +49,13 @@ absl::StatusOr<std::unique_ptr<DeepseekModel>> DeepseekModel::Load(
   return std::unique_ptr<DeepseekModel>(new DeepseekModel(checkpoint.config(), std::move(weights)));
 }
 
-LatentCache DeepseekModel::NewCache() const {
-  return LatentCache(config_.num_hidden_layers, config_.kv_lora_rank, config_.qk_rope_head_dim);
+std::shared_ptr<LatentBlockPool> DeepseekModel::NewBlockPool(int64_t capacity_blocks,
+                                                             int block_size) const {
+  return std::make_shared<LatentBlockPool>(config_.num_hidden_layers, config_.kv_lora_rank,
+                                           config_.qk_rope_head_dim, block_size, capacity_blocks);
 }
+
+LatentCache DeepseekModel::NewCache() const { return LatentCache(default_pool_); }
 
 absl::Status DeepseekModel::Embed(std::span<const int32_t> tokens, float* hidden) const {
   const int64_t hidden_size = config_.hidden_size;
@@ -67,7 +71,8 @@ absl::Status DeepseekModel::Embed(std::span<const int32_t> tokens, float* hidden
   return absl::OkStatus();
 }
 
-void DeepseekModel::AttentionBlock(int layer, const StepLayout& layout, float* hidden) const {
+absl::Status DeepseekModel::AttentionBlock(int layer, const StepLayout& layout,
+                                           float* hidden) const {
   const AttentionWeights& weights = weights_.layers[layer].attention;
   const int64_t rows = layout.total_rows;
   const int64_t hidden_size = config_.hidden_size;
@@ -116,8 +121,9 @@ void DeepseekModel::AttentionBlock(int layer, const StepLayout& layout, float* h
                   position);
       rope_.Apply(rope_key.data() + row * rope, 1, rope, position);
     }
-    layout.caches[s]->Append(layer, latent.data() + layout.row_begin[s] * kv_rank,
-                             rope_key.data() + layout.row_begin[s] * rope, layout.row_count[s]);
+    RETURN_IF_ERROR(layout.caches[s]->Append(layer, latent.data() + layout.row_begin[s] * kv_rank,
+                                             rope_key.data() + layout.row_begin[s] * rope,
+                                             layout.row_count[s]));
   }
 
   // Absorb kv_b_proj's key half into the queries: q_latent[r, h] = q_nope[r, h] · W_uk[h],
@@ -131,7 +137,8 @@ void DeepseekModel::AttentionBlock(int layer, const StepLayout& layout, float* h
   }
 
   // Scores against every cached position, causal within the step, softmax, then the weighted
-  // sum of latents: context [rows, heads, kv_rank].
+  // sum of latents: context [rows, heads, kv_rank]. The cache is paged, so each product runs
+  // block by block into the matching columns.
   const float softmax_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(qk_head)) *
                                                  rope_.SoftmaxScaleMultiplier());
   std::vector<float> context(static_cast<size_t>(rows * heads * kv_rank));
@@ -142,15 +149,20 @@ void DeepseekModel::AttentionBlock(int layer, const StepLayout& layout, float* h
     if (count == 0) continue;
     const int64_t positions = cache.positions(layer);
     const int64_t query_rows = count * heads;
+    const int64_t block_size = cache.block_size();
+    const float* sequence_query_latent = query_latent.data() + layout.row_begin[s] * heads * kv_rank;
+    const float* sequence_query_rope = query.data() + layout.row_begin[s] * heads * qk_head + nope;
     scores.assign(static_cast<size_t>(query_rows * positions), 0.0f);
-    const float* cached_latent = cache.latent(layer);
-    const float* cached_rope = cache.rope_key(layer);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, query_rows, positions, kv_rank, 1.0f,
-                query_latent.data() + layout.row_begin[s] * heads * kv_rank, kv_rank,
-                cached_latent, kv_rank, 0.0f, scores.data(), positions);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, query_rows, positions, rope, 1.0f,
-                query.data() + layout.row_begin[s] * heads * qk_head + nope, qk_head, cached_rope,
-                rope, 1.0f, scores.data(), positions);
+    for (int64_t block = 0; block * block_size < positions; ++block) {
+      const int64_t first = block * block_size;
+      const int64_t width = std::min(block_size, positions - first);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, query_rows, width, kv_rank, 1.0f,
+                  sequence_query_latent, kv_rank, cache.block_latent(block, layer), kv_rank, 0.0f,
+                  scores.data() + first, positions);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, query_rows, width, rope, 1.0f,
+                  sequence_query_rope, qk_head, cache.block_rope_key(block, layer), rope, 1.0f,
+                  scores.data() + first, positions);
+    }
     for (int64_t i = 0; i < count; ++i) {
       const int64_t visible = layout.start_position[s] + i + 1;
       for (int64_t h = 0; h < heads; ++h) {
@@ -160,9 +172,14 @@ void DeepseekModel::AttentionBlock(int layer, const StepLayout& layout, float* h
         std::fill(row_scores + visible, row_scores + positions, 0.0f);
       }
     }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, query_rows, kv_rank, positions, 1.0f,
-                scores.data(), positions, cached_latent, kv_rank, 0.0f,
-                context.data() + layout.row_begin[s] * heads * kv_rank, kv_rank);
+    float* sequence_context = context.data() + layout.row_begin[s] * heads * kv_rank;
+    for (int64_t block = 0; block * block_size < positions; ++block) {
+      const int64_t first = block * block_size;
+      const int64_t width = std::min(block_size, positions - first);
+      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, query_rows, kv_rank, width, 1.0f,
+                  scores.data() + first, positions, cache.block_latent(block, layer), kv_rank,
+                  block == 0 ? 0.0f : 1.0f, sequence_context, kv_rank);
+    }
   }
 
   // Absorb the value half: out[r, h] = context[r, h] · W_uv[h]^T, W_uv[h] [v, kv_rank].
@@ -176,6 +193,7 @@ void DeepseekModel::AttentionBlock(int layer, const StepLayout& layout, float* h
   std::vector<float> projected(static_cast<size_t>(rows * hidden_size));
   kernels::Linear(attention_out.data(), rows, weights.o_proj, projected.data());
   for (int64_t i = 0; i < rows * hidden_size; ++i) hidden[i] += projected[i];
+  return absl::OkStatus();
 }
 
 void DeepseekModel::FeedForwardNorm(int layer, const float* hidden, int64_t rows,
@@ -281,14 +299,22 @@ absl::StatusOr<std::vector<float>> DeepseekModel::Forward(std::span<const Sequen
   std::vector<float> routed(static_cast<size_t>(rows * hidden_size));
   std::vector<float> dense(static_cast<size_t>(rows * hidden_size));
   for (int layer = 0; layer < config_.num_hidden_layers; ++layer) {
-    AttentionBlock(layer, layout, hidden.data());
+    if (absl::Status status = AttentionBlock(layer, layout, hidden.data()); !status.ok()) {
+      roll_back();
+      return status;
+    }
     FeedForwardNorm(layer, hidden.data(), rows, normed.data());
-    DenseFeedForward(layer, normed.data(), rows, dense.data());
     if (weights_.layers[layer].is_moe) {
       GateDecision decision = Gate(layer, normed.data(), rows);
-      if (absl::Status status =
-              routed_experts.Compute(layer, normed.data(), rows, decision, routed.data());
-          !status.ok()) {
+      // Routed experts first (they may be remote), the shared expert while they run.
+      absl::StatusOr<RoutedExperts::Combine> combine =
+          routed_experts.Dispatch(layer, normed.data(), rows, decision);
+      if (!combine.ok()) {
+        roll_back();
+        return combine.status();
+      }
+      DenseFeedForward(layer, normed.data(), rows, dense.data());
+      if (absl::Status status = (*combine)(routed.data()); !status.ok()) {
         roll_back();
         return status;
       }
@@ -296,6 +322,7 @@ absl::StatusOr<std::vector<float>> DeepseekModel::Forward(std::span<const Sequen
       for (int64_t i = 0; i < rows * hidden_size; ++i) hidden[i] += routed[i] + dense[i];
       if (trace != nullptr) trace->gates.emplace_back(layer, std::move(decision));
     } else {
+      DenseFeedForward(layer, normed.data(), rows, dense.data());
       for (int64_t i = 0; i < rows * hidden_size; ++i) hidden[i] += dense[i];
     }
     if (trace != nullptr) trace->layer_outputs.push_back(hidden);

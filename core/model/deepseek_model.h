@@ -48,8 +48,12 @@ class DeepseekModel {
   static absl::StatusOr<std::unique_ptr<DeepseekModel>> Load(checkpoint::Checkpoint& checkpoint);
 
   const checkpoint::ModelConfig& config() const { return config_; }
-  // A new, empty latent cache for one sequence.
+  // A pool of latent cache blocks for this model's shape (capacity_blocks 0 = unbounded).
+  std::shared_ptr<LatentBlockPool> NewBlockPool(int64_t capacity_blocks,
+                                                int block_size = kDefaultCacheBlockSize) const;
+  // A new, empty latent cache for one sequence, from an unbounded pool shared by such caches.
   LatentCache NewCache() const;
+  static constexpr int kDefaultCacheBlockSize = 64;
 
   // Runs one step. Returns logits [steps.size(), vocab]: for each sequence, at its last new token
   // (or, with `all_positions`, [total_rows, vocab] for every new token). Appends to each cache.
@@ -63,7 +67,8 @@ class DeepseekModel {
   // hidden [rows, hidden] = embed_tokens[tokens]. Errors: an id outside [0, vocab).
   absl::Status Embed(std::span<const int32_t> tokens, float* hidden) const;
   // hidden += MLA(attn_norm(hidden)) for `layer`, appending the step's latents to the caches.
-  void AttentionBlock(int layer, const StepLayout& layout, float* hidden) const;
+  // Errors: ResourceExhausted when a bounded cache pool has no room for the new positions.
+  absl::Status AttentionBlock(int layer, const StepLayout& layout, float* hidden) const;
   // normed [rows, hidden] = ffn_norm(hidden) of `layer`.
   void FeedForwardNorm(int layer, const float* hidden, int64_t rows, float* normed) const;
   // The MoE gate of `layer` on normed rows (model.py Gate, noaux_tc): sigmoid scores, bias added
@@ -80,11 +85,15 @@ class DeepseekModel {
 
  private:
   DeepseekModel(const checkpoint::ModelConfig& config, DenseWeights weights)
-      : config_(config), weights_(std::move(weights)), rope_(config) {}
+      : config_(config),
+        weights_(std::move(weights)),
+        rope_(config),
+        default_pool_(NewBlockPool(/*capacity_blocks=*/0)) {}
 
   checkpoint::ModelConfig config_;
   DenseWeights weights_;
   RotaryEmbedding rope_;
+  std::shared_ptr<LatentBlockPool> default_pool_;
 };
 
 }  // namespace moemesh::model

@@ -55,15 +55,18 @@ int64_t ExpertShard::StorageBytes() const {
   return bytes;
 }
 
-absl::Status ExpertShard::Compute(int layer, const float* hidden, int64_t rows,
-                                  const GateDecision& decision, float* out) {
+absl::StatusOr<RoutedExperts::Combine> ExpertShard::Dispatch(int layer, const float* hidden,
+                                                              int64_t rows,
+                                                              const GateDecision& decision) {
   for (int32_t expert : decision.experts) {
     if (!Holds(layer, expert)) {
       return absl::FailedPreconditionError(
           absl::StrCat("routed expert ", expert, " of layer ", layer, " is not held here"));
     }
   }
-  return ComputePartial(layer, hidden, rows, decision, out);
+  return Combine([this, layer, hidden, rows, decision](float* out) {
+    return ComputePartial(layer, hidden, rows, decision, out);
+  });
 }
 
 absl::Status ExpertShard::ComputePartial(int layer, const float* hidden, int64_t rows,

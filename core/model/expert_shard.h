@@ -31,9 +31,10 @@ class ExpertShard : public RoutedExperts {
   int hidden_size() const { return hidden_size_; }
   int64_t StorageBytes() const;
 
-  // RoutedExperts: sums over all top-k experts of each row; every one must be held here.
-  absl::Status Compute(int layer, const float* hidden, int64_t rows, const GateDecision& decision,
-                       float* out) override;
+  // RoutedExperts: sums over all top-k experts of each row; every one must be held here
+  // (FailedPrecondition otherwise). Computes when the Combine is called.
+  absl::StatusOr<Combine> Dispatch(int layer, const float* hidden, int64_t rows,
+                                   const GateDecision& decision) override;
 
   // The partial sum over the experts this shard holds: out[r] = sum over k with experts[r, k]
   // held here of weight[r, k] * expert(hidden[r]), experts added in ascending id order (model.py

@@ -1,28 +1,133 @@
 #include "core/model/latent_cache.h"
 
+#include <algorithm>
+#include <cstring>
+
+#include "absl/strings/str_cat.h"
+
 namespace moemesh::model {
 
-void LatentCache::Append(int layer, const float* latent, const float* rope_key, int64_t count) {
-  latents_[layer].insert(latents_[layer].end(), latent, latent + count * kv_lora_rank_);
-  rope_keys_[layer].insert(rope_keys_[layer].end(), rope_key, rope_key + count * rope_dim_);
+LatentBlockPool::LatentBlockPool(int num_layers, int kv_lora_rank, int rope_dim, int block_size,
+                                 int64_t capacity_blocks)
+    : num_layers_(num_layers),
+      kv_lora_rank_(kv_lora_rank),
+      rope_dim_(rope_dim),
+      block_size_(block_size),
+      capacity_blocks_(capacity_blocks),
+      block_floats_(static_cast<int64_t>(num_layers) * block_size * (kv_lora_rank + rope_dim)) {}
+
+int64_t LatentBlockPool::used_blocks() const {
+  absl::MutexLock lock(&mutex_);
+  return used_;
+}
+
+int64_t LatentBlockPool::free_blocks() const {
+  absl::MutexLock lock(&mutex_);
+  return capacity_blocks_ > 0 ? capacity_blocks_ - used_ : INT64_MAX;
+}
+
+absl::Status LatentBlockPool::Allocate(int64_t count, std::vector<int32_t>* blocks) {
+  absl::MutexLock lock(&mutex_);
+  if (capacity_blocks_ > 0 && used_ + count > capacity_blocks_) {
+    return absl::ResourceExhaustedError(absl::StrCat("latent cache full: need ", count,
+                                                     " blocks, ", capacity_blocks_ - used_,
+                                                     " of ", capacity_blocks_, " free"));
+  }
+  for (int64_t i = 0; i < count; ++i) {
+    if (free_list_.empty()) {
+      storage_.push_back(std::make_unique<float[]>(static_cast<size_t>(block_floats_)));
+      free_list_.push_back(static_cast<int32_t>(storage_.size() - 1));
+    }
+    blocks->push_back(free_list_.back());
+    free_list_.pop_back();
+  }
+  used_ += count;
+  return absl::OkStatus();
+}
+
+void LatentBlockPool::Release(const std::vector<int32_t>& blocks) {
+  absl::MutexLock lock(&mutex_);
+  for (int32_t block : blocks) free_list_.push_back(block);
+  used_ -= static_cast<int64_t>(blocks.size());
+}
+
+float* LatentBlockPool::latent(int32_t block, int layer) const {
+  // Storage of one block: [layer][block_size][kv_lora_rank] latents, then
+  // [layer][block_size][rope_dim] rope keys. Blocks never move once created.
+  absl::MutexLock lock(&mutex_);
+  return storage_[block].get() + static_cast<int64_t>(layer) * block_size_ * kv_lora_rank_;
+}
+
+float* LatentBlockPool::rope_key(int32_t block, int layer) const {
+  absl::MutexLock lock(&mutex_);
+  return storage_[block].get() + static_cast<int64_t>(num_layers_) * block_size_ * kv_lora_rank_ +
+         static_cast<int64_t>(layer) * block_size_ * rope_dim_;
+}
+
+LatentCache::LatentCache(std::shared_ptr<LatentBlockPool> pool)
+    : pool_(std::move(pool)), written_(pool_->num_layers(), 0) {}
+
+LatentCache::~LatentCache() { Clear(); }
+
+LatentCache::LatentCache(LatentCache&& other) noexcept
+    : pool_(other.pool_),
+      blocks_(std::move(other.blocks_)),
+      written_(std::move(other.written_)),
+      length_(other.length_) {
+  other.blocks_.clear();
+  other.written_.assign(pool_->num_layers(), 0);
+  other.length_ = 0;
+}
+
+LatentCache& LatentCache::operator=(LatentCache&& other) noexcept {
+  if (this != &other) {
+    Clear();
+    pool_ = other.pool_;
+    blocks_ = std::move(other.blocks_);
+    written_ = std::move(other.written_);
+    length_ = other.length_;
+    other.blocks_.clear();
+    other.written_.assign(pool_->num_layers(), 0);
+    other.length_ = 0;
+  }
+  return *this;
+}
+
+void LatentCache::Clear() {
+  if (pool_ != nullptr && !blocks_.empty()) pool_->Release(blocks_);
+  blocks_.clear();
+  std::fill(written_.begin(), written_.end(), 0);
+  length_ = 0;
+}
+
+absl::Status LatentCache::Reserve(int64_t positions) {
+  const int64_t block_size = pool_->block_size();
+  const int64_t needed = (positions + block_size - 1) / block_size - num_blocks();
+  if (needed <= 0) return absl::OkStatus();
+  return pool_->Allocate(needed, &blocks_);
+}
+
+absl::Status LatentCache::Append(int layer, const float* latent, const float* rope_key,
+                                 int64_t count) {
+  if (absl::Status status = Reserve(written_[layer] + count); !status.ok()) return status;
+  const int64_t block_size = pool_->block_size();
+  const int rank = pool_->kv_lora_rank();
+  const int rope = pool_->rope_dim();
+  for (int64_t i = 0; i < count; ++i) {
+    const int64_t position = written_[layer] + i;
+    const int32_t block = blocks_[position / block_size];
+    const int64_t slot = position % block_size;
+    std::memcpy(pool_->latent(block, layer) + slot * rank, latent + i * rank, sizeof(float) * rank);
+    std::memcpy(pool_->rope_key(block, layer) + slot * rope, rope_key + i * rope,
+                sizeof(float) * rope);
+  }
+  written_[layer] += count;
+  return absl::OkStatus();
 }
 
 void LatentCache::Truncate(int64_t length) {
-  for (size_t layer = 0; layer < latents_.size(); ++layer) {
-    if (positions(static_cast<int>(layer)) > length) {
-      latents_[layer].resize(static_cast<size_t>(length * kv_lora_rank_));
-      rope_keys_[layer].resize(static_cast<size_t>(length * rope_dim_));
-    }
-  }
-  if (length_ > length) length_ = length;
-}
-
-int64_t LatentCache::Bytes() const {
-  int64_t bytes = 0;
-  for (size_t layer = 0; layer < latents_.size(); ++layer) {
-    bytes += static_cast<int64_t>(latents_[layer].capacity() + rope_keys_[layer].capacity()) * 4;
-  }
-  return bytes;
+  for (int64_t& written : written_) written = std::min(written, length);
+  length_ = std::min(length_, length);
 }
 
 }  // namespace moemesh::model

@@ -4,9 +4,11 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace moemesh::model {
 
@@ -22,13 +24,25 @@ struct GateDecision {
 
 class RoutedExperts {
  public:
+  // Waits for the routed output and writes it to `out` [rows, hidden_size] (overwritten).
+  using Combine = std::function<absl::Status(float* out)>;
+
   virtual ~RoutedExperts() = default;
-  // For each row r of `hidden` ([rows, hidden_size], the post-attention-normed activations):
-  // out[r] = sum over k of weight[r, k] * expert_{experts[r, k]}(hidden[r]); `out` is
-  // [rows, hidden_size] and is overwritten. Errors: an expert that cannot be computed (not held,
-  // node unreachable) - never a silently partial sum.
-  virtual absl::Status Compute(int layer, const float* hidden, int64_t rows,
-                               const GateDecision& decision, float* out) = 0;
+  // Starts computing, for each row r of `hidden` ([rows, hidden_size], the
+  // post-attention-normed activations), sum over k of weight[r, k] * expert_{experts[r, k]}(
+  // hidden[r]). The caller may compute other things (the shared expert) before calling the
+  // returned Combine; `hidden` must stay valid until then. Errors (from either): an expert that
+  // cannot be computed (not held, node unreachable) - never a silently partial sum.
+  virtual absl::StatusOr<Combine> Dispatch(int layer, const float* hidden, int64_t rows,
+                                           const GateDecision& decision) = 0;
+
+  // Dispatch and combine in one call.
+  absl::Status Compute(int layer, const float* hidden, int64_t rows, const GateDecision& decision,
+                       float* out) {
+    absl::StatusOr<Combine> combine = Dispatch(layer, hidden, rows, decision);
+    if (!combine.ok()) return combine.status();
+    return (*combine)(out);
+  }
 };
 
 }  // namespace moemesh::model

@@ -17,6 +17,9 @@ namespace {
 
 using checkpoint::WeightMatrix;
 
+// Below this many weights a matrix is not worth waking other threads for.
+constexpr int64_t kParallelMinimumWeights = 1 << 18;
+
 #if MOEMESH_FP8_AVX2
 // Eight e4m3 codes -> eight floats scaled by 2^-8. Moving the e4m3 exponent/mantissa bits up by
 // 7 gives an IEEE half whose value is the e4m3 value times 2^(7-15) (subnormals included), so a
@@ -46,7 +49,7 @@ void Fp8FusedGemv(const float* x, int64_t x_stride, int64_t rows, const WeightMa
   const int64_t cols = weight.cols;
   const int64_t scale_cols = weight.scale_cols();
   const int block_cols = weight.block_cols;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (weight.rows * cols >= kParallelMinimumWeights)
   for (int64_t out = 0; out < weight.rows; ++out) {
     const uint8_t* codes = weight.fp8.data() + out * cols;
     const float* scales = weight.block_scales.data() + (out / weight.block_rows) * scale_cols;
@@ -83,7 +86,7 @@ void Fp8FusedGemv(const float* x, int64_t x_stride, int64_t rows, const WeightMa
 void DequantizeRows(const WeightMatrix& weight, int64_t row_begin, int64_t row_end, float* out) {
   const int64_t cols = weight.cols;
   const int64_t scale_cols = weight.scale_cols();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if ((row_end - row_begin) * cols >= kParallelMinimumWeights)
   for (int64_t row = row_begin; row < row_end; ++row) {
     const uint8_t* codes = weight.fp8.data() + row * cols;
     const float* scales = weight.block_scales.data() + (row / weight.block_rows) * scale_cols;

@@ -1,0 +1,15 @@
+// How many threads the CPU kernels (OpenBLAS and our OpenMP loops) use.
+#pragma once
+
+namespace moemesh::kernels {
+
+// Sets the thread count of OpenBLAS and of the OpenMP loops in these kernels. Services call it
+// once at start-up from a flag: several processes sharing a few cores must not each spin up
+// threads per core (busy-waiting BLAS threads then slow everything down many times over).
+// `threads` <= 0 leaves the library defaults (one per core).
+void SetComputeThreads(int threads);
+
+// Current OpenMP/OpenBLAS thread count.
+int ComputeThreads();
+
+}  // namespace moemesh::kernels
