@@ -1,0 +1,365 @@
+#include "router/http_server.h"
+
+#include <signal.h>
+
+#include <chrono>
+#include <deque>
+#include <exception>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
+#include "httplib.h"
+
+namespace moemesh::router {
+namespace {
+
+using nlohmann::json;
+
+constexpr char kJson[] = "application/json";
+
+// One backend callback: an event of choice `choice`, or the end of its stream.
+struct Item {
+  int choice = 0;
+  bool end = false;
+  moemesh::v1::SequenceEvent event;
+  absl::Status status;
+};
+
+// Events of all of a request's sequences, in arrival order (filled by backend threads).
+class EventQueue {
+ public:
+  void Push(Item item) {
+    absl::MutexLock lock(&mutex_);
+    items_.push_back(std::move(item));
+  }
+  // Next item, waiting up to `timeout`; nullopt when none came.
+  std::optional<Item> Pop(absl::Duration timeout) {
+    absl::MutexLock lock(&mutex_);
+    mutex_.AwaitWithTimeout(
+        absl::Condition(+[](std::deque<Item>* items) { return !items->empty(); }, &items_),
+        timeout);
+    if (items_.empty()) return std::nullopt;
+    Item item = std::move(items_.front());
+    items_.pop_front();
+    return item;
+  }
+
+ private:
+  absl::Mutex mutex_;
+  std::deque<Item> items_;
+};
+
+void SetError(httplib::Response& res, const ApiError& error) {
+  res.status = error.http_status;
+  res.set_content(ErrorBody(error), kJson);
+}
+
+uint64_t Micros(absl::Duration d) { return static_cast<uint64_t>(absl::ToInt64Microseconds(d)); }
+
+}  // namespace
+
+// One completion request in flight. Non-movable (the builder points into `prepared`).
+struct HttpServer::Run {
+  Run(PreparedRequest p, const ModelInfo& model, std::string id, int64_t created)
+      : prepared(std::move(p)), builder(prepared, model, std::move(id), created) {}
+  ~Run() { handles.clear(); }  // cancel and join the sequences before the builder goes
+
+  void CancelAll(RouterStats& stats) {
+    for (size_t i = 0; i < handles.size(); ++i) {
+      if (handles[i] && !builder.finished(static_cast<int>(i))) {
+        handles[i]->Cancel();
+        stats.sequences_cancelled.fetch_add(1, std::memory_order_relaxed);
+      }
+    }
+    cancelled = true;
+  }
+
+  // Applies one item; chunks (streaming) go to `chunks`. Returns an error that fails the request.
+  std::optional<ApiError> Apply(const Item& item, RouterStats& stats,
+                                std::vector<std::string>* chunks) {
+    if (item.end) {
+      if (builder.finished(item.choice)) return std::nullopt;
+      return builder.OnStreamEnd(item.choice, item.status);
+    }
+    if (!first_token && item.event.tokens_size() > 0) {
+      first_token = true;
+      stats.ttft_us_sum.fetch_add(Micros(absl::Now() - received), std::memory_order_relaxed);
+      stats.ttft_count.fetch_add(1, std::memory_order_relaxed);
+    }
+    ResponseBuilder::EventResult result = builder.OnEvent(item.choice, item.event);
+    if (result.error) return result.error;
+    if (result.cancel_sequence && item.choice < static_cast<int>(handles.size())) {
+      handles[item.choice]->Cancel();
+      stats.sequences_cancelled.fetch_add(1, std::memory_order_relaxed);
+    }
+    for (std::string& chunk : result.chunks) chunks->push_back(std::move(chunk));
+    return std::nullopt;
+  }
+
+  void Finish(RouterStats& stats) {
+    stats.prompt_tokens.fetch_add(builder.prompt_tokens(), std::memory_order_relaxed);
+    stats.completion_tokens.fetch_add(builder.completion_tokens(), std::memory_order_relaxed);
+    stats.request_us_sum.fetch_add(Micros(absl::Now() - received), std::memory_order_relaxed);
+  }
+
+  PreparedRequest prepared;
+  ResponseBuilder builder;
+  std::shared_ptr<EventQueue> queue = std::make_shared<EventQueue>();
+  absl::Time received;
+  absl::Time deadline;
+  absl::Time last_write;
+  bool stream_started = false;
+  bool done = false;
+  bool first_token = false;
+  bool cancelled = false;
+  std::vector<std::unique_ptr<SequenceHandle>> handles;  // last: destroyed first
+};
+
+HttpServer::HttpServer(const ModelInfo& model, AttentionBackend* backend,
+                       HttpServerOptions options)
+    : model_(model), backend_(backend), options_(std::move(options)) {}
+
+HttpServer::~HttpServer() { Stop(); }
+
+absl::Status HttpServer::Start() {
+  // A client that goes away mid-stream must not kill the process with SIGPIPE.
+  signal(SIGPIPE, SIG_IGN);
+  server_ = std::make_unique<httplib::Server>();
+  const int threads = options_.threads;
+  server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  server_->set_payload_max_length(options_.max_body_bytes);
+  server_->set_keep_alive_max_count(1000);
+  Install();
+  if (options_.port == 0) {
+    port_ = server_->bind_to_any_port(options_.host);
+  } else {
+    port_ = server_->bind_to_port(options_.host, options_.port) ? options_.port : -1;
+  }
+  if (port_ <= 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", options_.host, ":", options_.port));
+  }
+  thread_ = std::thread([this] { server_->listen_after_bind(); });
+  return absl::OkStatus();
+}
+
+void HttpServer::Stop() {
+  stopping_.store(true);
+  if (server_) server_->stop();
+  if (thread_.joinable()) thread_.join();
+}
+
+void HttpServer::Install() {
+  httplib::Server& s = *server_;
+
+  // Any handler failure becomes a 500 error body; the server never goes down on input.
+  auto guard = [](auto handler) {
+    return [handler](const httplib::Request& req, httplib::Response& res) {
+      try {
+        handler(req, res);
+      } catch (const std::exception& e) {
+        res.content_provider_ = nullptr;
+        SetError(res, ApiErrorFromHttpStatus(500, absl::StrCat("internal error: ", e.what())));
+      } catch (...) {
+        res.content_provider_ = nullptr;
+        SetError(res, ApiErrorFromHttpStatus(500, "internal error"));
+      }
+    };
+  };
+
+  s.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty() || res.content_provider_) return;
+    std::string message =
+        res.status == 404 ? absl::StrCat("no route for ", req.method, " ", req.path)
+        : res.status == 413 ? std::string("the request body is too large")
+                            : absl::StrCat("HTTP error ", res.status);
+    ApiError error = ApiErrorFromHttpStatus(res.status, message);
+    if (res.status == 404) error.type = "invalid_request_error";
+    res.set_content(ErrorBody(error), kJson);
+  });
+
+  s.Get("/health", guard([](const httplib::Request&, httplib::Response& res) {
+    res.set_content(R"({"status":"ok"})", kJson);
+  }));
+
+  s.Get("/ready", guard([this](const httplib::Request&, httplib::Response& res) {
+    absl::Status ready = backend_->Ready();
+    if (ready.ok()) {
+      res.set_content(R"({"status":"ready"})", kJson);
+      return;
+    }
+    SetError(res, ApiErrorFromHttpStatus(503, std::string(ready.message())));
+  }));
+
+  s.Get("/v1/models", guard([this](const httplib::Request&, httplib::Response& res) {
+    res.set_content(DumpJson(ModelsJson(model_)), kJson);
+  }));
+
+  auto completions = [this](Endpoint endpoint) {
+    return [this, endpoint](const httplib::Request& req, httplib::Response& res) {
+      stats_.requests.fetch_add(1, std::memory_order_relaxed);
+      const absl::Time received = absl::Now();
+      auto fail = [&](const ApiError& error) {
+        stats_.errors.fetch_add(1, std::memory_order_relaxed);
+        SetError(res, error);
+      };
+      absl::StatusOr<ApiRequest> parsed = ParseRequest(endpoint, req.body, model_);
+      if (!parsed.ok()) return fail(ToApiError(parsed.status()));
+      const std::string id = NewResponseId(endpoint);
+      absl::StatusOr<PreparedRequest> prepared = PrepareRequest(*std::move(parsed), model_, id);
+      if (!prepared.ok()) return fail(ToApiError(prepared.status()));
+      const int64_t created = absl::ToUnixSeconds(received);
+      auto run = std::make_shared<Run>(*std::move(prepared), model_, id, created);
+      run->received = received;
+      run->deadline = received + absl::Seconds(options_.request_timeout_seconds);
+      run->last_write = received;
+
+      // Start every choice's sequence before answering, so that a missing node is a 503.
+      const auto& sequences = run->prepared.sequences;
+      for (size_t i = 0; i < sequences.size(); ++i) {
+        std::shared_ptr<EventQueue> queue = run->queue;
+        const int choice = static_cast<int>(i);
+        SequenceObserver observer;
+        observer.on_event = [queue, choice](const moemesh::v1::SequenceEvent& event) {
+          queue->Push(Item{choice, false, event, absl::OkStatus()});
+        };
+        observer.on_end = [queue, choice](const absl::Status& status) {
+          queue->Push(Item{choice, true, {}, status});
+        };
+        absl::StatusOr<std::unique_ptr<SequenceHandle>> handle =
+            backend_->AddSequence(sequences[i], std::move(observer));
+        if (!handle.ok()) {
+          run->CancelAll(stats_);
+          ApiError error = ToApiError(handle.status());
+          return fail(error);
+        }
+        run->handles.push_back(*std::move(handle));
+        stats_.sequences_started.fetch_add(1, std::memory_order_relaxed);
+      }
+
+      if (!run->prepared.api.stream) {
+        while (!run->builder.all_finished()) {
+          std::optional<ApiError> error;
+          const absl::Time now = absl::Now();
+          if (stopping_.load()) {
+            error = ApiErrorFromHttpStatus(503, "the router is shutting down");
+          } else if (now >= run->deadline) {
+            error = ApiErrorFromHttpStatus(
+                504, absl::StrCat("the request timed out after ", options_.request_timeout_seconds,
+                                  " seconds"));
+          } else if (std::optional<Item> item =
+                         run->queue->Pop(std::min(absl::Milliseconds(100), run->deadline - now))) {
+            std::vector<std::string> unused;
+            error = run->Apply(*item, stats_, &unused);
+          }
+          if (error) {
+            run->CancelAll(stats_);
+            run->Finish(stats_);
+            return fail(*error);
+          }
+        }
+        run->Finish(stats_);
+        res.set_content(DumpJson(run->builder.Response()), kJson);
+        return;
+      }
+
+      stats_.streaming_requests.fetch_add(1, std::memory_order_relaxed);
+      res.set_header("Cache-Control", "no-cache");
+      res.set_chunked_content_provider(
+          "text/event-stream",
+          [this, run](size_t /*offset*/, httplib::DataSink& sink) -> bool {
+            try {
+              auto write_raw = [&](const std::string& text) {
+                run->last_write = absl::Now();
+                return sink.write(text.data(), text.size());
+              };
+              auto write = [&](const std::string& payload) {
+                return write_raw(absl::StrCat("data: ", payload, "\n\n"));
+              };
+              auto disconnected = [&] {
+                stats_.client_disconnects.fetch_add(1, std::memory_order_relaxed);
+                run->CancelAll(stats_);
+                run->Finish(stats_);
+                run->done = true;
+                return false;
+              };
+              auto end_with_error = [&](const ApiError& error) {
+                stats_.errors.fetch_add(1, std::memory_order_relaxed);
+                run->CancelAll(stats_);
+                run->Finish(stats_);
+                run->done = true;
+                write(DumpJson(ErrorJson(error)));
+                sink.done();
+                return true;
+              };
+              if (run->done) {
+                sink.done();
+                return true;
+              }
+              if (!run->stream_started) {
+                run->stream_started = true;
+                for (const std::string& chunk : run->builder.StartChunks()) {
+                  if (!write(chunk)) return disconnected();
+                }
+                return true;
+              }
+              const absl::Time now = absl::Now();
+              if (stopping_.load()) {
+                return end_with_error(ApiErrorFromHttpStatus(503, "the router is shutting down"));
+              }
+              if (now >= run->deadline) {
+                return end_with_error(ApiErrorFromHttpStatus(
+                    504, absl::StrCat("the request timed out after ",
+                                      options_.request_timeout_seconds, " seconds")));
+              }
+              std::optional<Item> item =
+                  run->queue->Pop(std::min(absl::Milliseconds(100), run->deadline - now));
+              if (!item) {
+                // An SSE comment now and then, so that a client gone while the sequence waits
+                // (admission, long prefill) is noticed by a failing write.
+                if (absl::Now() - run->last_write > absl::Seconds(2)) {
+                  if (!write_raw(": keep-alive\n\n")) return disconnected();
+                }
+                return true;
+              }
+              std::vector<std::string> chunks;
+              std::optional<ApiError> error = run->Apply(*item, stats_, &chunks);
+              for (const std::string& chunk : chunks) {
+                if (!write(chunk)) return disconnected();
+              }
+              if (error) return end_with_error(*error);
+              if (run->builder.all_finished()) {
+                for (const std::string& chunk : run->builder.EndChunks()) {
+                  if (!write(chunk)) return disconnected();
+                }
+                if (!write("[DONE]")) return disconnected();
+                run->Finish(stats_);
+                run->done = true;
+                sink.done();
+              }
+              return true;
+            } catch (...) {
+              run->CancelAll(stats_);
+              run->done = true;
+              return false;
+            }
+          },
+          [this, run](bool /*success*/) {
+            if (!run->done) {
+              stats_.client_disconnects.fetch_add(1, std::memory_order_relaxed);
+              run->CancelAll(stats_);
+            }
+            // The sequences are joined when the last reference to `run` goes.
+          });
+    };
+  };
+  s.Post("/v1/chat/completions", guard(completions(Endpoint::kChatCompletions)));
+  s.Post("/v1/completions", guard(completions(Endpoint::kCompletions)));
+}
+
+}  // namespace moemesh::router

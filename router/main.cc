@@ -1,0 +1,142 @@
+// moemesh-router: the OpenAI HTTP API plus the cluster's control plane (gRPC).
+//
+//   moemesh-router --model DIR [--host 127.0.0.1] [--port 0] [--control-port 0]
+//                  [--attention-nodes 1] [--expert-nodes 1] [--served-model-name NAME]
+//                  [--max-model-len N] [--request-timeout-seconds 600]
+//
+// Prints (and flushes) "moemesh-router control listening on HOST:PORT" and
+// "moemesh-router http listening on HOST:PORT" once both servers accept; runs until SIGINT or
+// SIGTERM.
+#include <signal.h>
+
+#include <cstdint>
+#include <iostream>
+#include <string>
+#include <vector>
+#include <algorithm>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/strings/str_cat.h"
+#include "core/checkpoint/model_config.h"
+#include "core/comm/grpc_server.h"
+#include "router/attention_client.h"
+#include "router/control_plane.h"
+#include "router/http_server.h"
+#include "router/openai_api.h"
+
+ABSL_FLAG(std::string, model, "", "model directory (config.json, tokenizer.json, tokenizer_config.json)");
+ABSL_FLAG(std::string, host, "127.0.0.1", "address the HTTP and control servers bind");
+ABSL_FLAG(int, port, 0, "HTTP port (0 picks one)");
+ABSL_FLAG(int, control_port, 0, "control-plane gRPC port (0 picks one)");
+ABSL_FLAG(int, attention_nodes, 1, "attention nodes expected before /ready");
+ABSL_FLAG(int, expert_nodes, 1, "expert nodes the placement spreads the experts over");
+ABSL_FLAG(std::string, served_model_name, "", "model name in the API (default: the model dir's basename)");
+ABSL_FLAG(int64_t, max_model_len, 0, "context length, prompt plus completion (default: max_position_embeddings)");
+ABSL_FLAG(double, request_timeout_seconds, 600, "a request still running after this fails (504)");
+ABSL_FLAG(int, http_threads, 64, "HTTP connections served at once");
+
+// absl flags are spelled with underscores; accept the dashed spelling (--control-port) too.
+static std::vector<std::string> DashesToUnderscores(int argc, char** argv) {
+  std::vector<std::string> args(argv, argv + argc);
+  for (size_t i = 1; i < args.size(); ++i) {
+    std::string& arg = args[i];
+    if (arg == "--") break;
+    if (arg.size() < 3 || arg[0] != '-') continue;
+    size_t start = arg[1] == '-' ? 2 : 1;
+    size_t end = std::min(arg.find('='), arg.size());
+    for (size_t j = start; j < end; ++j) {
+      if (arg[j] == '-') arg[j] = '_';
+    }
+  }
+  return args;
+}
+
+int main(int argc, char** argv) {
+  std::vector<std::string> args = DashesToUnderscores(argc, argv);
+  std::vector<char*> arg_pointers;
+  for (std::string& arg : args) arg_pointers.push_back(arg.data());
+  absl::ParseCommandLine(static_cast<int>(arg_pointers.size()), arg_pointers.data());
+  const std::string model_dir = absl::GetFlag(FLAGS_model);
+  if (model_dir.empty()) {
+    std::cerr << "moemesh-router: --model DIR is required\n";
+    return 2;
+  }
+  auto model = moemesh::router::LoadModel(model_dir, absl::GetFlag(FLAGS_served_model_name),
+                                          absl::GetFlag(FLAGS_max_model_len));
+  if (!model.ok()) {
+    std::cerr << "moemesh-router: " << model.status() << "\n";
+    return 1;
+  }
+  auto config = moemesh::checkpoint::LoadModelConfig(model_dir + "/config.json");
+  if (!config.ok()) {
+    std::cerr << "moemesh-router: " << config.status() << "\n";
+    return 1;
+  }
+
+  // SIGINT / SIGTERM are taken by sigwait below; block them before any thread starts.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGINT);
+  sigaddset(&stop_signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  moemesh::router::ControlPlaneOptions control_options;
+  control_options.expected_attention_nodes = absl::GetFlag(FLAGS_attention_nodes);
+  control_options.expected_expert_nodes = absl::GetFlag(FLAGS_expert_nodes);
+  moemesh::router::ControlPlane control(*config, control_options);
+
+  const std::string host = absl::GetFlag(FLAGS_host);
+  moemesh::comm::EnableHealthAndReflection();
+  int control_port = 0;
+  std::unique_ptr<grpc::Server> control_server = moemesh::comm::StartGrpcServer(
+      absl::StrCat(host, ":", absl::GetFlag(FLAGS_control_port)), {&control}, &control_port);
+  if (!control_server) {
+    std::cerr << "moemesh-router: cannot start the control plane on " << host << ":"
+              << absl::GetFlag(FLAGS_control_port) << "\n";
+    return 1;
+  }
+
+  moemesh::router::GrpcAttentionBackendOptions backend_options;
+  backend_options.ready = [&control]() -> absl::Status {
+    std::string why;
+    if (control.Ready(&why)) return absl::OkStatus();
+    return absl::UnavailableError(why.empty() ? "the cluster is not ready" : why);
+  };
+  backend_options.check_experts = [&control]() -> absl::Status {
+    if (auto unserved = control.FirstUnservedExpert()) {
+      return absl::UnavailableError(absl::StrCat("no healthy expert node holds expert ",
+                                                 unserved->second, " of layer ", unserved->first));
+    }
+    return absl::OkStatus();
+  };
+  backend_options.pick_node = [&control](uint64_t reserve) -> absl::StatusOr<std::string> {
+    auto node = control.PickAttentionNode(reserve);
+    if (!node) return absl::UnavailableError("no healthy attention node");
+    return node->address;
+  };
+  moemesh::router::GrpcAttentionBackend backend(std::move(backend_options));
+
+  moemesh::router::HttpServerOptions http_options;
+  http_options.host = host;
+  http_options.port = absl::GetFlag(FLAGS_port);
+  http_options.request_timeout_seconds = absl::GetFlag(FLAGS_request_timeout_seconds);
+  http_options.threads = absl::GetFlag(FLAGS_http_threads);
+  moemesh::router::HttpServer http((*model)->info, &backend, http_options);
+  if (absl::Status status = http.Start(); !status.ok()) {
+    std::cerr << "moemesh-router: " << status << "\n";
+    control_server->Shutdown();
+    return 1;
+  }
+
+  std::cout << "moemesh-router control listening on " << host << ":" << control_port << "\n"
+            << "moemesh-router http listening on " << host << ":" << http.port() << "\n"
+            << std::flush;
+
+  int signal_number = 0;
+  sigwait(&stop_signals, &signal_number);
+  std::cerr << "moemesh-router: signal " << signal_number << ", stopping\n";
+  http.Stop();
+  control_server->Shutdown();
+  return 0;
+}

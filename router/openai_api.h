@@ -1,0 +1,198 @@
+// The router's OpenAI API layer, without networking: request bodies of /v1/chat/completions and
+// /v1/completions -> validated requests -> per-choice AddSequenceRequests; SequenceEvents ->
+// streaming chunks or the non-streaming response body; errors as OpenAI error bodies.
+//
+// Errors are absl::Status values whose code gives the HTTP status (ToApiError): InvalidArgument
+// -> 400, NotFound -> 404, Unavailable -> 503, DeadlineExceeded -> 504, others -> 500. The
+// parameter a 400 is about and an OpenAI error code travel as payloads (ApiStatus).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/text/chat_template.h"
+#include "core/text/output_processor.h"
+#include "core/text/tokenizer.h"
+#include "moemesh/v1/attention.pb.h"
+#include "nlohmann/json.hpp"
+
+namespace moemesh::router {
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+// An OpenAI error body: {"error":{"message","type","param","code"}} plus its HTTP status.
+struct ApiError {
+  int http_status = 500;
+  std::string message;
+  std::string type;   // invalid_request_error, not_found_error, service_unavailable_error, ...
+  std::string param;  // "" -> null
+  std::string code;   // "" -> null
+};
+
+// A Status carrying `param` and `code` for the error body ("" = none).
+absl::Status ApiStatus(absl::StatusCode code, std::string_view message, std::string_view param = "",
+                       std::string_view error_code = "");
+// Status -> HTTP status, type, message, param and code.
+ApiError ToApiError(const absl::Status& status);
+// An error from an HTTP status (e.g. a node's error_code); 0 means 503.
+ApiError ApiErrorFromHttpStatus(int http_status, std::string message);
+nlohmann::json ErrorJson(const ApiError& error);
+// ErrorJson serialised.
+std::string ErrorBody(const ApiError& error);
+
+// JSON text with invalid UTF-8 replaced (never throws).
+std::string DumpJson(const nlohmann::json& value);
+
+// ---------------------------------------------------------------------------------------------
+// The model as the API sees it
+
+struct ModelInfo {
+  std::string served_name;           // the `model` clients must send (or omit)
+  int64_t max_model_len = 0;         // prompt + completion tokens, at most
+  int64_t vocab_size = 0;            // config.json vocab_size: valid ids are [0, vocab_size)
+  std::vector<text::TokenId> eos_token_ids = {1};
+  std::optional<text::TokenId> bos_token_id;  // prepended to text prompts of /v1/completions
+  text::ChatTemplate chat_template;
+  bool parse_reasoning = true;       // R1: split reasoning_content at </think>
+  int64_t created = 0;               // unix seconds, for /v1/models
+  const text::Tokenizer* tokenizer = nullptr;  // not owned
+};
+
+// Reads `model_dir`: config.json (max_position_embeddings, vocab_size, eos_token_id),
+// tokenizer.json and tokenizer_config.json. Owns the tokenizer it loads. `max_model_len` <= 0
+// takes max_position_embeddings; `served_name` empty takes the directory's basename.
+struct LoadedModel {
+  std::unique_ptr<text::Tokenizer> tokenizer;
+  ModelInfo info;
+};
+absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& model_dir,
+                                                       std::string served_name,
+                                                       int64_t max_model_len);
+
+// GET /v1/models body.
+nlohmann::json ModelsJson(const ModelInfo& model);
+
+// ---------------------------------------------------------------------------------------------
+// Requests
+
+enum class Endpoint { kChatCompletions, kCompletions };
+
+inline constexpr int kMaxN = 16;              // largest `n`
+inline constexpr int kMaxTopLogprobs = 20;    // largest top_logprobs / completions logprobs
+inline constexpr size_t kMaxStopStrings = 16;
+
+// A request body after validation (before tokenization).
+struct ApiRequest {
+  Endpoint endpoint = Endpoint::kChatCompletions;
+  std::string model;
+  nlohmann::json messages;                  // chat: array of {role, content, tool_calls?, ...}
+  std::optional<std::string> prompt_text;   // completions: text prompt
+  std::vector<text::TokenId> prompt_ids;    // completions: token-id prompt (when no text)
+  bool stream = false;
+  bool include_usage = false;               // stream_options.include_usage
+  std::optional<int64_t> max_tokens;        // max_completion_tokens, else max_tokens
+  double temperature = 1.0;
+  double top_p = 1.0;
+  int32_t top_k = 0;                        // 0 = no limit (-1 is accepted as 0)
+  std::optional<uint64_t> seed;
+  int n = 1;
+  std::vector<std::string> stop;            // stop strings (empty strings dropped)
+  std::vector<text::TokenId> stop_token_ids;  // extension (vLLM): extra ids that end a sequence
+  bool ignore_eos = false;                  // extension (vLLM)
+  bool logprobs = false;                    // return each sampled token's logprob
+  int top_logprobs = 0;                     // alternatives per token (0..20)
+  bool tools_offered = false;               // `tools` non-empty and tool_choice != "none"
+  bool return_token_ids = false;            // extension: prompt_token_ids / token_ids per choice
+};
+
+// Parses and validates a body for `endpoint` (no tokenization): 400 for malformed JSON, invalid
+// UTF-8 (lone surrogate escapes included), wrong types and out-of-range values (param set);
+// 404 (code model_not_found) for a `model` other than the served one.
+absl::StatusOr<ApiRequest> ParseRequest(Endpoint endpoint, std::string_view body,
+                                        const ModelInfo& model);
+
+// A request ready to run: the prompt's ids, the per-choice sequences and the output options.
+struct PreparedRequest {
+  ApiRequest api;
+  std::string prompt_text;                 // rendered chat prompt (chat), or the text prompt
+  std::vector<text::TokenId> prompt_ids;
+  int64_t max_tokens = 0;                  // resolved (default max_model_len - prompt length)
+  text::OutputOptions output_options;
+  std::vector<moemesh::v1::AddSequenceRequest> sequences;  // one per choice, ids set
+};
+
+// Renders the chat template, tokenizes, checks ids against the vocabulary and the context
+// (400 giving both lengths when prompt + max_tokens > max_model_len), and builds one
+// AddSequenceRequest per choice with sequence ids `request_id`-i and seeds seed+i.
+absl::StatusOr<PreparedRequest> PrepareRequest(ApiRequest request, const ModelInfo& model,
+                                               std::string_view request_id);
+
+// ---------------------------------------------------------------------------------------------
+// Responses
+
+// Turns the SequenceEvents of a request's choices into OpenAI output. Both paths run the same
+// OutputProcessor per choice; the streaming chunks, joined, equal the non-streaming body.
+// Not thread-safe: feed it from one thread.
+class ResponseBuilder {
+ public:
+  // `id` is the response id ("chatcmpl-..." / "cmpl-..."); `created` unix seconds.
+  ResponseBuilder(const PreparedRequest& request, const ModelInfo& model, std::string id,
+                  int64_t created);
+  ~ResponseBuilder();
+  ResponseBuilder(const ResponseBuilder&) = delete;
+  ResponseBuilder& operator=(const ResponseBuilder&) = delete;
+
+  // What one event did.
+  struct EventResult {
+    std::vector<std::string> chunks;   // streaming: JSON chunks to send as `data:` (in order)
+    bool choice_finished = false;      // the choice has its finish reason now
+    bool cancel_sequence = false;      // finished on a stop string: abort the node's sequence
+    std::optional<ApiError> error;     // the node reported an error: fail the request
+  };
+
+  // Streaming only: the chunks that open the stream (chat: role "assistant" per choice).
+  std::vector<std::string> StartChunks();
+  // Feeds one SequenceEvent of choice `choice`. Events after the choice finished are ignored.
+  EventResult OnEvent(int choice, const moemesh::v1::SequenceEvent& event);
+  // The node's stream ended with `status` before the choice finished: an error to fail with.
+  ApiError OnStreamEnd(int choice, const absl::Status& status);
+
+  bool finished(int choice) const;
+  bool all_finished() const;
+  // Streaming, after all choices finished: the usage chunk when include_usage (else nothing).
+  std::vector<std::string> EndChunks();
+  // Non-streaming body, after all choices finished.
+  nlohmann::json Response() const;
+  // Tokens so far.
+  int64_t prompt_tokens() const { return static_cast<int64_t>(request_.prompt_ids.size()); }
+  int64_t completion_tokens() const;
+
+ private:
+  struct Choice;
+  nlohmann::json ChunkBase() const;
+  nlohmann::json Usage() const;
+  // One streamed chunk for `choice` with `delta` (chat) or `text` (completions); attaches the
+  // choice's pending logprobs / token ids.
+  std::string Chunk(Choice& choice, const text::OutputDelta* delta, bool final);
+  // Logprobs of the choice's tokens [begin, end) in the endpoint's shape.
+  nlohmann::json EntriesJson(const Choice& choice, size_t begin, size_t end) const;
+
+  const PreparedRequest& request_;
+  const ModelInfo& model_;
+  std::string id_;
+  int64_t created_;
+  bool chat_;
+  std::vector<std::unique_ptr<Choice>> choices_;
+};
+
+// Response id: "chatcmpl-" or "cmpl-" + 24 random hex digits.
+std::string NewResponseId(Endpoint endpoint);
+
+}  // namespace moemesh::router
