@@ -67,8 +67,8 @@ absl::StatusOr<std::string> RenderToolCall(const Json& tool_call, size_t index) 
   const std::string arguments_text =
       arguments.is_string() ? arguments.get<std::string>() : arguments.dump();
   return absl::StrCat(kToolCallBegin, type.get<std::string>(), kToolSep,
-                      function["name"].get<std::string>(), "\n```json\n", arguments_text,
-                      "\n```", kToolCallEnd);
+                      function["name"].get<std::string>(), "\n```json\n", arguments_text, "\n```",
+                      kToolCallEnd);
 }
 
 }  // namespace
@@ -110,7 +110,8 @@ absl::StatusOr<ChatTemplate> LoadChatTemplate(const std::string& path) {
       }
     }
   }
-  if (source.empty()) return absl::InvalidArgumentError(absl::StrCat(file, " has no chat_template"));
+  if (source.empty())
+    return absl::InvalidArgumentError(absl::StrCat(file, " has no chat_template"));
   absl::StatusOr<ChatTemplateKind> kind = DetectChatTemplate(source);
   if (!kind.ok()) return kind.status();
   ChatTemplate chat_template;

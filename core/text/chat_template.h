@@ -44,8 +44,7 @@ absl::StatusOr<ChatTemplate> LoadChatTemplate(const std::string& path);
 // missing. The templates' quirks are kept (see ChatTemplateKind; a single tool call is not closed
 // with <｜tool▁calls▁end｜>).
 absl::StatusOr<std::string> RenderChat(const ChatTemplate& chat_template,
-                                       const nlohmann::json& messages,
-                                       bool add_generation_prompt);
+                                       const nlohmann::json& messages, bool add_generation_prompt);
 
 // True when `prompt` leaves the model inside a reasoning block: its last "<think>" comes after
 // its last "</think>" (an R1 generation prompt does). The reasoning parser starts from this.

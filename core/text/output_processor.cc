@@ -82,7 +82,8 @@ std::vector<OutputDelta> OutputProcessor::Add(std::span<const TokenId> ids) {
   if (stop_token) text += detokenizer_.Finish();
   Process(std::move(text), /*final=*/stop_token, &deltas);
   if (stop_token || stop_strings_.stopped()) {
-    finish_reason_ = tool_calls_.calls_parsed() > 0 ? FinishReason::kToolCalls : FinishReason::kStop;
+    finish_reason_ =
+        tool_calls_.calls_parsed() > 0 ? FinishReason::kToolCalls : FinishReason::kStop;
   }
   return deltas;
 }
@@ -92,7 +93,8 @@ std::vector<OutputDelta> OutputProcessor::Finish() {
   if (finished()) return deltas;
   Process(detokenizer_.Finish(), /*final=*/true, &deltas);
   if (stop_strings_.stopped()) {
-    finish_reason_ = tool_calls_.calls_parsed() > 0 ? FinishReason::kToolCalls : FinishReason::kStop;
+    finish_reason_ =
+        tool_calls_.calls_parsed() > 0 ? FinishReason::kToolCalls : FinishReason::kStop;
   } else {
     finish_reason_ = FinishReason::kLength;
   }
@@ -156,7 +158,7 @@ CompletedOutput ProcessCompletedOutput(const Tokenizer& tokenizer, const OutputO
   } else {
     output.content = std::move(answer);
   }
-  output.finish_reason = !stopped                     ? FinishReason::kLength
+  output.finish_reason = !stopped                    ? FinishReason::kLength
                          : output.tool_calls.empty() ? FinishReason::kStop
                                                      : FinishReason::kToolCalls;
   return output;

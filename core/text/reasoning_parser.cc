@@ -11,8 +11,7 @@ ReasoningSplit SplitReasoning(std::string_view output, bool starts_in_reasoning)
   }
   const size_t end = output.find(kThinkEnd);
   if (end == std::string_view::npos) return {std::string(output), ""};
-  return {std::string(output.substr(0, end)),
-          std::string(output.substr(end + kThinkEnd.size()))};
+  return {std::string(output.substr(0, end)), std::string(output.substr(end + kThinkEnd.size()))};
 }
 
 ReasoningParser::ReasoningParser(bool starts_in_reasoning)
@@ -37,8 +36,8 @@ ReasoningSplit ReasoningParser::Add(std::string_view text) {
     if (end == std::string::npos) {
       // Hold back the longest suffix that could begin "</think>".
       size_t keep = std::min(held_.size(), kThinkEnd.size() - 1);
-      while (keep > 0 && std::string_view(held_).substr(held_.size() - keep) !=
-                             kThinkEnd.substr(0, keep)) {
+      while (keep > 0 &&
+             std::string_view(held_).substr(held_.size() - keep) != kThinkEnd.substr(0, keep)) {
         --keep;
       }
       split.reasoning = held_.substr(0, held_.size() - keep);

@@ -5,9 +5,9 @@
 
 #include <algorithm>
 #include <array>
-#include <functional>
 #include <climits>
 #include <fstream>
+#include <functional>
 #include <queue>
 #include <sstream>
 #include <utility>
@@ -268,8 +268,8 @@ absl::Status Tokenizer::Load(std::string_view text) {
       return absl::InvalidArgumentError(
           absl::StrCat("merge '", left, " ", right, "' uses a token outside the vocabulary"));
     }
-    const uint64_t key = (static_cast<uint64_t>(left_id->second) << 32) |
-                         static_cast<uint32_t>(right_id->second);
+    const uint64_t key =
+        (static_cast<uint64_t>(left_id->second) << 32) | static_cast<uint32_t>(right_id->second);
     merges_.try_emplace(key, Merge{static_cast<int32_t>(rank), merged_id->second});
   }
 
@@ -310,7 +310,8 @@ absl::Status Tokenizer::Load(std::string_view text) {
       }
       if (!p.value("use_regex", true)) return absl::OkStatus();  // bytes are mapped by BPE itself
       // GPT-2's pattern, which ByteLevel applies when use_regex is set.
-      pattern = "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
+      pattern =
+          "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
     } else if (type == "Split") {
       const Json regex = p.value("pattern", Json());
       if (regex.contains("Regex") && regex["Regex"].is_string()) {
@@ -343,16 +344,15 @@ absl::Status Tokenizer::Load(std::string_view text) {
     if (regex->code == nullptr) {
       PCRE2_UCHAR message[256];
       pcre2_get_error_message(error_code, message, sizeof(message));
-      return absl::InvalidArgumentError(absl::StrCat("pre-tokenizer regex '", pattern,
-                                                     "' does not compile: ",
-                                                     reinterpret_cast<char*>(message)));
+      return absl::InvalidArgumentError(
+          absl::StrCat("pre-tokenizer regex '", pattern,
+                       "' does not compile: ", reinterpret_cast<char*>(message)));
     }
     regex->jit = pcre2_jit_compile(regex->code, PCRE2_JIT_COMPLETE) == 0;
     splits_.push_back(Split{std::move(regex), behavior});
     return absl::OkStatus();
   };
-  if (absl::Status status = add_pre_tokenizer(json.value("pre_tokenizer", Json()));
-      !status.ok()) {
+  if (absl::Status status = add_pre_tokenizer(json.value("pre_tokenizer", Json())); !status.ok()) {
     return status;
   }
 
@@ -398,13 +398,17 @@ void Tokenizer::EncodeOrdinaryText(std::string_view piece, size_t level,
   size_t gap_start = 0, offset = 0;
   while (offset < piece.size()) {
     // The subject is valid UTF-8 (checked in Encode), so PCRE2's own check is skipped.
-    const int result =
-        split.regex->jit
-            ? pcre2_jit_match(split.regex->code, subject, piece.size(), offset,
-                              PCRE2_NO_UTF_CHECK, match, nullptr)
-            : pcre2_match(split.regex->code, subject, piece.size(), offset, PCRE2_NO_UTF_CHECK,
-                          match, nullptr);
-    if (result < 0) break;
+    int result = PCRE2_ERROR_JIT_STACKLIMIT;
+    if (split.regex->jit) {
+      result = pcre2_jit_match(split.regex->code, subject, piece.size(), offset, PCRE2_NO_UTF_CHECK,
+                               match, nullptr);
+    }
+    if (result < 0 && result != PCRE2_ERROR_NOMATCH) {
+      // No JIT, or its stack ran out: the interpreter keeps its backtracking on the heap.
+      result = pcre2_match(split.regex->code, subject, piece.size(), offset, PCRE2_NO_UTF_CHECK,
+                           match, nullptr);
+    }
+    if (result < 0) break;  // no further match: the rest of the piece is one gap
     const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(match);
     const size_t begin = ovector[0], end = ovector[1];
     if (end == begin) {  // empty match: step over one character and look again
@@ -463,8 +467,7 @@ std::vector<TokenId> Tokenizer::MergeBytesForTesting(std::string_view bytes, boo
   return ids;
 }
 
-void Tokenizer::MergeBytes(std::string_view bytes, bool use_heap,
-                           std::vector<TokenId>* ids) const {
+void Tokenizer::MergeBytes(std::string_view bytes, bool use_heap, std::vector<TokenId>* ids) const {
   std::vector<TokenId> symbols(bytes.size());
   for (size_t i = 0; i < bytes.size(); ++i) {
     symbols[i] = byte_ids_[static_cast<unsigned char>(bytes[i])];

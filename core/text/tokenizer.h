@@ -75,8 +75,13 @@ class Tokenizer {
  private:
   struct Regex;           // a compiled PCRE2 pattern (pre-tokenizer Split)
   struct AddedTokenTrie;  // byte trie over the added tokens' contents
-  enum class SplitBehavior { kIsolated, kRemoved, kMergedWithPrevious, kMergedWithNext,
-                             kContiguous };
+  enum class SplitBehavior {
+    kIsolated,
+    kRemoved,
+    kMergedWithPrevious,
+    kMergedWithNext,
+    kContiguous
+  };
   struct Split {
     std::unique_ptr<Regex> regex;
     SplitBehavior behavior;
@@ -97,11 +102,11 @@ class Tokenizer {
   void MergeBytes(std::string_view bytes, bool use_heap, std::vector<TokenId>* ids) const;
   const Merge* FindMerge(TokenId left, TokenId right) const;
 
-  std::vector<std::string> token_bytes_;  // id -> bytes ("" where no token)
-  std::vector<bool> special_;             // id -> added token marked special
+  std::vector<std::string> token_bytes_;                 // id -> bytes ("" where no token)
+  std::vector<bool> special_;                            // id -> added token marked special
   absl::flat_hash_map<std::string, TokenId> token_ids_;  // byte-level token / added content -> id
-  TokenId byte_ids_[256];                 // single byte -> its vocabulary id
-  absl::flat_hash_map<uint64_t, Merge> merges_;  // (left id << 32 | right id) -> merge
+  TokenId byte_ids_[256];                                // single byte -> its vocabulary id
+  absl::flat_hash_map<uint64_t, Merge> merges_;          // (left id << 32 | right id) -> merge
   std::vector<Split> splits_;
   std::unique_ptr<AddedTokenTrie> added_tokens_;
 

@@ -51,8 +51,8 @@ std::optional<std::vector<ToolCall>> ParseToolCallBlock(std::string_view block) 
     }
     ToolCall call;
     call.type = std::string(Trim(rest.substr(0, separator)));
-    std::string_view body = rest.substr(separator + kToolSepMarker.size(),
-                                        end - separator - kToolSepMarker.size());
+    std::string_view body =
+        rest.substr(separator + kToolSepMarker.size(), end - separator - kToolSepMarker.size());
     rest.remove_prefix(end + kToolCallEndMarker.size());
     // NAME, newline, then ARGS optionally fenced as ```json ... ```.
     const size_t newline = body.find('\n');
@@ -70,9 +70,8 @@ std::optional<std::vector<ToolCall>> ParseToolCallBlock(std::string_view block) 
         call.name.find_first_of(" \t<>") != std::string::npos) {
       return std::nullopt;
     }
-    const nlohmann::json parsed =
-        nlohmann::json::parse(arguments.begin(), arguments.end(), nullptr,
-                              /*allow_exceptions=*/false);
+    const nlohmann::json parsed = nlohmann::json::parse(arguments.begin(), arguments.end(), nullptr,
+                                                        /*allow_exceptions=*/false);
     if (parsed.is_discarded() || !parsed.is_object()) return std::nullopt;
     call.arguments = std::string(arguments);
     calls.push_back(std::move(call));

@@ -5,7 +5,8 @@
 //   <｜tool▁call▁end｜>\n<｜tool▁call▁begin｜>...<｜tool▁call▁end｜><｜tool▁calls▁end｜>
 // A block is accepted only when every call in it has a type, a name and ARGS that parse as a JSON
 // object (the ```json fence is optional); otherwise the whole block, markers included, is returned
-// as ordinary text. A block the output ends inside (no <｜tool▁calls▁end｜>) is parsed as it stands.
+// as ordinary text. A block the output ends inside (no <｜tool▁calls▁end｜>) is parsed as it
+// stands.
 #pragma once
 
 #include <optional>
@@ -23,11 +24,11 @@ inline constexpr std::string_view kToolSepMarker = "<｜tool▁sep｜>";
 
 // One parsed call, as OpenAI's `tool_calls[i]`.
 struct ToolCall {
-  int index = 0;               // position among the sequence's calls (0, 1, ...)
-  std::string id;              // id prefix + index, e.g. "call_0"
-  std::string type;            // "function"
-  std::string name;            // function.name
-  std::string arguments;       // function.arguments: the JSON object text as the model wrote it
+  int index = 0;          // position among the sequence's calls (0, 1, ...)
+  std::string id;         // id prefix + index, e.g. "call_0"
+  std::string type;       // "function"
+  std::string name;       // function.name
+  std::string arguments;  // function.arguments: the JSON object text as the model wrote it
   bool operator==(const ToolCall&) const = default;
 };
 

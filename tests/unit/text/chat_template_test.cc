@@ -72,10 +72,9 @@ TEST(ChatTemplateTest, BadMessagesAreInvalidArgument) {
             absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(RenderChat(r1, Json::parse(R"([{"role": "user"}])"), true).status().code(),
             absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(RenderChat(r1, Json::parse(R"([{"role": "user", "content": 3}])"), true)
-                .status()
-                .code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(
+      RenderChat(r1, Json::parse(R"([{"role": "user", "content": 3}])"), true).status().code(),
+      absl::StatusCode::kInvalidArgument);
 }
 
 TEST(ChatTemplateTest, PromptEndsInReasoning) {

@@ -12,9 +12,7 @@
 #include "gtest/gtest.h"
 
 namespace moemesh::text {
-namespace {
-
-}  // namespace
+namespace {}  // namespace
 
 // Readable failure messages.
 void PrintTo(const CompletedOutput& output, std::ostream* os) {
@@ -68,8 +66,8 @@ CompletedOutput Stream(const OutputOptions& options, const std::vector<TokenId>&
   }
   for (OutputDelta& delta : processor.Finish()) deltas.push_back(std::move(delta));
   for (const OutputDelta& delta : deltas) {
-    const int kinds = !delta.reasoning_content.empty() + !delta.content.empty() +
-                      !delta.tool_calls.empty();
+    const int kinds =
+        !delta.reasoning_content.empty() + !delta.content.empty() + !delta.tool_calls.empty();
     EXPECT_EQ(kinds, 1) << "each delta carries exactly one field";
   }
   if (all_deltas != nullptr) *all_deltas = deltas;
@@ -130,7 +128,9 @@ TEST(IncrementalDetokenizerTest, UnfinishedCharacterAtEndMatchesDecode) {
   for (TokenId id : ids) joined += detokenizer.Add(id);
   joined += detokenizer.Finish();
   EXPECT_EQ(joined, R1Tokenizer().Decode(ids));
-  EXPECT_EQ(joined, "x\xEF\xBF\xBD" "A\xEF\xBF\xBD");
+  EXPECT_EQ(joined,
+            "x\xEF\xBF\xBD"
+            "A\xEF\xBF\xBD");
 }
 
 TEST(ReasoningParserTest, EveryChunkingGivesTheWholeTextSplit) {
@@ -142,10 +142,9 @@ TEST(ReasoningParserTest, EveryChunkingGivesTheWholeTextSplit) {
         for (size_t cut2 = cut1; cut2 <= text.size(); ++cut2) {
           ReasoningParser parser(starts_in_reasoning);
           ReasoningSplit joined;
-          for (const std::string_view chunk :
-               {std::string_view(text).substr(0, cut1),
-                std::string_view(text).substr(cut1, cut2 - cut1),
-                std::string_view(text).substr(cut2)}) {
+          for (const std::string_view chunk : {std::string_view(text).substr(0, cut1),
+                                               std::string_view(text).substr(cut1, cut2 - cut1),
+                                               std::string_view(text).substr(cut2)}) {
             ReasoningSplit part = parser.Add(chunk);
             joined.reasoning += part.reasoning;
             joined.content += part.content;
@@ -211,14 +210,14 @@ TEST(ToolCallParserTest, ParsesOneAndTwoCalls) {
 }
 
 TEST(ToolCallParserTest, MalformedMarkupIsText) {
-  for (const std::string text : {
-           "<｜tool▁calls▁begin｜>garbage<｜tool▁calls▁end｜> after",
-           "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n{bad\n```"
-           "<｜tool▁call▁end｜><｜tool▁calls▁end｜>",
-           "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n{}",
-           "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n[1]\n```"
-           "<｜tool▁call▁end｜>",
-           "<｜tool▁calls▁begin｜>"}) {
+  for (const std::string text :
+       {"<｜tool▁calls▁begin｜>garbage<｜tool▁calls▁end｜> after",
+        "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n{bad\n```"
+        "<｜tool▁call▁end｜><｜tool▁calls▁end｜>",
+        "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n{}",
+        "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n[1]\n```"
+        "<｜tool▁call▁end｜>",
+        "<｜tool▁calls▁begin｜>"}) {
     const ToolCallSplit split = ParseToolCalls(text, "call_");
     EXPECT_TRUE(split.tool_calls.empty()) << text;
     EXPECT_EQ(split.content, text);
@@ -293,7 +292,8 @@ TEST(OutputProcessorTest, StopStringSpanningThreeTokensStopsExactlyAndIsTrimmed)
 TEST(OutputProcessorTest, StopStringInsideReasoningDoesNotStop) {
   OutputOptions options = R1Options();
   options.stop_strings = {"STOP"};
-  const std::vector<TokenId> ids = Concat(Ids("I must not STOP here</think>Fine. STOP now"), {kEos});
+  const std::vector<TokenId> ids =
+      Concat(Ids("I must not STOP here</think>Fine. STOP now"), {kEos});
   const CompletedOutput streamed = Stream(options, ids);
   EXPECT_EQ(streamed.reasoning_content, "I must not STOP here");
   EXPECT_EQ(streamed.content, "Fine. ");
@@ -369,10 +369,28 @@ TEST(OutputProcessorTest, IdsAfterStopTokenAreIgnored) {
 // markup, tokenized for real and also split byte by byte, fed in steps of 1 to 3 ids.
 TEST(OutputProcessorTest, StreamedDeltasJoinToTheNonStreamedResult) {
   const std::vector<std::string> pieces = {
-      "think ", "</think>", "<think>", "answer ", "STOP", "ST", "OP", "🙂", "你好", "👨‍👩‍👧",
-      "\n\n", "<｜tool▁calls▁begin｜>", "<｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n",
-      "{\"a\": 1}", "\n```<｜tool▁call▁end｜>", "<｜tool▁calls▁end｜>", "{bad", "<", "</", "x",
-      "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>g\n```json\n{\"b\": [2]}\n```"
+      "think ",
+      "</think>",
+      "<think>",
+      "answer ",
+      "STOP",
+      "ST",
+      "OP",
+      "🙂",
+      "你好",
+      "👨‍👩‍👧",
+      "\n\n",
+      "<｜tool▁calls▁begin｜>",
+      "<｜tool▁call▁begin｜>function<｜tool▁sep｜>f\n```json\n",
+      "{\"a\": 1}",
+      "\n```<｜tool▁call▁end｜>",
+      "<｜tool▁calls▁end｜>",
+      "{bad",
+      "<",
+      "</",
+      "x",
+      "<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>g\n```json\n{\"b\": "
+      "[2]}\n```"
       "<｜tool▁call▁end｜><｜tool▁calls▁end｜>"};
   std::mt19937 random(7);
   int with_reasoning = 0, with_content = 0, with_tool_calls = 0, stopped_by_string = 0;
@@ -404,8 +422,7 @@ TEST(OutputProcessorTest, StreamedDeltasJoinToTheNonStreamedResult) {
     with_reasoning += !streamed.reasoning_content.empty();
     with_content += !streamed.content.empty();
     with_tool_calls += !streamed.tool_calls.empty();
-    stopped_by_string += streamed.finish_reason != FinishReason::kLength &&
-                         ids.back() != kEos;
+    stopped_by_string += streamed.finish_reason != FinishReason::kLength && ids.back() != kEos;
   }
   // The mixture must exercise every path.
   EXPECT_GT(with_reasoning, 100);

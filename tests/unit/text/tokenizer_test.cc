@@ -51,8 +51,7 @@ TEST(TokenizerTest, MissingFileIsNotFound) {
 }
 
 TEST(TokenizerTest, BadJsonIsInvalidArgument) {
-  EXPECT_EQ(Tokenizer::FromJson("{not json").status().code(),
-            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(Tokenizer::FromJson("{not json").status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(Tokenizer::FromJson("{\"model\": {\"type\": \"WordPiece\"}}").status().code(),
             absl::StatusCode::kUnimplemented);
 }
@@ -96,16 +95,29 @@ TEST(TokenizerTest, HeapAndRescanningMergeLoopsAgree) {
 // ZWJ sequences, variation selectors, whitespace runs, digits, CJK, and added-token fragments.
 std::string RandomText(std::mt19937& random) {
   static const std::vector<std::pair<char32_t, char32_t>> ranges = {
-      {0x20, 0x7E},       {0x09, 0x0D},       {0xA0, 0x24F},     {0x300, 0x36F},
-      {0x370, 0x3FF},     {0x400, 0x4FF},     {0x590, 0x6FF},    {0x900, 0x97F},
-      {0x1100, 0x11FF},   {0x2000, 0x206F},   {0x2190, 0x22FF},  {0x3000, 0x30FF},
-      {0x4E00, 0x9FFF},   {0xAC00, 0xD7A3},   {0xE000, 0xF8FF},  {0xFE00, 0xFE0F},
+      {0x20, 0x7E},       {0x09, 0x0D},       {0xA0, 0x24F},      {0x300, 0x36F},
+      {0x370, 0x3FF},     {0x400, 0x4FF},     {0x590, 0x6FF},     {0x900, 0x97F},
+      {0x1100, 0x11FF},   {0x2000, 0x206F},   {0x2190, 0x22FF},   {0x3000, 0x30FF},
+      {0x4E00, 0x9FFF},   {0xAC00, 0xD7A3},   {0xE000, 0xF8FF},   {0xFE00, 0xFE0F},
       {0xFF00, 0xFFEF},   {0x10000, 0x1FFFF}, {0x1F300, 0x1FAFF}, {0x20000, 0x2FFFF},
       {0x30000, 0x3FFFF}, {0xE0000, 0xE01EF}, {0xF0000, 0x10FFFF}};
-  static const std::vector<std::string> fragments = {
-      "\u200D", "   ", "\n\n", "\r\n", "\t", " \t \n ", "<think>", "</think>", "<｜User｜>",
-      "<｜", "｜>", "123456", "\U0001F468\u200D\U0001F469\u200D\U0001F467", "e\u0301", "\u00A0",
-      "\u0085", "\u3000"};
+  static const std::vector<std::string> fragments = {"\u200D",
+                                                     "   ",
+                                                     "\n\n",
+                                                     "\r\n",
+                                                     "\t",
+                                                     " \t \n ",
+                                                     "<think>",
+                                                     "</think>",
+                                                     "<｜User｜>",
+                                                     "<｜",
+                                                     "｜>",
+                                                     "123456",
+                                                     "\U0001F468\u200D\U0001F469\u200D\U0001F467",
+                                                     "e\u0301",
+                                                     "\u00A0",
+                                                     "\u0085",
+                                                     "\u3000"};
   std::string text;
   const int length = std::uniform_int_distribution<int>(0, 40)(random);
   for (int i = 0; i < length; ++i) {
