@@ -1,5 +1,6 @@
 #include "router/attention_client.h"
 
+#include <algorithm>
 #include <atomic>
 #include <thread>
 #include <utility>
@@ -76,8 +77,11 @@ absl::StatusOr<std::unique_ptr<SequenceHandle>> GrpcAttentionBackend::AddSequenc
     if (absl::Status status = options_.check_experts(); !status.ok()) return status;
   }
   if (!options_.pick_node) return absl::UnavailableError("no attention node is known");
+  // The prompt's cache plus a bounded share of the completion: reserving a default max_tokens
+  // (the whole context) would make every node look full after one request each.
+  constexpr uint64_t kReservedDecodeTokens = 512;
   const uint64_t reserve = static_cast<uint64_t>(request.prompt_token_ids_size()) +
-                           request.max_new_tokens();
+                           std::min<uint64_t>(request.max_new_tokens(), kReservedDecodeTokens);
   absl::StatusOr<std::string> address = options_.pick_node(reserve);
   if (!address.ok()) return address.status();
   return std::unique_ptr<SequenceHandle>(
