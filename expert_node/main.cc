@@ -2,13 +2,11 @@
 // ExpertService.Dispatch. Registers with the router's control plane and follows its placement.
 #include <csignal>
 #include <cstdio>
-#include <algorithm>
 #include <string>
 #include <vector>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
-#include "absl/flags/usage.h"
+#include "core/comm/service_flags.h"
 #include "expert_node/expert_service.h"
 
 ABSL_FLAG(std::string, model, "", "checkpoint directory (config.json + safetensors shards)");
@@ -19,31 +17,11 @@ ABSL_FLAG(std::string, node_name, "",
           "stable node name, registered as preferred_id (a restart gets the same experts)");
 ABSL_FLAG(int, dispatch_threads, 1, "threads computing the experts of one dispatch");
 
-// absl flag names use '_'; accept the documented '--node-name' / '--dispatch-threads' spellings.
-static std::vector<char*> DashesToUnderscores(int argc, char** argv,
-                                              std::vector<std::string>& storage) {
-  storage.assign(argv, argv + argc);
-  for (size_t i = 1; i < storage.size(); ++i) {
-    std::string& arg = storage[i];
-    if (arg == "--") break;
-    if (arg.rfind("--", 0) != 0) continue;
-    const size_t end = std::min(arg.find('='), arg.size());
-    for (size_t j = 2; j < end; ++j) {
-      if (arg[j] == '-') arg[j] = '_';
-    }
-  }
-  std::vector<char*> result;
-  for (std::string& arg : storage) result.push_back(arg.data());
-  return result;
-}
-
 int main(int argc, char** argv) {
-  absl::SetProgramUsageMessage(
+  moemesh::comm::ParseServiceFlags(
+      argc, argv,
       "moemesh-expert-node --model DIR --router HOST:PORT [--host H] [--port P] "
       "[--node-name NAME] [--dispatch-threads N]");
-  std::vector<std::string> storage;
-  std::vector<char*> args = DashesToUnderscores(argc, argv, storage);
-  absl::ParseCommandLine(static_cast<int>(args.size()), args.data());
   if (absl::GetFlag(FLAGS_model).empty()) {
     std::fprintf(stderr, "moemesh-expert-node: --model is required\n");
     return 2;

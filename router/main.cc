@@ -16,7 +16,7 @@
 #include <algorithm>
 
 #include "absl/flags/flag.h"
-#include "absl/flags/parse.h"
+#include "core/comm/service_flags.h"
 #include "absl/strings/str_cat.h"
 #include "core/checkpoint/model_config.h"
 #include "core/comm/grpc_server.h"
@@ -36,27 +36,11 @@ ABSL_FLAG(int64_t, max_model_len, 0, "context length, prompt plus completion (de
 ABSL_FLAG(double, request_timeout_seconds, 600, "a request still running after this fails (504)");
 ABSL_FLAG(int, http_threads, 64, "HTTP connections served at once");
 
-// absl flags are spelled with underscores; accept the dashed spelling (--control-port) too.
-static std::vector<std::string> DashesToUnderscores(int argc, char** argv) {
-  std::vector<std::string> args(argv, argv + argc);
-  for (size_t i = 1; i < args.size(); ++i) {
-    std::string& arg = args[i];
-    if (arg == "--") break;
-    if (arg.size() < 3 || arg[0] != '-') continue;
-    size_t start = arg[1] == '-' ? 2 : 1;
-    size_t end = std::min(arg.find('='), arg.size());
-    for (size_t j = start; j < end; ++j) {
-      if (arg[j] == '-') arg[j] = '_';
-    }
-  }
-  return args;
-}
-
 int main(int argc, char** argv) {
-  std::vector<std::string> args = DashesToUnderscores(argc, argv);
-  std::vector<char*> arg_pointers;
-  for (std::string& arg : args) arg_pointers.push_back(arg.data());
-  absl::ParseCommandLine(static_cast<int>(arg_pointers.size()), arg_pointers.data());
+  moemesh::comm::ParseServiceFlags(
+      argc, argv,
+      "moemesh-router --model DIR [--host H] [--port P] [--control-port C] "
+      "[--attention-nodes A] [--expert-nodes E] [--served-model-name NAME] [--max-model-len N]");
   const std::string model_dir = absl::GetFlag(FLAGS_model);
   if (model_dir.empty()) {
     std::cerr << "moemesh-router: --model DIR is required\n";

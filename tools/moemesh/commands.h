@@ -15,5 +15,6 @@ int RunConvert(const Arguments& arguments);         // convert_command.cc
 int RunTokenize(const Arguments& arguments);        // text_commands.cc
 int RunDetokenize(const Arguments& arguments);      // text_commands.cc
 int RunRenderChat(const Arguments& arguments);      // text_commands.cc
+int RunUp(const Arguments& arguments);              // up_command.cc
 
 }  // namespace moemesh::cli

@@ -24,6 +24,8 @@ const Command kCommands[] = {
     {"detokenize", moemesh::cli::RunDetokenize, "JSON array of token ids on stdin -> text"},
     {"render-chat", moemesh::cli::RunRenderChat,
      "JSON array of OpenAI messages on stdin -> prompt text"},
+    {"up", moemesh::cli::RunUp,
+     "start a local cluster (router, attention and expert nodes) and wait for it"},
 };
 
 void PrintUsage(FILE* out) {

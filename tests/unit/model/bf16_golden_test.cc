@@ -19,7 +19,7 @@ using nlohmann::json;
 TEST(Bf16GoldenTest, ConvertedCheckpointMatchesGoldens) {
   const fs::path output = fs::temp_directory_path() / ("moemesh-bf16-" + std::to_string(::getpid()));
   fs::remove_all(output);
-  const std::string command = std::string(MOEMESH_BINARY_DIR) + "/tools/moemesh/moemesh convert --to bf16 " +
+  const std::string command = std::string(MOEMESH_BINARY_DIR) + "/bin/moemesh convert --to bf16 " +
                               testing::FixtureDir() + " " + output.string();
   ASSERT_EQ(std::system(command.c_str()), 0) << command;
 

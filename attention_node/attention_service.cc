@@ -1,0 +1,132 @@
+#include "attention_node/attention_service.h"
+
+#include "absl/strings/str_cat.h"
+#include "core/comm/grpc_expert_transport.h"
+#include "core/comm/grpc_server.h"
+#include "core/status_macros.h"
+
+namespace moemesh::attention_node {
+
+grpc::Status AttentionServiceImpl::AddSequence(
+    grpc::ServerContext* context, const moemesh::v1::AddSequenceRequest* request,
+    grpc::ServerWriter<moemesh::v1::SequenceEvent>* writer) {
+  if (request->sequence_id().empty()) {
+    return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "sequence_id is empty");
+  }
+  auto events = std::make_shared<EventQueue>();
+  if (absl::Status status = scheduler_->Add(*request, events); !status.ok()) {
+    const grpc::StatusCode code = status.code() == absl::StatusCode::kAlreadyExists
+                                      ? grpc::StatusCode::ALREADY_EXISTS
+                                  : status.code() == absl::StatusCode::kUnavailable
+                                      ? grpc::StatusCode::UNAVAILABLE
+                                      : grpc::StatusCode::INVALID_ARGUMENT;
+    return grpc::Status(code, std::string(status.message()));
+  }
+  while (true) {
+    std::optional<moemesh::v1::SequenceEvent> event = events->Pop(/*timeout_ms=*/50);
+    if (context->IsCancelled()) {
+      scheduler_->Abort(request->sequence_id());
+      return grpc::Status(grpc::StatusCode::CANCELLED, "client cancelled; sequence aborted");
+    }
+    if (!event.has_value()) continue;
+    const bool last = event->finish_reason() != moemesh::v1::SequenceEvent::NOT_FINISHED;
+    if (!writer->Write(*event)) {
+      scheduler_->Abort(request->sequence_id());
+      return grpc::Status(grpc::StatusCode::CANCELLED, "stream broken; sequence aborted");
+    }
+    if (last) return grpc::Status::OK;
+  }
+}
+
+grpc::Status AttentionServiceImpl::Abort(grpc::ServerContext*, const moemesh::v1::AbortRequest* request,
+                                         moemesh::v1::AbortReply* reply) {
+  reply->set_found(scheduler_->Abort(request->sequence_id()));
+  return grpc::Status::OK;
+}
+
+grpc::Status AttentionServiceImpl::GetStatus(grpc::ServerContext*,
+                                             const moemesh::v1::NodeStatusRequest*,
+                                             moemesh::v1::NodeStatus* reply) {
+  const SchedulerStatus status = scheduler_->Status();
+  reply->set_cache_capacity_tokens(static_cast<uint64_t>(status.cache_capacity_tokens));
+  reply->set_cache_used_tokens(static_cast<uint64_t>(status.cache_used_tokens));
+  reply->set_running_sequences(static_cast<uint32_t>(status.running));
+  reply->set_waiting_sequences(static_cast<uint32_t>(status.waiting));
+  return grpc::Status::OK;
+}
+
+absl::StatusOr<std::unique_ptr<AttentionNode>> AttentionNode::Start(AttentionNodeOptions options) {
+  std::unique_ptr<AttentionNode> node(new AttentionNode());
+  node->options_ = options;
+  ASSIGN_OR_RETURN(node->checkpoint_, checkpoint::Checkpoint::Open(options.model_dir));
+  ASSIGN_OR_RETURN(node->model_, model::DeepseekModel::Load(*node->checkpoint_));
+  const int64_t blocks = (options.cache_tokens + options.cache_block_size - 1) / options.cache_block_size;
+  auto pool = node->model_->NewBlockPool(std::max<int64_t>(1, blocks), options.cache_block_size);
+
+  comm::GrpcExpertTransportOptions transport_options;
+  transport_options.dispatch_deadline = absl::Seconds(options.dispatch_timeout_seconds);
+  node->transport_ = std::make_unique<comm::GrpcExpertTransport>(transport_options);
+  AttentionNode* raw = node.get();
+  const int hidden_size = node->model_->config().hidden_size;
+  node->scheduler_ = std::make_unique<Scheduler>(
+      node->model_.get(), pool,
+      [raw, hidden_size](int lane) {
+        auto experts = std::make_unique<RemoteRoutedExperts>(raw->transport_.get(), &raw->placement_,
+                                                             lane, hidden_size);
+        raw->lanes_.push_back(experts.get());
+        return experts;
+      },
+      options.scheduler);
+
+  node->service_ = std::make_unique<AttentionServiceImpl>(node->scheduler_.get());
+  node->server_ = comm::StartGrpcServer(absl::StrCat(options.host, ":", options.port),
+                                        {node->service_.get()}, &node->port_);
+  if (node->server_ == nullptr) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on ", options.host, ":", options.port));
+  }
+
+  comm::ControlClientOptions control;
+  control.router_address = options.router_address;
+  control.registration.set_kind(moemesh::v1::NODE_KIND_ATTENTION);
+  control.registration.set_address(node->address());
+  control.registration.set_preferred_id(options.node_name);
+  control.registration.set_cache_capacity_tokens(static_cast<uint64_t>(blocks * options.cache_block_size));
+  node->control_ = comm::ControlClient::Start(
+      control, [raw](const moemesh::v1::Placement& placement) { raw->placement_.Update(placement); },
+      [raw](moemesh::v1::HeartbeatRequest& heartbeat) {
+        const SchedulerStatus status = raw->scheduler_->Status();
+        heartbeat.set_cache_capacity_tokens(static_cast<uint64_t>(status.cache_capacity_tokens));
+        heartbeat.set_cache_free_tokens(
+            static_cast<uint64_t>(status.cache_capacity_tokens - status.cache_used_tokens));
+        heartbeat.set_running_sequences(static_cast<uint32_t>(status.running));
+        heartbeat.set_waiting_sequences(static_cast<uint32_t>(status.waiting));
+      });
+  return node;
+}
+
+AttentionNode::~AttentionNode() { Shutdown(); }
+
+std::string AttentionNode::address() const { return absl::StrCat(options_.host, ":", port_); }
+
+DispatchStatistics AttentionNode::dispatch_statistics() const {
+  DispatchStatistics total;
+  for (const RemoteRoutedExperts* lane : lanes_) {
+    const DispatchStatistics statistics = lane->statistics();
+    total.layer_dispatches += statistics.layer_dispatches;
+    total.node_round_trips += statistics.node_round_trips;
+    total.round_trip_seconds += statistics.round_trip_seconds;
+    total.failures += statistics.failures;
+  }
+  return total;
+}
+
+void AttentionNode::Shutdown() {
+  if (shut_down_) return;
+  shut_down_ = true;
+  if (control_ != nullptr) control_->Stop();
+  if (scheduler_ != nullptr) scheduler_->Stop();
+  if (server_ != nullptr) comm::ShutdownGrpcServer(server_.get(), 1.0);
+}
+
+}  // namespace moemesh::attention_node

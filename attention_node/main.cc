@@ -1,0 +1,73 @@
+// moemesh-attention-node: embeddings, attention with the paged latent KV cache, dense layers,
+// the MoE gate and shared expert, lm_head and sampling; dispatches routed experts to the expert
+// nodes its placement names. Serves AttentionService to the router.
+#include <csignal>
+#include <cstdio>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "attention_node/attention_service.h"
+#include "core/comm/service_flags.h"
+#include "core/kernels/cpu/threading.h"
+
+ABSL_FLAG(std::string, model, "", "checkpoint directory (config.json + safetensors shards)");
+ABSL_FLAG(std::string, router, "127.0.0.1:50051", "host:port of the router's control plane");
+ABSL_FLAG(std::string, host, "127.0.0.1", "address to listen on (and to register)");
+ABSL_FLAG(int, port, 0, "port to listen on; 0 picks a free one (printed on stdout)");
+ABSL_FLAG(std::string, node_name, "", "stable node name, registered as preferred_id");
+ABSL_FLAG(int64_t, cache_tokens, 65536, "latent KV cache capacity in token positions");
+ABSL_FLAG(int, cache_block_size, 64, "positions per cache block");
+ABSL_FLAG(int64_t, max_batch_tokens, 512, "new tokens per step (decode + chunked prefill)");
+ABSL_FLAG(int, max_running, 256, "sequences running at once");
+ABSL_FLAG(int, micro_batches, 2, "concurrent micro-batches per step (1 = no overlap)");
+ABSL_FLAG(double, dispatch_timeout_seconds, 10.0, "expert round trip deadline");
+ABSL_FLAG(int, compute_threads, 1, "OpenBLAS/OpenMP threads per micro-batch");
+
+int main(int argc, char** argv) {
+  moemesh::comm::ParseServiceFlags(
+      argc, argv,
+      "moemesh-attention-node --model DIR --router HOST:PORT [--host H] [--port P] "
+      "[--node-name NAME] [--cache-tokens N] [--max-batch-tokens N] [--micro-batches M]");
+  if (absl::GetFlag(FLAGS_model).empty()) {
+    std::fprintf(stderr, "moemesh-attention-node: --model is required\n");
+    return 2;
+  }
+  moemesh::kernels::SetComputeThreads(absl::GetFlag(FLAGS_compute_threads));
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  moemesh::attention_node::AttentionNodeOptions options;
+  options.model_dir = absl::GetFlag(FLAGS_model);
+  options.router_address = absl::GetFlag(FLAGS_router);
+  options.host = absl::GetFlag(FLAGS_host);
+  options.port = absl::GetFlag(FLAGS_port);
+  options.node_name = absl::GetFlag(FLAGS_node_name);
+  options.cache_tokens = absl::GetFlag(FLAGS_cache_tokens);
+  options.cache_block_size = absl::GetFlag(FLAGS_cache_block_size);
+  options.scheduler.max_batch_tokens = absl::GetFlag(FLAGS_max_batch_tokens);
+  options.scheduler.max_running = absl::GetFlag(FLAGS_max_running);
+  options.scheduler.micro_batches = absl::GetFlag(FLAGS_micro_batches);
+  options.dispatch_timeout_seconds = absl::GetFlag(FLAGS_dispatch_timeout_seconds);
+  if (options.cache_tokens <= 0 || options.cache_block_size <= 0 ||
+      options.scheduler.max_batch_tokens <= 0) {
+    std::fprintf(stderr,
+                 "moemesh-attention-node: --cache-tokens, --cache-block-size and "
+                 "--max-batch-tokens must be positive\n");
+    return 2;
+  }
+  auto node = moemesh::attention_node::AttentionNode::Start(options);
+  if (!node.ok()) {
+    std::fprintf(stderr, "moemesh-attention-node: %s\n", node.status().ToString().c_str());
+    return 1;
+  }
+  std::printf("moemesh-attention-node listening on %s\n", (*node)->address().c_str());
+  std::fflush(stdout);
+  int signal = 0;
+  sigwait(&signals, &signal);
+  std::fprintf(stderr, "moemesh-attention-node: signal %d, shutting down\n", signal);
+  (*node)->Shutdown();
+  return 0;
+}

@@ -1,0 +1,46 @@
+#include "attention_node/placement_table.h"
+
+namespace moemesh::attention_node {
+
+const std::string* PlacementSnapshot::ChooseReplica(int layer, int expert) const {
+  auto it = replicas.find({layer, expert});
+  if (it == replicas.end()) return nullptr;
+  for (const std::string& node : it->second) {
+    if (unhealthy.count(node) == 0 && addresses.count(node) > 0) return &node;
+  }
+  return nullptr;
+}
+
+void PlacementTable::Update(const moemesh::v1::Placement& placement) {
+  auto snapshot = std::make_shared<PlacementSnapshot>();
+  snapshot->version = placement.version();
+  for (const auto& node : placement.nodes()) {
+    snapshot->addresses[node.node_id()] = node.address();
+    if (!node.healthy()) snapshot->unhealthy.insert(node.node_id());
+  }
+  for (const auto& entry : placement.experts()) {
+    auto& nodes = snapshot->replicas[{static_cast<int>(entry.layer()), static_cast<int>(entry.expert())}];
+    nodes.assign(entry.node_ids().begin(), entry.node_ids().end());
+  }
+  absl::MutexLock lock(&mutex_);
+  if (snapshot->version < snapshot_->version) return;
+  if (snapshot->version == snapshot_->version) {
+    // Same version: keep local suspicions.
+    snapshot->unhealthy.insert(snapshot_->unhealthy.begin(), snapshot_->unhealthy.end());
+  }
+  snapshot_ = std::move(snapshot);
+}
+
+void PlacementTable::Suspect(const std::string& node_id) {
+  absl::MutexLock lock(&mutex_);
+  auto snapshot = std::make_shared<PlacementSnapshot>(*snapshot_);
+  snapshot->unhealthy.insert(node_id);
+  snapshot_ = std::move(snapshot);
+}
+
+std::shared_ptr<const PlacementSnapshot> PlacementTable::Snapshot() const {
+  absl::MutexLock lock(&mutex_);
+  return snapshot_;
+}
+
+}  // namespace moemesh::attention_node

@@ -1,0 +1,346 @@
+#include "attention_node/scheduler.h"
+
+#include <algorithm>
+#include <cmath>
+#include <span>
+
+#include "absl/strings/str_cat.h"
+
+namespace moemesh::attention_node {
+
+using moemesh::v1::SequenceEvent;
+
+void EventQueue::Push(SequenceEvent event) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    events_.push_back(std::move(event));
+  }
+  ready_.notify_one();
+}
+
+std::optional<SequenceEvent> EventQueue::Pop(int timeout_ms) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  if (!ready_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
+                       [&] { return !events_.empty(); })) {
+    return std::nullopt;
+  }
+  SequenceEvent event = std::move(events_.front());
+  events_.pop_front();
+  return event;
+}
+
+struct Scheduler::Sequence {
+  std::string id;
+  moemesh::v1::AddSequenceRequest request;
+  std::vector<int32_t> prompt;
+  std::shared_ptr<EventQueue> events;
+  std::optional<model::LatentCache> cache;
+  model::Sampler sampler;
+  int64_t prefilled = 0;         // prompt tokens already in the cache
+  std::vector<int32_t> generated;
+  int32_t next_input = 0;        // the last sampled token, fed at the next decode step
+  bool finished = false;
+  int64_t CacheNeeded() const {
+    return static_cast<int64_t>(prompt.size()) + request.max_new_tokens();
+  }
+};
+
+namespace {
+
+model::SamplingParams ToSamplingParams(const moemesh::v1::SamplingOptions& options) {
+  model::SamplingParams params;
+  params.temperature = options.temperature();
+  params.top_p = options.top_p() == 0 ? 1.0 : options.top_p();
+  params.top_k = options.top_k();
+  if (options.has_seed()) params.seed = options.seed();
+  return params;
+}
+
+// Maps a step failure to the HTTP status the router should answer with.
+uint32_t HttpStatusFor(const absl::Status& status) {
+  switch (status.code()) {
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kFailedPrecondition:
+    case absl::StatusCode::kDeadlineExceeded:
+    case absl::StatusCode::kResourceExhausted:
+      return 503;
+    case absl::StatusCode::kInvalidArgument:
+      return 400;
+    default:
+      return 500;
+  }
+}
+
+}  // namespace
+
+Scheduler::Scheduler(model::DeepseekModel* model, std::shared_ptr<model::LatentBlockPool> pool,
+                     RoutedExpertsFactory routed_experts, SchedulerOptions options)
+    : model_(model), pool_(std::move(pool)), options_(options) {
+  options_.micro_batches = std::max(1, options_.micro_batches);
+  for (int lane = 0; lane < options_.micro_batches; ++lane) lanes_.push_back(routed_experts(lane));
+  thread_ = std::thread([this] { Loop(); });
+}
+
+Scheduler::~Scheduler() { Stop(); }
+
+void Scheduler::Stop() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (stopping_) return;
+    stopping_ = true;
+  }
+  work_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  for (auto& sequence : running_) Finish(*sequence, SequenceEvent::ABORTED, "node shutting down", 503);
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (auto& sequence : waiting_) {
+    SequenceEvent event;
+    event.set_finish_reason(SequenceEvent::ABORTED);
+    event.set_error("node shutting down");
+    event.set_error_code(503);
+    sequence->events->Push(std::move(event));
+  }
+  waiting_.clear();
+}
+
+absl::Status Scheduler::Add(const moemesh::v1::AddSequenceRequest& request,
+                            std::shared_ptr<EventQueue> events) {
+  const auto& config = model_->config();
+  if (request.prompt_token_ids().empty()) {
+    return absl::InvalidArgumentError("prompt_token_ids is empty");
+  }
+  for (uint32_t id : request.prompt_token_ids()) {
+    if (id >= static_cast<uint32_t>(config.vocab_size)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("prompt token id ", id, " is outside the vocabulary of ", config.vocab_size));
+    }
+  }
+  if (request.max_new_tokens() == 0) return absl::InvalidArgumentError("max_new_tokens is 0");
+  model::SamplingParams params = ToSamplingParams(request.sampling());
+  if (absl::Status status = model::ValidateSamplingParams(params); !status.ok()) return status;
+  const int64_t needed = static_cast<int64_t>(request.prompt_token_ids_size()) + request.max_new_tokens();
+  const int64_t capacity = pool_->capacity_blocks() * pool_->block_size();
+  if (pool_->bounded() && needed > capacity) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the sequence needs ", needed, " cache positions (prompt ", request.prompt_token_ids_size(),
+        " + max_new_tokens ", request.max_new_tokens(), ") but this node's cache holds ", capacity));
+  }
+  auto sequence = std::unique_ptr<Sequence>(new Sequence{
+      request.sequence_id(), request,
+      std::vector<int32_t>(request.prompt_token_ids().begin(), request.prompt_token_ids().end()),
+      std::move(events), std::nullopt, model::Sampler(params)});
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (stopping_) return absl::UnavailableError("node shutting down");
+    if (aborted_.count(request.sequence_id()) > 0) {
+      return absl::AlreadyExistsError(absl::StrCat("sequence ", request.sequence_id(), " exists"));
+    }
+    aborted_[request.sequence_id()] = false;
+    waiting_.push_back(std::move(sequence));
+  }
+  work_.notify_all();
+  return absl::OkStatus();
+}
+
+bool Scheduler::Abort(const std::string& sequence_id) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = aborted_.find(sequence_id);
+    if (it == aborted_.end()) return false;
+    it->second = true;
+  }
+  work_.notify_all();
+  return true;
+}
+
+SchedulerStatus Scheduler::Status() const {
+  SchedulerStatus status;
+  status.cache_capacity_tokens = pool_->capacity_blocks() * pool_->block_size();
+  status.cache_used_tokens = pool_->used_blocks() * pool_->block_size();
+  std::lock_guard<std::mutex> lock(mutex_);
+  status.running = running_count_;
+  status.waiting = static_cast<int>(waiting_.size());
+  return status;
+}
+
+void Scheduler::Finish(Sequence& sequence, SequenceEvent::FinishReason reason,
+                       const std::string& error, uint32_t error_code) {
+  if (sequence.finished) return;
+  sequence.finished = true;
+  sequence.cache.reset();  // blocks back to the pool at once
+  SequenceEvent event;
+  event.set_finish_reason(reason);
+  if (!error.empty()) event.set_error(error);
+  event.set_error_code(error_code);
+  event.set_prompt_tokens(static_cast<uint32_t>(sequence.prompt.size()));
+  event.set_completion_tokens(static_cast<uint32_t>(sequence.generated.size()));
+  sequence.events->Push(std::move(event));
+}
+
+void Scheduler::Loop() {
+  while (true) {
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      work_.wait_for(lock, std::chrono::milliseconds(100),
+                     [&] { return stopping_ || !waiting_.empty() || running_count_ > 0; });
+      if (stopping_) return;
+    }
+    Admit();
+    RunStep();
+  }
+}
+
+void Scheduler::Admit() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  // Aborted sequences leave first, so their blocks can go to the next in line.
+  for (auto& sequence : running_) {
+    if (aborted_[sequence->id]) Finish(*sequence, SequenceEvent::ABORTED);
+  }
+  for (auto it = waiting_.begin(); it != waiting_.end();) {
+    if (aborted_[(*it)->id]) {
+      Finish(**it, SequenceEvent::ABORTED);
+      aborted_.erase((*it)->id);
+      it = waiting_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  // First come, first served: the head waits until its whole budget fits.
+  while (!waiting_.empty() && static_cast<int>(running_.size()) < options_.max_running) {
+    Sequence& head = *waiting_.front();
+    model::LatentCache cache(pool_);
+    if (!cache.Reserve(head.CacheNeeded()).ok()) break;
+    head.cache.emplace(std::move(cache));
+    running_.push_back(std::move(waiting_.front()));
+    waiting_.pop_front();
+  }
+  // Drop finished sequences.
+  std::vector<std::unique_ptr<Sequence>> still_running;
+  for (auto& sequence : running_) {
+    if (sequence->finished) {
+      aborted_.erase(sequence->id);
+    } else {
+      still_running.push_back(std::move(sequence));
+    }
+  }
+  running_ = std::move(still_running);
+  running_count_ = static_cast<int>(running_.size());
+}
+
+void Scheduler::RunStep() {
+  if (running_.empty()) return;
+  // The step: one token for each decoding sequence, then prompt chunks within the budget.
+  struct Work {
+    Sequence* sequence;
+    std::span<const int32_t> tokens;
+    bool samples;  // the step ends this sequence's prompt (or decodes): sample from its logits
+  };
+  std::vector<Work> work;
+  int64_t budget = options_.max_batch_tokens;
+  for (auto& sequence : running_) {
+    if (sequence->prefilled == static_cast<int64_t>(sequence->prompt.size())) {
+      work.push_back({sequence.get(), std::span<const int32_t>(&sequence->next_input, 1), true});
+      --budget;
+    }
+  }
+  for (auto& sequence : running_) {
+    const int64_t remaining = static_cast<int64_t>(sequence->prompt.size()) - sequence->prefilled;
+    if (remaining == 0) continue;
+    if (budget <= 0) break;
+    const int64_t chunk = std::min(remaining, budget);
+    budget -= chunk;
+    work.push_back({sequence.get(),
+                    std::span<const int32_t>(sequence->prompt.data() + sequence->prefilled, chunk),
+                    chunk == remaining});
+  }
+  if (work.empty()) return;
+
+  // Micro-batches: split the work in contiguous groups of about equal rows.
+  const int lanes = std::min<int>(options_.micro_batches, static_cast<int>(work.size()));
+  int64_t total_rows = 0;
+  for (const Work& item : work) total_rows += static_cast<int64_t>(item.tokens.size());
+  std::vector<std::vector<size_t>> groups(lanes);
+  int64_t rows_so_far = 0;
+  for (size_t i = 0; i < work.size(); ++i) {
+    const int lane = std::min<int>(lanes - 1, static_cast<int>(rows_so_far * lanes / total_rows));
+    groups[lane].push_back(i);
+    rows_so_far += static_cast<int64_t>(work[i].tokens.size());
+  }
+  std::vector<absl::StatusOr<std::vector<float>>> results(lanes, std::vector<float>());
+  auto run_group = [&](int lane) {
+    std::vector<model::SequenceStep> steps;
+    for (size_t index : groups[lane]) {
+      steps.push_back({&*work[index].sequence->cache, work[index].tokens});
+    }
+    if (steps.empty()) return;
+    results[lane] = model_->Forward(steps, *lanes_[lane]);
+  };
+  std::vector<std::thread> helpers;
+  for (int lane = 1; lane < lanes; ++lane) helpers.emplace_back(run_group, lane);
+  run_group(0);
+  for (std::thread& helper : helpers) helper.join();
+
+  const int64_t vocab = model_->config().vocab_size;
+  const uint32_t eos = static_cast<uint32_t>(model_->config().eos_token_id);
+  for (int lane = 0; lane < lanes; ++lane) {
+    if (!results[lane].ok()) {
+      const absl::Status& status = results[lane].status();
+      for (size_t index : groups[lane]) {
+        Finish(*work[index].sequence, SequenceEvent::ERROR, std::string(status.message()),
+               HttpStatusFor(status));
+      }
+      continue;
+    }
+    for (size_t g = 0; g < groups[lane].size(); ++g) {
+      Work& item = work[groups[lane][g]];
+      Sequence& sequence = *item.sequence;
+      if (sequence.prefilled < static_cast<int64_t>(sequence.prompt.size())) {
+        sequence.prefilled += static_cast<int64_t>(item.tokens.size());
+      }
+      if (!item.samples) continue;
+      const float* logits = results[lane]->data() + g * vocab;
+      const int32_t token = sequence.sampler.Sample(logits, vocab);
+      sequence.generated.push_back(token);
+      sequence.next_input = token;
+      SequenceEvent event;
+      moemesh::v1::GeneratedToken* generated = event.add_tokens();
+      generated->set_token_id(static_cast<uint32_t>(token));
+      if (sequence.request.logprobs() || sequence.request.top_logprobs() > 0) {
+        generated->set_logprob(model::LogProbability(logits, vocab, token));
+        if (sequence.request.top_logprobs() > 0) {
+          const float normalizer = model::LogProbability(logits, vocab, token) - logits[token];
+          for (const auto& [id, logit] :
+               model::TopLogits(logits, vocab, static_cast<int>(sequence.request.top_logprobs()))) {
+            moemesh::v1::TopLogprob* top = generated->add_top_logprobs();
+            top->set_token_id(static_cast<uint32_t>(id));
+            top->set_logprob(logit + normalizer);
+          }
+        }
+      }
+      SequenceEvent::FinishReason reason = SequenceEvent::NOT_FINISHED;
+      const bool is_stop_token =
+          (!sequence.request.ignore_eos() && static_cast<uint32_t>(token) == eos) ||
+          std::find(sequence.request.stop_token_ids().begin(),
+                    sequence.request.stop_token_ids().end(),
+                    static_cast<uint32_t>(token)) != sequence.request.stop_token_ids().end();
+      if (is_stop_token) {
+        reason = SequenceEvent::STOP;
+      } else if (sequence.generated.size() >= sequence.request.max_new_tokens()) {
+        reason = SequenceEvent::LENGTH;
+      }
+      if (reason == SequenceEvent::NOT_FINISHED) {
+        sequence.events->Push(std::move(event));
+      } else {
+        // The last token and the finish reason travel together.
+        sequence.finished = true;
+        sequence.cache.reset();
+        event.set_finish_reason(reason);
+        event.set_prompt_tokens(static_cast<uint32_t>(sequence.prompt.size()));
+        event.set_completion_tokens(static_cast<uint32_t>(sequence.generated.size()));
+        sequence.events->Push(std::move(event));
+      }
+    }
+  }
+}
+
+}  // namespace moemesh::attention_node

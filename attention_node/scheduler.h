@@ -1,0 +1,98 @@
+// Continuous batching on an attention node: admits sequences while the paged latent cache can
+// hold their prompt plus their token budget (a sequence that does not fit waits; none is ever
+// truncated), builds each step from every decoding sequence plus prefill chunks up to a token
+// budget (chunked prefill), splits the step into micro-batches that run concurrently so one's
+// attention overlaps the other's expert round trip, samples, and streams tokens out.
+#pragma once
+
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "core/model/deepseek_model.h"
+#include "core/model/latent_cache.h"
+#include "core/model/routed_experts.h"
+#include "core/model/sampling.h"
+#include "moemesh/v1/attention.pb.h"
+
+namespace moemesh::attention_node {
+
+// A sequence's events, produced by the scheduler thread and consumed by its RPC handler.
+class EventQueue {
+ public:
+  void Push(moemesh::v1::SequenceEvent event);
+  // Waits up to `timeout_ms` for an event; nullopt on timeout.
+  std::optional<moemesh::v1::SequenceEvent> Pop(int timeout_ms);
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable ready_;
+  std::deque<moemesh::v1::SequenceEvent> events_;
+};
+
+struct SchedulerOptions {
+  int64_t max_batch_tokens = 512;  // new tokens per step (decode tokens + prefill chunks)
+  int max_running = 256;           // sequences decoding at once
+  int micro_batches = 2;           // concurrent micro-batches per step (1 = no overlap)
+};
+
+struct SchedulerStatus {
+  int64_t cache_capacity_tokens = 0;
+  int64_t cache_used_tokens = 0;  // blocks held, in tokens
+  int running = 0;
+  int waiting = 0;
+};
+
+class Scheduler {
+ public:
+  // Makes the RoutedExperts of micro-batch lane `lane` (0 .. micro_batches - 1).
+  using RoutedExpertsFactory = std::function<std::unique_ptr<model::RoutedExperts>(int lane)>;
+
+  // `model` is not owned; `pool` is the node's bounded cache.
+  Scheduler(model::DeepseekModel* model, std::shared_ptr<model::LatentBlockPool> pool,
+            RoutedExpertsFactory routed_experts, SchedulerOptions options);
+  ~Scheduler();  // Stop()
+
+  // Queues a sequence; its events go to `events`. Errors: InvalidArgument (empty prompt, token
+  // id outside the vocabulary, zero budget, bad sampling values, more cache than the node has),
+  // AlreadyExists for a duplicate id.
+  absl::Status Add(const moemesh::v1::AddSequenceRequest& request,
+                   std::shared_ptr<EventQueue> events);
+  // Aborts a sequence: its cache blocks are freed before the next step. False if unknown.
+  bool Abort(const std::string& sequence_id);
+  SchedulerStatus Status() const;
+  void Stop();
+
+ private:
+  struct Sequence;
+  void Loop();
+  void Admit();
+  void RunStep();
+  void Finish(Sequence& sequence, moemesh::v1::SequenceEvent::FinishReason reason,
+              const std::string& error = "", uint32_t error_code = 0);
+
+  model::DeepseekModel* model_;
+  std::shared_ptr<model::LatentBlockPool> pool_;
+  SchedulerOptions options_;
+  std::vector<std::unique_ptr<model::RoutedExperts>> lanes_;
+
+  mutable std::mutex mutex_;
+  std::condition_variable work_;
+  bool stopping_ = false;
+  std::deque<std::unique_ptr<Sequence>> waiting_;    // guarded by mutex_
+  std::map<std::string, bool> aborted_;              // guarded by mutex_: id -> abort requested
+  std::vector<std::unique_ptr<Sequence>> running_;   // scheduler thread only
+  int running_count_ = 0;                            // guarded by mutex_ (for Status)
+  std::thread thread_;
+};
+
+}  // namespace moemesh::attention_node

@@ -1,0 +1,28 @@
+#include "core/comm/service_flags.h"
+
+#include <algorithm>
+#include <string>
+
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+
+namespace moemesh::comm {
+
+std::vector<char*> ParseServiceFlags(int argc, char** argv, const char* usage) {
+  absl::SetProgramUsageMessage(usage);
+  // The rewritten arguments must outlive parsing; flags keep no pointers into them after it.
+  static std::vector<std::string> storage;
+  storage.assign(argv, argv + argc);
+  for (size_t i = 1; i < storage.size(); ++i) {
+    std::string& argument = storage[i];
+    if (argument == "--") break;
+    if (argument.rfind("--", 0) != 0) continue;
+    const size_t end = std::min(argument.find('='), argument.size());
+    std::replace(argument.begin() + 2, argument.begin() + static_cast<long>(end), '-', '_');
+  }
+  std::vector<char*> arguments;
+  for (std::string& argument : storage) arguments.push_back(argument.data());
+  return absl::ParseCommandLine(static_cast<int>(arguments.size()), arguments.data());
+}
+
+}  // namespace moemesh::comm

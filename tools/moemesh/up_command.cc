@@ -1,0 +1,292 @@
+// `moemesh up`: the whole cluster as local processes on loopback: one router, A attention nodes
+// and E expert nodes. Waits for /ready, prints the URL, and stops every process it started on
+// Ctrl-C (SIGINT/SIGTERM) or as soon as one of them dies.
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <netinet/in.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "httplib.h"
+#include "tools/moemesh/arguments.h"
+#include "tools/moemesh/commands.h"
+
+namespace moemesh::cli {
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr char kUsage[] =
+    "usage: moemesh up --model DIR [--attention-nodes A] [--expert-nodes E] [--port P]\n"
+    "                  [--host 127.0.0.1] [--log-dir DIR] [--cache-tokens N]\n"
+    "                  [--ready-timeout-seconds S] [--served-model-name NAME]\n"
+    "Starts moemesh-router, A moemesh-attention-node and E moemesh-expert-node processes\n"
+    "(found beside this binary), waits until GET /ready answers 200, prints the URL, and runs\n"
+    "until Ctrl-C or until one of the processes exits; then it stops them all.\n";
+
+volatile sig_atomic_t stop_requested = 0;
+void OnStopSignal(int) { stop_requested = 1; }
+
+struct Child {
+  std::string name;
+  pid_t pid = -1;
+  std::string log_path;
+};
+
+// A free loopback TCP port (bound then released; the child binds it right after).
+int FreePort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  address.sin_port = 0;
+  ::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof(address));
+  socklen_t length = sizeof(address);
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+  const int port = ntohs(address.sin_port);
+  ::close(fd);
+  return port;
+}
+
+// Starts `arguments` with stdout and stderr appended to `log_path`.
+absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& arguments, const std::string& log_path) {
+  const pid_t pid = ::fork();
+  if (pid < 0) return absl::InternalError("fork failed");
+  if (pid == 0) {
+    const int log = ::open(log_path.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+    if (log >= 0) {
+      ::dup2(log, STDOUT_FILENO);
+      ::dup2(log, STDERR_FILENO);
+      ::close(log);
+    }
+    // The launcher handles Ctrl-C for everyone: children ignore the terminal's SIGINT.
+    ::setpgid(0, 0);
+    // And they go when the launcher goes, even if it is killed outright.
+    ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+    std::vector<char*> argv;
+    for (const std::string& argument : arguments) argv.push_back(const_cast<char*>(argument.c_str()));
+    argv.push_back(nullptr);
+    ::execv(argv[0], argv.data());
+    std::perror(("exec " + arguments[0]).c_str());
+    ::_exit(127);
+  }
+  return pid;
+}
+
+std::string Tail(const std::string& path, size_t lines) {
+  std::ifstream stream(path);
+  std::vector<std::string> all;
+  for (std::string line; std::getline(stream, line);) all.push_back(line);
+  std::string out;
+  for (size_t i = all.size() > lines ? all.size() - lines : 0; i < all.size(); ++i) {
+    out += "    " + all[i] + "\n";
+  }
+  return out;
+}
+
+void StopAll(std::vector<Child>& children) {
+  for (const Child& child : children) {
+    if (child.pid > 0) ::kill(child.pid, SIGTERM);
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  for (Child& child : children) {
+    while (child.pid > 0) {
+      int status = 0;
+      const pid_t done = ::waitpid(child.pid, &status, WNOHANG);
+      if (done == child.pid || done < 0) {
+        child.pid = -1;
+        break;
+      }
+      if (std::chrono::steady_clock::now() > deadline) {
+        ::kill(child.pid, SIGKILL);
+        ::waitpid(child.pid, &status, 0);
+        child.pid = -1;
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+}
+
+// The first child that has exited, if any (and reaps it).
+const Child* FindExited(std::vector<Child>& children, int* exit_status) {
+  for (Child& child : children) {
+    if (child.pid <= 0) continue;
+    if (::waitpid(child.pid, exit_status, WNOHANG) == child.pid) {
+      child.pid = -1;
+      return &child;
+    }
+  }
+  return nullptr;
+}
+
+}  // namespace
+
+int RunUp(const Arguments& arguments) {
+  auto parsed = ParseArguments(arguments, {{"model"},
+                                           {"attention-nodes"},
+                                           {"expert-nodes"},
+                                           {"port"},
+                                           {"host"},
+                                           {"log-dir"},
+                                           {"cache-tokens"},
+                                           {"ready-timeout-seconds"},
+                                           {"served-model-name"},
+                                           {"help", true}});
+  if (!parsed.ok()) {
+    std::fprintf(stderr, "moemesh up: %s\n%s", std::string(parsed.status().message()).c_str(), kUsage);
+    return 2;
+  }
+  if (parsed->Has("help")) {
+    std::fputs(kUsage, stdout);
+    return 0;
+  }
+  const std::optional<std::string> model = parsed->Get("model");
+  auto attention_nodes = parsed->GetInt("attention-nodes", 1);
+  auto expert_nodes = parsed->GetInt("expert-nodes", 2);
+  auto port = parsed->GetInt("port", 8000);
+  auto cache_tokens = parsed->GetInt("cache-tokens", 65536);
+  auto ready_timeout = parsed->GetDouble("ready-timeout-seconds", 180);
+  if (!model || !attention_nodes.ok() || !expert_nodes.ok() || !port.ok() || !cache_tokens.ok() ||
+      !ready_timeout.ok() || *attention_nodes < 1 || *expert_nodes < 1 || *port < 0) {
+    std::fprintf(stderr,
+                 "moemesh up: --model is required; node counts must be >= 1, numbers valid\n%s",
+                 kUsage);
+    return 2;
+  }
+  const std::string host = parsed->Get("host").value_or("127.0.0.1");
+  const fs::path model_dir = fs::absolute(*model);
+  if (!fs::exists(model_dir / "config.json")) {
+    std::fprintf(stderr, "moemesh up: %s has no config.json\n", model_dir.c_str());
+    return 1;
+  }
+  std::error_code error;
+  const fs::path bin_dir = fs::read_symlink("/proc/self/exe", error).parent_path();
+  for (const char* binary : {"moemesh-router", "moemesh-attention-node", "moemesh-expert-node"}) {
+    if (!fs::exists(bin_dir / binary)) {
+      std::fprintf(stderr, "moemesh up: %s not found beside %s (build all targets)\n", binary,
+                   bin_dir.c_str());
+      return 1;
+    }
+  }
+  const fs::path log_dir = parsed->Get("log-dir").has_value()
+                               ? fs::path(*parsed->Get("log-dir"))
+                               : fs::temp_directory_path() / absl::StrCat("moemesh-up-", ::getpid());
+  fs::create_directories(log_dir);
+
+  struct sigaction action {};
+  action.sa_handler = OnStopSignal;
+  ::sigaction(SIGINT, &action, nullptr);
+  ::sigaction(SIGTERM, &action, nullptr);
+
+  const int http_port = *port == 0 ? FreePort() : static_cast<int>(*port);
+  const int control_port = FreePort();
+  const std::string control_address = absl::StrCat(host, ":", control_port);
+  std::vector<Child> children;
+  auto start = [&](const std::string& name, std::vector<std::string> command) -> bool {
+    const std::string log_path = (log_dir / (name + ".log")).string();
+    absl::StatusOr<pid_t> pid = Spawn(command, log_path);
+    if (!pid.ok()) {
+      std::fprintf(stderr, "moemesh up: cannot start %s\n", name.c_str());
+      return false;
+    }
+    children.push_back({name, *pid, log_path});
+    return true;
+  };
+  std::vector<std::string> router = {(bin_dir / "moemesh-router").string(),
+                                     "--model", model_dir.string(),
+                                     "--host", host,
+                                     "--port", std::to_string(http_port),
+                                     "--control-port", std::to_string(control_port),
+                                     "--attention-nodes", std::to_string(*attention_nodes),
+                                     "--expert-nodes", std::to_string(*expert_nodes)};
+  if (auto name = parsed->Get("served-model-name")) {
+    router.push_back("--served-model-name");
+    router.push_back(*name);
+  }
+  bool started = start("router", router);
+  for (int64_t i = 0; started && i < *expert_nodes; ++i) {
+    started = start(absl::StrCat("expert-", i),
+                    {(bin_dir / "moemesh-expert-node").string(), "--model", model_dir.string(),
+                     "--router", control_address, "--host", host, "--node-name",
+                     absl::StrCat("expert-", i)});
+  }
+  for (int64_t i = 0; started && i < *attention_nodes; ++i) {
+    started = start(absl::StrCat("attention-", i),
+                    {(bin_dir / "moemesh-attention-node").string(), "--model", model_dir.string(),
+                     "--router", control_address, "--host", host, "--node-name",
+                     absl::StrCat("attention-", i), "--cache-tokens",
+                     std::to_string(*cache_tokens)});
+  }
+  if (!started) {
+    StopAll(children);
+    return 1;
+  }
+  std::fprintf(stderr, "moemesh up: started %zu processes (logs in %s); waiting for /ready\n",
+               children.size(), log_dir.c_str());
+
+  httplib::Client client(host, http_port);
+  client.set_connection_timeout(1, 0);
+  client.set_read_timeout(2, 0);
+  const auto deadline = std::chrono::steady_clock::now() +
+                        std::chrono::milliseconds(static_cast<int64_t>(*ready_timeout * 1000));
+  bool ready = false;
+  std::string last_reason = "router not answering yet";
+  int exit_status = 0;
+  while (!ready && !stop_requested) {
+    if (const Child* exited = FindExited(children, &exit_status)) {
+      std::fprintf(stderr, "moemesh up: %s exited (status %d) before the cluster was ready:\n%s",
+                   exited->name.c_str(), exit_status, Tail(exited->log_path, 20).c_str());
+      StopAll(children);
+      return 1;
+    }
+    if (std::chrono::steady_clock::now() > deadline) {
+      std::fprintf(stderr, "moemesh up: not ready after %.0f s (%s); stopping\n", *ready_timeout,
+                   last_reason.c_str());
+      StopAll(children);
+      return 1;
+    }
+    if (auto response = client.Get("/ready")) {
+      if (response->status == 200) {
+        ready = true;
+        break;
+      }
+      last_reason = response->body;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  if (ready) {
+    std::printf("moemesh cluster ready: http://%s:%d/v1  (%lld attention, %lld expert nodes)\n",
+                host.c_str(), http_port, static_cast<long long>(*attention_nodes),
+                static_cast<long long>(*expert_nodes));
+    std::fflush(stdout);
+  }
+  while (!stop_requested) {
+    if (const Child* exited = FindExited(children, &exit_status)) {
+      std::fprintf(stderr, "moemesh up: %s exited (status %d); stopping the cluster:\n%s",
+                   exited->name.c_str(), exit_status, Tail(exited->log_path, 20).c_str());
+      StopAll(children);
+      return 1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  std::fprintf(stderr, "moemesh up: stopping %zu processes\n", children.size());
+  StopAll(children);
+  return 0;
+}
+
+}  // namespace moemesh::cli
