@@ -16,5 +16,7 @@ int RunTokenize(const Arguments& arguments);        // text_commands.cc
 int RunDetokenize(const Arguments& arguments);      // text_commands.cc
 int RunRenderChat(const Arguments& arguments);      // text_commands.cc
 int RunUp(const Arguments& arguments);              // up_command.cc
+int RunChat(const Arguments& arguments);            // chat_command.cc
+int RunMakeR1Tokenizer(const Arguments& arguments); // r1_tokenizer_command.cc
 
 }  // namespace moemesh::cli

@@ -24,6 +24,9 @@ const Command kCommands[] = {
     {"detokenize", moemesh::cli::RunDetokenize, "JSON array of token ids on stdin -> text"},
     {"render-chat", moemesh::cli::RunRenderChat,
      "JSON array of OpenAI messages on stdin -> prompt text"},
+    {"make-r1-tokenizer", moemesh::cli::RunMakeR1Tokenizer,
+     "turn DeepSeek-V3 tokenizer files into DeepSeek-R1's (<think> tokens, R1 template)"},
+    {"chat", moemesh::cli::RunChat, "stream one chat request to a server and print it"},
     {"up", moemesh::cli::RunUp,
      "start a local cluster (router, attention and expert nodes) and wait for it"},
 };
