@@ -213,7 +213,9 @@ int RunUp(const Arguments& arguments) {
                                      "--port", std::to_string(http_port),
                                      "--control-port", std::to_string(control_port),
                                      "--attention-nodes", std::to_string(*attention_nodes),
-                                     "--expert-nodes", std::to_string(*expert_nodes)};
+                                     "--expert-nodes", std::to_string(*expert_nodes),
+                                     // A sequence may use at most one attention node's cache.
+                                     "--max-model-len", std::to_string(*cache_tokens)};
   if (auto name = parsed->Get("served-model-name")) {
     router.push_back("--served-model-name");
     router.push_back(*name);
