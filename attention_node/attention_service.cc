@@ -65,6 +65,17 @@ absl::StatusOr<std::unique_ptr<AttentionNode>> AttentionNode::Start(AttentionNod
 
   comm::GrpcExpertTransportOptions transport_options;
   transport_options.dispatch_deadline = absl::Seconds(options.dispatch_timeout_seconds);
+  SchedulerOptions scheduler_options = options.scheduler;
+  if (options.metrics != nullptr) {
+    node->metrics_ =
+        std::make_unique<AttentionNodeMetrics>(options.metrics, node->model_->config());
+    AttentionNodeMetrics* metrics = node->metrics_.get();
+    transport_options.on_round_trip = [metrics](const std::string& node_id, double seconds,
+                                                bool ok) {
+      metrics->OnRoundTrip(node_id, seconds, ok);
+    };
+    scheduler_options.observer = metrics;
+  }
   node->transport_ = std::make_unique<comm::GrpcExpertTransport>(transport_options);
   AttentionNode* raw = node.get();
   const int hidden_size = node->model_->config().hidden_size;
@@ -74,9 +85,16 @@ absl::StatusOr<std::unique_ptr<AttentionNode>> AttentionNode::Start(AttentionNod
         auto experts = std::make_unique<RemoteRoutedExperts>(raw->transport_.get(), &raw->placement_,
                                                              lane, hidden_size);
         raw->lanes_.push_back(experts.get());
-        return experts;
+        if (raw->metrics_ == nullptr) return std::unique_ptr<model::RoutedExperts>(std::move(experts));
+        auto timed = std::make_unique<TimedRoutedExperts>(std::move(experts));
+        raw->metrics_->AddLane(lane, timed.get());
+        return std::unique_ptr<model::RoutedExperts>(std::move(timed));
       },
-      options.scheduler);
+      scheduler_options);
+  if (node->metrics_ != nullptr) {
+    node->metrics_->Watch(node->scheduler_.get(),
+                          static_cast<const comm::GrpcExpertTransport*>(node->transport_.get()));
+  }
 
   node->service_ = std::make_unique<AttentionServiceImpl>(node->scheduler_.get());
   node->server_ = comm::StartGrpcServer(absl::StrCat(options.host, ":", options.port),
@@ -91,6 +109,7 @@ absl::StatusOr<std::unique_ptr<AttentionNode>> AttentionNode::Start(AttentionNod
   control.registration.set_kind(moemesh::v1::NODE_KIND_ATTENTION);
   control.registration.set_address(node->address());
   control.registration.set_preferred_id(options.node_name);
+  control.registration.set_metrics_address(options.metrics_address);
   control.registration.set_cache_capacity_tokens(static_cast<uint64_t>(blocks * options.cache_block_size));
   node->control_ = comm::ControlClient::Start(
       control, [raw](const moemesh::v1::Placement& placement) { raw->placement_.Update(placement); },
@@ -101,6 +120,7 @@ absl::StatusOr<std::unique_ptr<AttentionNode>> AttentionNode::Start(AttentionNod
             static_cast<uint64_t>(status.cache_capacity_tokens - status.cache_used_tokens));
         heartbeat.set_running_sequences(static_cast<uint32_t>(status.running));
         heartbeat.set_waiting_sequences(static_cast<uint32_t>(status.waiting));
+        if (raw->metrics_ != nullptr) raw->metrics_->FillHeartbeat(heartbeat);
       });
   return node;
 }

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "attention_node/node_metrics.h"
 #include "attention_node/placement_table.h"
 #include "attention_node/remote_routed_experts.h"
 #include "attention_node/scheduler.h"
@@ -46,6 +47,10 @@ struct AttentionNodeOptions {
   int cache_block_size = model::DeepseekModel::kDefaultCacheBlockSize;
   SchedulerOptions scheduler;
   double dispatch_timeout_seconds = 10.0;
+  // Optional: the process's metrics (see node_metrics.h) and where they are served (registered
+  // with the router so that Prometheus can discover the node).
+  std::shared_ptr<obs::MetricsRegistry> metrics;
+  std::string metrics_address;
 };
 
 class AttentionNode {
@@ -58,12 +63,15 @@ class AttentionNode {
   // Summed over the micro-batch lanes.
   DispatchStatistics dispatch_statistics() const;
   void Shutdown();
+  // Null unless started with options.metrics.
+  const AttentionNodeMetrics* metrics() const { return metrics_.get(); }
 
  private:
   AttentionNode() = default;
   AttentionNodeOptions options_;
   std::unique_ptr<checkpoint::Checkpoint> checkpoint_;
   std::unique_ptr<model::DeepseekModel> model_;
+  std::unique_ptr<AttentionNodeMetrics> metrics_;  // null without options.metrics
   PlacementTable placement_;
   std::unique_ptr<comm::ExpertTransport> transport_;
   std::vector<RemoteRoutedExperts*> lanes_;  // owned by the scheduler

@@ -37,6 +37,7 @@ int main(int argc, char** argv) {
   sigemptyset(&signals);
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGUSR1);  // prints the dispatch statistics (for bench/cluster)
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
   moemesh::attention_node::AttentionNodeOptions options;
@@ -65,9 +66,21 @@ int main(int argc, char** argv) {
   }
   std::printf("moemesh-attention-node listening on %s\n", (*node)->address().c_str());
   std::fflush(stdout);
+  // Cumulative MoE dispatch round trips over all micro-batch lanes.
+  auto print_statistics = [&] {
+    const moemesh::attention_node::DispatchStatistics s = (*node)->dispatch_statistics();
+    std::fprintf(stderr,
+                 "moemesh-attention-node: dispatch statistics layer_dispatches=%llu "
+                 "node_round_trips=%llu round_trip_seconds=%.6f failures=%llu\n",
+                 static_cast<unsigned long long>(s.layer_dispatches),
+                 static_cast<unsigned long long>(s.node_round_trips), s.round_trip_seconds,
+                 static_cast<unsigned long long>(s.failures));
+    std::fflush(stderr);
+  };
   int signal = 0;
-  sigwait(&signals, &signal);
+  while (sigwait(&signals, &signal) == 0 && signal == SIGUSR1) print_statistics();
   std::fprintf(stderr, "moemesh-attention-node: signal %d, shutting down\n", signal);
+  print_statistics();
   (*node)->Shutdown();
   return 0;
 }

@@ -1,6 +1,7 @@
 #include "attention_node/scheduler.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <span>
 
@@ -273,12 +274,36 @@ void Scheduler::RunStep() {
       steps.push_back({&*work[index].sequence->cache, work[index].tokens});
     }
     if (steps.empty()) return;
-    results[lane] = model_->Forward(steps, *lanes_[lane]);
+    if (options_.observer == nullptr) {
+      results[lane] = model_->Forward(steps, *lanes_[lane]);
+      return;
+    }
+    model::ForwardTrace trace;
+    trace.record_layer_outputs = false;
+    const auto forward_start = std::chrono::steady_clock::now();
+    results[lane] = model_->Forward(steps, *lanes_[lane], &trace);
+    if (results[lane].ok()) {
+      options_.observer->OnForward(
+          lane, trace,
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - forward_start).count());
+    }
   };
+  const auto step_start = std::chrono::steady_clock::now();
   std::vector<std::thread> helpers;
   for (int lane = 1; lane < lanes; ++lane) helpers.emplace_back(run_group, lane);
   run_group(0);
   for (std::thread& helper : helpers) helper.join();
+  const auto sampling_start = std::chrono::steady_clock::now();
+  struct StepReport {  // reports the step when RunStep returns
+    SchedulerObserver* observer;
+    std::chrono::steady_clock::time_point step_start, sampling_start;
+    ~StepReport() {
+      if (observer == nullptr) return;
+      const auto end = std::chrono::steady_clock::now();
+      observer->OnStep(std::chrono::duration<double>(end - step_start).count(),
+                       std::chrono::duration<double>(end - sampling_start).count());
+    }
+  } step_report{options_.observer, step_start, sampling_start};
 
   const int64_t vocab = model_->config().vocab_size;
   const uint32_t eos = static_cast<uint32_t>(model_->config().eos_token_id);

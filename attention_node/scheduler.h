@@ -39,10 +39,22 @@ class EventQueue {
   std::deque<moemesh::v1::SequenceEvent> events_;
 };
 
+// Optional metrics hooks of the scheduler (called on its threads; must be thread-safe).
+class SchedulerObserver {
+ public:
+  virtual ~SchedulerObserver() = default;
+  // Micro-batch lane `lane`'s Forward succeeded in `seconds`; `trace` holds its gate decisions
+  // (one row per real token of the step, nothing else).
+  virtual void OnForward(int lane, const model::ForwardTrace& trace, double seconds) = 0;
+  // A step ended: its wall time and the part spent sampling.
+  virtual void OnStep(double step_seconds, double sampling_seconds) = 0;
+};
+
 struct SchedulerOptions {
   int64_t max_batch_tokens = 512;  // new tokens per step (decode tokens + prefill chunks)
   int max_running = 256;           // sequences decoding at once
   int micro_batches = 2;           // concurrent micro-batches per step (1 = no overlap)
+  SchedulerObserver* observer = nullptr;  // not owned; must outlive the scheduler
 };
 
 struct SchedulerStatus {

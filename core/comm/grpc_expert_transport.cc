@@ -72,6 +72,7 @@ class GrpcExpertTransport::Stream {
       pending.rows = batch.rows();
       pending.hidden_size = batch.hidden_size;
       pending.deadline = absl::Now() + owner_->options_.dispatch_deadline;
+      pending.sent = absl::Now();
       future = pending.promise.get_future();
     }
     moemesh::v1::DispatchRequest request = DispatchRequestFromBatch(batch, id);
@@ -116,6 +117,7 @@ class GrpcExpertTransport::Stream {
     int64_t rows = 0;
     int hidden_size = 0;
     absl::Time deadline;
+    absl::Time sent;
   };
 
   std::string Describe(absl::string_view what) const {
@@ -162,6 +164,10 @@ class GrpcExpertTransport::Stream {
           ++c.unavailable;
         }
       });
+      if (owner_->options_.on_round_trip) {
+        owner_->options_.on_round_trip(node_id_, absl::ToDoubleSeconds(absl::Now() - pending->sent),
+                                       result.ok());
+      }
       pending->promise.set_value(std::move(result));
     }
     grpc::Status status;

@@ -25,6 +25,9 @@ struct GrpcExpertTransportOptions {
   absl::Duration dispatch_deadline = absl::Seconds(10);
   // Channel reconnect backoff bounds: a restarted node is reached again within about this.
   absl::Duration max_reconnect_backoff = absl::Seconds(1);
+  // Optional (metrics): called from a stream's reader thread for every reply, with the seconds
+  // from the request's write to its reply and whether the reply was OK.
+  std::function<void(const std::string& node_id, double seconds, bool ok)> on_round_trip;
 };
 
 // Counters for the metrics issue (plain numbers, read with counters()).

@@ -325,7 +325,7 @@ absl::StatusOr<std::vector<float>> DeepseekModel::Forward(std::span<const Sequen
       DenseFeedForward(layer, normed.data(), rows, dense.data());
       for (int64_t i = 0; i < rows * hidden_size; ++i) hidden[i] += dense[i];
     }
-    if (trace != nullptr) trace->layer_outputs.push_back(hidden);
+    if (trace != nullptr && trace->record_layer_outputs) trace->layer_outputs.push_back(hidden);
   }
   for (size_t s = 0; s < layout.caches.size(); ++s) layout.caches[s]->Commit(layout.row_count[s]);
 

@@ -40,6 +40,7 @@ struct StepLayout {
 struct ForwardTrace {
   std::vector<std::vector<float>> layer_outputs;  // [layer][rows * hidden], after each block
   std::vector<std::pair<int, GateDecision>> gates;  // (layer, decision) per MoE layer
+  bool record_layer_outputs = true;  // false: gates only (cheap enough for metrics)
 };
 
 class DeepseekModel {

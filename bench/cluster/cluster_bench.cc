@@ -1,0 +1,280 @@
+// Cluster benchmark: C concurrent streaming clients of POST /v1/completions (token-id prompts,
+// ignore_eos, greedy), per concurrency level: output tokens/s, TTFT and ITL (median / p90, from
+// the SSE chunks' token_ids), and the attention node's mean MoE dispatch round trip (it prints a
+// "dispatch statistics" line to its log on SIGUSR1; we signal it before and after each level
+// and take the difference).
+//
+// With --engine DIR it runs the same workload through model::Generate in this process (what
+// `moemesh generate` runs: all C prompts prefilled in one step, then decoded together), with
+// TTFT = the prefill step and ITL = the decode steps.
+//
+// usage: bench_cluster --url http://127.0.0.1:PORT [--stats-pid PID --stats-log FILE]
+//        bench_cluster --engine DIR [--threads N]
+//        common: [--concurrency 1,8,32] [--prompt-tokens 128] [--output-tokens 64] [--rounds 1]
+#include <signal.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <mutex>
+#include <random>
+#include <regex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "core/checkpoint/checkpoint.h"
+#include "core/kernels/cpu/threading.h"
+#include "core/model/deepseek_model.h"
+#include "core/model/expert_shard.h"
+#include "core/model/generator.h"
+#include "httplib.h"
+#include "nlohmann/json.hpp"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using nlohmann::json;
+
+double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const double rank = p * (v.size() - 1);
+  const size_t low = static_cast<size_t>(rank);
+  const size_t high = std::min(low + 1, v.size() - 1);
+  return v[low] + (rank - low) * (v[high] - v[low]);
+}
+
+void Die(const std::string& message) {
+  std::fprintf(stderr, "bench_cluster: %s\n", message.c_str());
+  std::exit(1);
+}
+
+std::vector<int> ParseList(const std::string& text) {
+  std::vector<int> values;
+  size_t start = 0;
+  while (start < text.size()) {
+    size_t comma = text.find(',', start);
+    if (comma == std::string::npos) comma = text.size();
+    values.push_back(std::atoi(text.substr(start, comma - start).c_str()));
+    start = comma + 1;
+  }
+  return values;
+}
+
+struct Level {
+  std::vector<double> throughputs;  // output tokens/s per round
+  std::vector<double> ttft, itl;    // seconds, pooled over rounds
+  int64_t tokens = 0;
+  int errors = 0;
+};
+
+void PrintRow(const char* mode, int concurrency, const Level& level, const std::string& dispatch) {
+  std::printf("| %s | %d | %.1f | %.0f / %.0f | %.0f / %.0f | %s |\n", mode, concurrency,
+              Percentile(level.throughputs, 0.5), 1e3 * Percentile(level.ttft, 0.5),
+              1e3 * Percentile(level.ttft, 0.9), 1e3 * Percentile(level.itl, 0.5),
+              1e3 * Percentile(level.itl, 0.9), dispatch.c_str());
+  if (level.errors > 0) std::printf("  (%d failed requests)\n", level.errors);
+  std::fflush(stdout);
+}
+
+// --- Cluster mode -----------------------------------------------------------------------------
+
+struct DispatchTotals {
+  double layers = 0, round_trips = 0, seconds = 0;
+  bool ok = false;
+};
+
+// Signals the attention node and reads its newest "dispatch statistics" line.
+DispatchTotals ReadDispatchTotals(int pid, const std::string& log) {
+  DispatchTotals totals;
+  if (pid <= 0) return totals;
+  std::string last_before;
+  auto last_line = [&] {
+    std::ifstream in(log);
+    std::string line, found;
+    while (std::getline(in, line)) {
+      if (line.find("dispatch statistics") != std::string::npos) found = line;
+    }
+    return found;
+  };
+  last_before = last_line();
+  ::kill(pid, SIGUSR1);
+  std::string line;
+  for (int i = 0; i < 50; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    line = last_line();
+    if (!line.empty() && line != last_before) break;
+  }
+  std::smatch m;
+  static const std::regex pattern(
+      R"(layer_dispatches=(\d+) node_round_trips=(\d+) round_trip_seconds=([0-9.eE+-]+))");
+  if (std::regex_search(line, m, pattern)) {
+    totals.layers = std::stod(m[1]);
+    totals.round_trips = std::stod(m[2]);
+    totals.seconds = std::stod(m[3]);
+    totals.ok = true;
+  }
+  return totals;
+}
+
+void RunClusterRequest(const std::string& url, const std::vector<int32_t>& prompt, int output_tokens,
+                       std::mutex& mutex, Level& level) {
+  httplib::Client client(url);
+  client.set_read_timeout(600, 0);
+  client.set_connection_timeout(10, 0);
+  json body = {{"prompt", prompt},       {"max_tokens", output_tokens},
+               {"temperature", 0},          {"ignore_eos", true},     {"stream", true},
+               {"return_token_ids", true}};
+  httplib::Request request;
+  request.method = "POST";
+  request.path = "/v1/completions";
+  request.set_header("Content-Type", "application/json");
+  request.body = body.dump();
+  std::vector<double> token_times;
+  std::string buffer;
+  const auto begin = Clock::now();
+  request.content_receiver = [&](const char* data, size_t length, uint64_t, uint64_t) {
+    const double now = Since(begin);
+    buffer.append(data, length);
+    size_t end;
+    while ((end = buffer.find("\n\n")) != std::string::npos) {
+      const std::string event = buffer.substr(0, end);
+      buffer.erase(0, end + 2);
+      if (event.rfind("data: ", 0) != 0) continue;
+      const std::string payload = event.substr(6);
+      if (payload == "[DONE]") continue;
+      json chunk = json::parse(payload, nullptr, false);
+      if (chunk.is_discarded() || !chunk.contains("choices") || chunk["choices"].empty()) continue;
+      const json& choice = chunk["choices"][0];
+      size_t count = choice.contains("token_ids") ? choice["token_ids"].size() : 0;
+      for (size_t i = 0; i < count; ++i) token_times.push_back(now);
+    }
+    return true;
+  };
+  httplib::Result result = client.send(request);
+  std::lock_guard<std::mutex> lock(mutex);
+  if (!result || result->status != 200 || token_times.empty()) {
+    ++level.errors;
+    std::fprintf(stderr, "request failed: %s\n",
+                 result ? std::to_string(result->status).c_str() : httplib::to_string(result.error()).c_str());
+    return;
+  }
+  level.ttft.push_back(token_times.front());
+  for (size_t i = 1; i < token_times.size(); ++i) level.itl.push_back(token_times[i] - token_times[i - 1]);
+  level.tokens += static_cast<int64_t>(token_times.size());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string url, engine_dir, stats_log;
+  int stats_pid = 0, prompt_tokens = 128, output_tokens = 64, rounds = 1, threads = 0;
+  std::vector<int> levels = {1, 8, 32};
+  for (int i = 1; i < argc; ++i) {
+    const std::string flag = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) Die("missing value for " + flag);
+      return argv[++i];
+    };
+    if (flag == "--url") url = value();
+    else if (flag == "--engine") engine_dir = value();
+    else if (flag == "--stats-pid") stats_pid = std::atoi(value().c_str());
+    else if (flag == "--stats-log") stats_log = value();
+    else if (flag == "--concurrency") levels = ParseList(value());
+    else if (flag == "--prompt-tokens") prompt_tokens = std::atoi(value().c_str());
+    else if (flag == "--output-tokens") output_tokens = std::atoi(value().c_str());
+    else if (flag == "--rounds") rounds = std::atoi(value().c_str());
+    else if (flag == "--threads") threads = std::atoi(value().c_str());
+    else Die("unknown flag " + flag);
+  }
+  if (url.empty() == engine_dir.empty()) Die("give exactly one of --url and --engine");
+  std::mt19937 rng(7);
+  std::uniform_int_distribution<int32_t> token(0, 127999);  // ordinary (non-special) ids
+  auto random_prompt = [&] {
+    std::vector<int32_t> prompt(prompt_tokens);
+    for (auto& t : prompt) t = token(rng);
+    return prompt;
+  };
+  std::printf("workload: %d-token random prompts, %d output tokens (ignore_eos, greedy), %d "
+              "round(s) per level; ITL from per-token arrival times\n",
+              prompt_tokens, output_tokens, rounds);
+  std::printf("\n| mode | concurrent requests | output tokens/s | TTFT ms median / p90 | ITL ms "
+              "median / p90 | MoE dispatch round trip |\n|---|---|---|---|---|---|\n");
+
+  if (!engine_dir.empty()) {
+    if (threads > 0) moemesh::kernels::SetComputeThreads(threads);
+    auto checkpoint = moemesh::checkpoint::Checkpoint::Open(engine_dir);
+    if (!checkpoint.ok()) Die(checkpoint.status().ToString());
+    auto model = moemesh::model::DeepseekModel::Load(**checkpoint);
+    if (!model.ok()) Die(model.status().ToString());
+    auto experts = moemesh::model::ExpertShard::LoadAll(**checkpoint);
+    if (!experts.ok()) Die(experts.status().ToString());
+    for (int concurrency : levels) {
+      Level level;
+      for (int round = 0; round < rounds; ++round) {
+        std::vector<moemesh::model::GenerationRequest> requests(concurrency);
+        for (auto& r : requests) {
+          r.prompt = random_prompt();
+          r.max_new_tokens = output_tokens;
+          r.stop_at_eos = false;
+        }
+        // Prefill alone (the first token), then the whole generation: TTFT and decode steps.
+        for (auto& r : requests) r.max_new_tokens = 1;
+        auto begin = Clock::now();
+        auto first = moemesh::model::Generate(**model, **experts, requests, 0);
+        if (!first.ok()) Die(first.status().ToString());
+        const double ttft = Since(begin);
+        for (auto& r : requests) r.max_new_tokens = output_tokens;
+        begin = Clock::now();
+        auto results = moemesh::model::Generate(**model, **experts, requests, 0);
+        if (!results.ok()) Die(results.status().ToString());
+        const double total = Since(begin);
+        int64_t tokens = 0;
+        for (const auto& result : *results) tokens += static_cast<int64_t>(result.generated.size());
+        level.throughputs.push_back(tokens / total);
+        level.tokens += tokens;
+        for (int i = 0; i < concurrency; ++i) level.ttft.push_back(ttft);
+        const double itl = (total - ttft) / std::max(1, output_tokens - 1);
+        for (int i = 0; i < concurrency * (output_tokens - 1); ++i) level.itl.push_back(itl);
+      }
+      PrintRow("single process (Generate)", concurrency, level, "in process");
+    }
+    return 0;
+  }
+
+  for (int concurrency : levels) {
+    Level level;
+    DispatchTotals before = ReadDispatchTotals(stats_pid, stats_log);
+    for (int round = 0; round < rounds; ++round) {
+      std::vector<std::vector<int32_t>> prompts;
+      for (int c = 0; c < concurrency; ++c) prompts.push_back(random_prompt());
+      std::mutex mutex;
+      const int64_t tokens_before = level.tokens;
+      const auto begin = Clock::now();
+      std::vector<std::thread> clients;
+      for (int c = 0; c < concurrency; ++c) {
+        clients.emplace_back([&, c] { RunClusterRequest(url, prompts[c], output_tokens, mutex, level); });
+      }
+      for (auto& t : clients) t.join();
+      level.throughputs.push_back((level.tokens - tokens_before) / Since(begin));
+    }
+    DispatchTotals after = ReadDispatchTotals(stats_pid, stats_log);
+    std::string dispatch = "n/a";
+    if (before.ok && after.ok && after.layers > before.layers) {
+      const double layers = after.layers - before.layers;
+      char text[160];
+      std::snprintf(text, sizeof(text), "%.2f ms mean over %.0f layer dispatches (%.2f nodes each)",
+                    1e3 * (after.seconds - before.seconds) / layers, layers,
+                    (after.round_trips - before.round_trips) / layers);
+      dispatch = text;
+    }
+    PrintRow("cluster (1 attention + 2 expert nodes)", concurrency, level, dispatch);
+  }
+  return 0;
+}
