@@ -8,6 +8,7 @@
 #include "absl/flags/flag.h"
 #include "attention_node/attention_service.h"
 #include "core/comm/service_flags.h"
+#include "core/obs/metrics.h"
 #include "core/kernels/cpu/threading.h"
 
 ABSL_FLAG(std::string, model, "", "checkpoint directory (config.json + safetensors shards)");
@@ -22,6 +23,7 @@ ABSL_FLAG(int, max_running, 256, "sequences running at once");
 ABSL_FLAG(int, micro_batches, 2, "concurrent micro-batches per step (1 = no overlap)");
 ABSL_FLAG(double, dispatch_timeout_seconds, 10.0, "expert round trip deadline");
 ABSL_FLAG(int, compute_threads, 1, "OpenBLAS/OpenMP threads per micro-batch");
+ABSL_FLAG(int, metrics_port, 0, "port of GET /metrics (Prometheus); 0 picks one, -1 disables");
 
 int main(int argc, char** argv) {
   moemesh::comm::ParseServiceFlags(
@@ -59,12 +61,27 @@ int main(int argc, char** argv) {
                  "--max-batch-tokens must be positive\n");
     return 2;
   }
+  std::unique_ptr<moemesh::obs::MetricsExposer> metrics_exposer;
+  if (absl::GetFlag(FLAGS_metrics_port) >= 0) {
+    options.metrics = std::make_shared<moemesh::obs::MetricsRegistry>();
+    auto exposer = moemesh::obs::MetricsExposer::Start(
+        options.host, absl::GetFlag(FLAGS_metrics_port), options.metrics);
+    if (!exposer.ok()) {
+      std::fprintf(stderr, "moemesh-attention-node: %s\n", exposer.status().ToString().c_str());
+      return 1;
+    }
+    metrics_exposer = *std::move(exposer);
+    options.metrics_address = metrics_exposer->address();
+  }
   auto node = moemesh::attention_node::AttentionNode::Start(options);
   if (!node.ok()) {
     std::fprintf(stderr, "moemesh-attention-node: %s\n", node.status().ToString().c_str());
     return 1;
   }
   std::printf("moemesh-attention-node listening on %s\n", (*node)->address().c_str());
+  if (metrics_exposer != nullptr) {
+    std::printf("moemesh-attention-node metrics on %s\n", metrics_exposer->address().c_str());
+  }
   std::fflush(stdout);
   // Cumulative MoE dispatch round trips over all micro-batch lanes.
   auto print_statistics = [&] {
