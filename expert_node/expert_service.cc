@@ -12,6 +12,7 @@
 #include "core/comm/dispatch_codec.h"
 #include "core/comm/grpc_server.h"
 #include "core/kernels/cpu/elementwise.h"
+#include "expert_node/expert_metrics.h"
 
 namespace moemesh::expert_node {
 
@@ -230,6 +231,17 @@ moemesh::v1::DispatchReply ExpertService::Handle(const moemesh::v1::DispatchRequ
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   reply.set_compute_seconds(seconds);
+  if (observer_) {
+    DispatchObservation observation;
+    observation.layer = layer;
+    for (const comm::ExpertSliceRows* slice : slices) {
+      observation.expert_rows.emplace_back(slice->expert, slice->rows.size());
+    }
+    observation.compute_seconds = seconds;
+    observation.bytes_in = request.ByteSizeLong();
+    observation.bytes_out = reply.ByteSizeLong();
+    observer_(observation);
+  }
   absl::MutexLock lock(&mutex_);
   counters_.rows += rows;
   counters_.expert_rows += expert_rows;
@@ -245,6 +257,14 @@ absl::StatusOr<std::unique_ptr<ExpertNode>> ExpertNode::Start(ExpertNodeOptions 
   node->checkpoint_ = *std::move(checkpoint);
   node->service_ = std::make_unique<ExpertService>(node->checkpoint_->config(),
                                                    node->options_.dispatch_threads);
+  if (node->options_.metrics != nullptr) {
+    node->metrics_ = std::make_unique<ExpertNodeMetrics>(node->options_.metrics,
+                                                         node->checkpoint_->config());
+    node->metrics_->Watch(node->service_.get());
+    ExpertNodeMetrics* metrics = node->metrics_.get();
+    node->service_->SetDispatchObserver(
+        [metrics](const DispatchObservation& observation) { metrics->OnDispatch(observation); });
+  }
   const std::string bind = absl::StrCat(node->options_.host, ":", node->options_.port);
   node->server_ = comm::StartGrpcServer(bind, {node->service_.get()}, &node->port_);
   if (node->server_ == nullptr) {
@@ -256,6 +276,7 @@ absl::StatusOr<std::unique_ptr<ExpertNode>> ExpertNode::Start(ExpertNodeOptions 
   control.registration.set_kind(moemesh::v1::NODE_KIND_EXPERT);
   control.registration.set_address(node->address());
   control.registration.set_preferred_id(node->options_.node_name);
+  control.registration.set_metrics_address(node->options_.metrics_address);
   ExpertNode* self = node.get();
   node->control_ = comm::ControlClient::Start(
       std::move(control),

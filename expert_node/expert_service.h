@@ -4,8 +4,10 @@
 
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
+#include <utility>
 #include <string>
 #include <thread>
 #include <vector>
@@ -17,11 +19,14 @@
 #include "core/checkpoint/checkpoint.h"
 #include "core/comm/control_client.h"
 #include "core/model/expert_shard.h"
+#include "core/obs/metrics.h"
 #include "grpcpp/grpcpp.h"
 #include "moemesh/v1/control.pb.h"
 #include "moemesh/v1/expert.grpc.pb.h"
 
 namespace moemesh::expert_node {
+
+class ExpertNodeMetrics;  // expert_metrics.h
 
 // Counters for the metrics issue.
 struct ExpertServiceCounters {
@@ -32,6 +37,16 @@ struct ExpertServiceCounters {
   uint64_t invalid = 0;
   double compute_seconds = 0;
 };
+
+// What one answered (OK) dispatch computed, for metrics.
+struct DispatchObservation {
+  int layer = 0;
+  std::vector<std::pair<int32_t, uint64_t>> expert_rows;  // (expert, rows it computed)
+  double compute_seconds = 0;  // request decoded -> reply built
+  uint64_t bytes_in = 0;       // request message size
+  uint64_t bytes_out = 0;      // reply message size
+};
+using DispatchObserver = std::function<void(const DispatchObservation&)>;
 
 // The experts of `placement` that list `node_id` among their replicas, sorted.
 std::vector<model::ExpertKey> ShareOf(const moemesh::v1::Placement& placement,
@@ -58,9 +73,12 @@ class ExpertService final : public moemesh::v1::ExpertService::Service {
   uint64_t placement_version() const;
   std::shared_ptr<const model::ExpertShard> shard() const;
   ExpertServiceCounters counters() const;
+  // Called (on the serving thread) after every OK dispatch. Set before serving.
+  void SetDispatchObserver(DispatchObserver observer) { observer_ = std::move(observer); }
 
  private:
   class Workers;
+  DispatchObserver observer_;
   const checkpoint::ModelConfig config_;
   std::unique_ptr<Workers> workers_;
   mutable absl::Mutex mutex_;
@@ -77,6 +95,10 @@ struct ExpertNodeOptions {
   std::string node_name;        // RegisterRequest.preferred_id ("" lets the router choose)
   int dispatch_threads = 1;
   double heartbeat_interval_seconds = 0.5;  // until the router names its own
+  // Optional: the process's metrics (see expert_metrics.h) and where they are served
+  // (registered with the router so that Prometheus can discover the node).
+  std::shared_ptr<obs::MetricsRegistry> metrics;
+  std::string metrics_address;
 };
 
 // A running expert node: gRPC server (ExpertService + health + reflection), control client, and
@@ -107,6 +129,7 @@ class ExpertNode {
   ExpertNodeOptions options_;
   std::unique_ptr<checkpoint::Checkpoint> checkpoint_;
   std::unique_ptr<ExpertService> service_;
+  std::unique_ptr<ExpertNodeMetrics> metrics_;  // null without options.metrics
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
   std::unique_ptr<comm::ControlClient> control_;

@@ -16,6 +16,7 @@ ABSL_FLAG(int, port, 0, "port to listen on; 0 picks a free one (printed on stdou
 ABSL_FLAG(std::string, node_name, "",
           "stable node name, registered as preferred_id (a restart gets the same experts)");
 ABSL_FLAG(int, dispatch_threads, 1, "threads computing the experts of one dispatch");
+ABSL_FLAG(int, metrics_port, 0, "port of GET /metrics (Prometheus); 0 picks one, -1 disables");
 
 int main(int argc, char** argv) {
   moemesh::comm::ParseServiceFlags(
@@ -40,12 +41,27 @@ int main(int argc, char** argv) {
   options.port = absl::GetFlag(FLAGS_port);
   options.node_name = absl::GetFlag(FLAGS_node_name);
   options.dispatch_threads = absl::GetFlag(FLAGS_dispatch_threads);
+  std::unique_ptr<moemesh::obs::MetricsExposer> metrics_exposer;
+  if (absl::GetFlag(FLAGS_metrics_port) >= 0) {
+    options.metrics = std::make_shared<moemesh::obs::MetricsRegistry>();
+    auto exposer = moemesh::obs::MetricsExposer::Start(
+        options.host, absl::GetFlag(FLAGS_metrics_port), options.metrics);
+    if (!exposer.ok()) {
+      std::fprintf(stderr, "moemesh-expert-node: %s\n", exposer.status().ToString().c_str());
+      return 1;
+    }
+    metrics_exposer = *std::move(exposer);
+    options.metrics_address = metrics_exposer->address();
+  }
   auto node = moemesh::expert_node::ExpertNode::Start(options);
   if (!node.ok()) {
     std::fprintf(stderr, "moemesh-expert-node: %s\n", node.status().ToString().c_str());
     return 1;
   }
   std::printf("moemesh-expert-node listening on %s\n", (*node)->address().c_str());
+  if (metrics_exposer != nullptr) {
+    std::printf("moemesh-expert-node metrics on %s\n", metrics_exposer->address().c_str());
+  }
   std::fflush(stdout);
   int signal = 0;
   sigwait(&signals, &signal);
