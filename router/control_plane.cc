@@ -126,6 +126,7 @@ grpc::Status ControlPlane::Register(grpc::ServerContext*, const moemesh::v1::Reg
 grpc::Status ControlPlane::Heartbeat(grpc::ServerContext*,
                                      const moemesh::v1::HeartbeatRequest* request,
                                      moemesh::v1::HeartbeatReply* reply) {
+  if (options_.on_heartbeat) options_.on_heartbeat(*request);
   absl::MutexLock lock(&mutex_);
   const absl::Time now = absl::Now();
   ++counters_.heartbeats;
@@ -286,6 +287,18 @@ std::vector<AttentionNodeInfo> ControlPlane::AttentionNodes() {
 ControlPlaneCounters ControlPlane::counters() {
   absl::MutexLock lock(&mutex_);
   return counters_;
+}
+
+std::vector<MetricsTarget> ControlPlane::MetricsTargets() {
+  absl::MutexLock lock(&mutex_);
+  RefreshLocked(absl::Now());
+  std::vector<MetricsTarget> targets;
+  for (const Node& node : nodes_) {
+    if (node.metrics_address.empty()) continue;
+    targets.push_back({node.id, node.kind == moemesh::v1::NODE_KIND_EXPERT ? "expert" : "attention",
+                       node.metrics_address, node.alive});
+  }
+  return targets;
 }
 
 }  // namespace moemesh::router

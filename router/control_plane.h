@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <utility>
@@ -29,6 +30,16 @@ struct ControlPlaneOptions {
   absl::Duration heartbeat_timeout = absl::Seconds(3);
   // Told to nodes in RegisterReply.
   double heartbeat_interval_seconds = 0.5;
+  // Optional (metrics): sees every heartbeat (before it is applied; outside the lock).
+  std::function<void(const moemesh::v1::HeartbeatRequest&)> on_heartbeat;
+};
+
+// Where a registered node serves /metrics (for Prometheus service discovery).
+struct MetricsTarget {
+  std::string node_id;
+  std::string kind;  // "attention" or "expert"
+  std::string metrics_address;
+  bool healthy = false;
 };
 
 // What the router knows about one attention node (from registration and heartbeats).
@@ -85,6 +96,8 @@ class ControlPlane final : public moemesh::v1::ControlPlane::Service {
   // The first (layer, logical expert) without a healthy replica, or nullopt when all are served.
   std::optional<std::pair<int, int>> FirstUnservedExpert();
   ControlPlaneCounters counters();
+  // Every registered node that gave a metrics address, in registration order.
+  std::vector<MetricsTarget> MetricsTargets();
 
  private:
   struct Node {

@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <deque>
+#include <map>
 #include <exception>
 #include <optional>
 #include <utility>
@@ -67,7 +68,28 @@ uint64_t Micros(absl::Duration d) { return static_cast<uint64_t>(absl::ToInt64Mi
 struct HttpServer::Run {
   Run(PreparedRequest p, const ModelInfo& model, std::string id, int64_t created)
       : prepared(std::move(p)), builder(prepared, model, std::move(id), created) {}
-  ~Run() { handles.clear(); }  // cancel and join the sequences before the builder goes
+  ~Run() {
+    handles.clear();  // cancel and join the sequences before the builder goes
+    if (!reported) Report(false, 500);  // a handler that threw
+  }
+
+  // Tells the observer (once) how the request ended.
+  void Report(bool ok, int http_status) {
+    if (reported || observer == nullptr) return;
+    reported = true;
+    RequestOutcome outcome;
+    outcome.ok = ok;
+    outcome.http_status = ok ? 200 : http_status;
+    if (ok) {
+      for (size_t i = 0; i < prepared.sequences.size(); ++i) {
+        outcome.finish_reasons.push_back(builder.finish_reason(static_cast<int>(i)));
+      }
+    }
+    outcome.prompt_tokens = builder.prompt_tokens();
+    outcome.completion_tokens = builder.completion_tokens();
+    outcome.e2e_seconds = absl::ToDoubleSeconds(absl::Now() - received);
+    observer->OnRequestEnd(outcome);
+  }
 
   void CancelAll(RouterStats& stats) {
     for (size_t i = 0; i < handles.size(); ++i) {
@@ -90,6 +112,17 @@ struct HttpServer::Run {
       first_token = true;
       stats.ttft_us_sum.fetch_add(Micros(absl::Now() - received), std::memory_order_relaxed);
       stats.ttft_count.fetch_add(1, std::memory_order_relaxed);
+      if (observer != nullptr) observer->OnFirstToken(absl::ToDoubleSeconds(absl::Now() - received));
+    }
+    if (observer != nullptr && item.event.tokens_size() > 0) {
+      const absl::Time now = absl::Now();
+      auto [last, first_of_choice] = last_token.emplace(item.choice, now);
+      if (!first_of_choice) {
+        observer->OnInterTokenLatency(
+            absl::ToDoubleSeconds(now - last->second) / item.event.tokens_size(),
+            item.event.tokens_size());
+        last->second = now;
+      }
     }
     ResponseBuilder::EventResult result = builder.OnEvent(item.choice, item.event);
     if (result.error) return result.error;
@@ -117,6 +150,9 @@ struct HttpServer::Run {
   bool done = false;
   bool first_token = false;
   bool cancelled = false;
+  HttpServerObserver* observer = nullptr;
+  bool reported = false;
+  std::map<int, absl::Time> last_token;  // per choice: when its latest tokens came
   std::vector<std::unique_ptr<SequenceHandle>> handles;  // last: destroyed first
 };
 
@@ -204,9 +240,20 @@ void HttpServer::Install() {
     return [this, endpoint](const httplib::Request& req, httplib::Response& res) {
       stats_.requests.fetch_add(1, std::memory_order_relaxed);
       const absl::Time received = absl::Now();
+      HttpServerObserver* const observer = options_.observer;
+      if (observer != nullptr) observer->OnRequestStart();
+      std::shared_ptr<Run> run;
       auto fail = [&](const ApiError& error) {
         stats_.errors.fetch_add(1, std::memory_order_relaxed);
         SetError(res, error);
+        if (run != nullptr) {
+          run->Report(false, error.http_status);
+        } else if (observer != nullptr) {
+          RequestOutcome outcome;
+          outcome.http_status = error.http_status;
+          outcome.e2e_seconds = absl::ToDoubleSeconds(absl::Now() - received);
+          observer->OnRequestEnd(outcome);
+        }
       };
       absl::StatusOr<ApiRequest> parsed = ParseRequest(endpoint, req.body, model_);
       if (!parsed.ok()) return fail(ToApiError(parsed.status()));
@@ -214,7 +261,8 @@ void HttpServer::Install() {
       absl::StatusOr<PreparedRequest> prepared = PrepareRequest(*std::move(parsed), model_, id);
       if (!prepared.ok()) return fail(ToApiError(prepared.status()));
       const int64_t created = absl::ToUnixSeconds(received);
-      auto run = std::make_shared<Run>(*std::move(prepared), model_, id, created);
+      run = std::make_shared<Run>(*std::move(prepared), model_, id, created);
+      run->observer = observer;
       run->received = received;
       run->deadline = received + absl::Seconds(options_.request_timeout_seconds);
       run->last_write = received;
@@ -265,6 +313,7 @@ void HttpServer::Install() {
         }
         run->Finish(stats_);
         res.set_content(DumpJson(run->builder.Response()), kJson);
+        run->Report(true, 200);
         return;
       }
 
@@ -286,6 +335,7 @@ void HttpServer::Install() {
                 run->CancelAll(stats_);
                 run->Finish(stats_);
                 run->done = true;
+                run->Report(false, 499);
                 return false;
               };
               auto end_with_error = [&](const ApiError& error) {
@@ -293,6 +343,7 @@ void HttpServer::Install() {
                 run->CancelAll(stats_);
                 run->Finish(stats_);
                 run->done = true;
+                run->Report(false, error.http_status);
                 write(DumpJson(ErrorJson(error)));
                 sink.done();
                 return true;
@@ -340,6 +391,7 @@ void HttpServer::Install() {
                 if (!write("[DONE]")) return disconnected();
                 run->Finish(stats_);
                 run->done = true;
+                run->Report(true, 200);
                 sink.done();
               }
               return true;
@@ -353,11 +405,13 @@ void HttpServer::Install() {
             if (!run->done) {
               stats_.client_disconnects.fetch_add(1, std::memory_order_relaxed);
               run->CancelAll(stats_);
+              run->Report(false, 499);
             }
             // The sequences are joined when the last reference to `run` goes.
           });
     };
   };
+  if (options_.install_routes) options_.install_routes(s);
   s.Post("/v1/chat/completions", guard(completions(Endpoint::kChatCompletions)));
   s.Post("/v1/completions", guard(completions(Endpoint::kCompletions)));
 }

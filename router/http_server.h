@@ -4,9 +4,11 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "router/attention_backend.h"
@@ -18,12 +20,38 @@ class Server;
 
 namespace moemesh::router {
 
+// How one completion request ended, for metrics.
+struct RequestOutcome {
+  bool ok = false;
+  int http_status = 200;                    // error status when !ok (499: client went away)
+  std::vector<std::string> finish_reasons;  // per choice, when ok ("stop", "length", ...)
+  int64_t prompt_tokens = 0;
+  int64_t completion_tokens = 0;
+  double e2e_seconds = 0;                   // request received -> response complete
+};
+
+// Optional observer of completion requests (metrics). Called on serving threads; thread-safe.
+class HttpServerObserver {
+ public:
+  virtual ~HttpServerObserver() = default;
+  virtual void OnRequestStart() {}
+  // First generated token of the request: seconds since it was received.
+  virtual void OnFirstToken(double seconds) {}
+  // `count` more tokens of one choice after its previous ones: seconds between them, per token.
+  virtual void OnInterTokenLatency(double seconds, int count) {}
+  // Exactly once per OnRequestStart.
+  virtual void OnRequestEnd(const RequestOutcome& outcome) {}
+};
+
 struct HttpServerOptions {
   std::string host = "127.0.0.1";
   int port = 0;                           // 0 picks a free port (see HttpServer::port())
   double request_timeout_seconds = 600;   // whole request; then 504 / an SSE error event
   int threads = 64;                       // connections served at once (one per open stream)
   size_t max_body_bytes = 32u << 20;      // larger bodies get 413
+  HttpServerObserver* observer = nullptr;  // not owned; outlives the server
+  // Optional: installs more routes (/metrics, /dashboard, ...) before the server starts.
+  std::function<void(httplib::Server&)> install_routes;
 };
 
 // Counters and timings of the HTTP layer, for the metrics exporter (a later issue). Times in

@@ -24,6 +24,7 @@
 #include "router/control_plane.h"
 #include "router/http_server.h"
 #include "router/openai_api.h"
+#include "router/router_metrics.h"
 
 ABSL_FLAG(std::string, model, "", "model directory (config.json, tokenizer.json, tokenizer_config.json)");
 ABSL_FLAG(std::string, host, "127.0.0.1", "address the HTTP and control servers bind");
@@ -35,6 +36,8 @@ ABSL_FLAG(std::string, served_model_name, "", "model name in the API (default: t
 ABSL_FLAG(int64_t, max_model_len, 0, "context length, prompt plus completion (default: max_position_embeddings)");
 ABSL_FLAG(double, request_timeout_seconds, 600, "a request still running after this fails (504)");
 ABSL_FLAG(int, http_threads, 64, "HTTP connections served at once");
+ABSL_FLAG(double, load_window_seconds, 60,
+          "window of the 'recent' expert load and of moemesh_layer_balancedness");
 
 int main(int argc, char** argv) {
   moemesh::comm::ParseServiceFlags(
@@ -68,7 +71,14 @@ int main(int argc, char** argv) {
   moemesh::router::ControlPlaneOptions control_options;
   control_options.expected_attention_nodes = absl::GetFlag(FLAGS_attention_nodes);
   control_options.expected_expert_nodes = absl::GetFlag(FLAGS_expert_nodes);
+  moemesh::router::ExpertLoadOptions load_options;
+  load_options.window = absl::Seconds(absl::GetFlag(FLAGS_load_window_seconds));
+  moemesh::router::ExpertLoadTracker expert_load(*config, load_options);
+  control_options.on_heartbeat = [&expert_load](const moemesh::v1::HeartbeatRequest& heartbeat) {
+    expert_load.OnHeartbeat(heartbeat);
+  };
   moemesh::router::ControlPlane control(*config, control_options);
+  moemesh::router::RouterMetrics metrics(&control, &expert_load);
 
   const std::string host = absl::GetFlag(FLAGS_host);
   moemesh::comm::EnableHealthAndReflection();
@@ -106,6 +116,10 @@ int main(int argc, char** argv) {
   http_options.port = absl::GetFlag(FLAGS_port);
   http_options.request_timeout_seconds = absl::GetFlag(FLAGS_request_timeout_seconds);
   http_options.threads = absl::GetFlag(FLAGS_http_threads);
+  http_options.observer = &metrics;
+  http_options.install_routes = [&metrics](httplib::Server& server) {
+    metrics.InstallRoutes(server);
+  };
   moemesh::router::HttpServer http((*model)->info, &backend, http_options);
   if (absl::Status status = http.Start(); !status.ok()) {
     std::cerr << "moemesh-router: " << status << "\n";

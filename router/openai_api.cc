@@ -738,6 +738,11 @@ bool ResponseBuilder::finished(int choice) const {
   return choice >= 0 && choice < static_cast<int>(choices_.size()) && choices_[choice]->finished;
 }
 
+std::string ResponseBuilder::finish_reason(int choice) const {
+  if (!finished(choice)) return "";
+  return std::string(text::FinishReasonName(choices_[choice]->output.finish_reason));
+}
+
 bool ResponseBuilder::all_finished() const {
   for (const auto& c : choices_) {
     if (!c->finished) return false;

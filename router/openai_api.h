@@ -166,6 +166,8 @@ class ResponseBuilder {
 
   bool finished(int choice) const;
   bool all_finished() const;
+  // The choice's OpenAI finish reason ("stop", "length", "tool_calls", ...); "" until finished.
+  std::string finish_reason(int choice) const;
   // Streaming, after all choices finished: the usage chunk when include_usage (else nothing).
   std::vector<std::string> EndChunks();
   // Non-streaming body, after all choices finished.

@@ -1,0 +1,149 @@
+#include "router/router_metrics.h"
+
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "httplib.h"
+#include "nlohmann/json.hpp"
+
+namespace moemesh::router {
+
+RouterMetrics::RouterMetrics(ControlPlane* control, ExpertLoadTracker* load)
+    : control_(control), load_(load), registry_(std::make_shared<obs::MetricsRegistry>()) {
+  obs::MetricsRegistry& r = *registry_;
+  running_ = &r.Gauge("moemesh_num_requests_running",
+                      "Sequences in the attention nodes' batches (from their heartbeats).")
+                  .Add({});
+  waiting_ = &r.Gauge("moemesh_num_requests_waiting",
+                      "Sequences waiting for cache room on the attention nodes (heartbeats).")
+                  .Add({});
+  in_flight_ = &r.Gauge("moemesh_router_requests_in_flight",
+                        "Completion requests the router is serving now.")
+                    .Add({});
+  ttft_ = &r.Histogram("moemesh_time_to_first_token_seconds",
+                       "Time from request received to its first generated token.")
+               .Add({}, obs::TimeToFirstTokenBuckets());
+  itl_ = &r.Histogram("moemesh_inter_token_latency_seconds",
+                      "Time between consecutive generated tokens of a sequence.")
+              .Add({}, obs::InterTokenLatencyBuckets());
+  e2e_ = &r.Histogram("moemesh_e2e_request_latency_seconds",
+                      "Time from request received to response complete.")
+              .Add({}, obs::E2eRequestLatencyBuckets());
+  prompt_tokens_ =
+      &r.Counter("moemesh_prompt_tokens_total", "Prompt tokens of completed requests.").Add({});
+  generation_tokens_ =
+      &r.Counter("moemesh_generation_tokens_total", "Generated tokens of completed requests.")
+           .Add({});
+  success_family_ = &r.Counter("moemesh_request_success_total",
+                               "Requests answered successfully, by finish reason (of choice 0).");
+  errors_family_ = &r.Counter("moemesh_request_errors_total",
+                              "Requests that failed, by HTTP status (499: client went away).");
+  balancedness_family_ =
+      &r.Gauge("moemesh_layer_balancedness",
+               "Per MoE layer: mean / max rows per expert node over the last window (1 = even).");
+  node_healthy_family_ = &r.Gauge("moemesh_node_healthy",
+                                  "1 if the node heartbeats within the timeout, else 0.");
+  placement_version_ =
+      &r.Gauge("moemesh_placement_version", "Current expert placement version.").Add({});
+  for (const char* reason : {"stop", "length"}) {
+    Labeled(*success_family_, success_, "finished_reason", reason);
+  }
+  registry_->AddRefresh([this] { Refresh(); });
+}
+
+prometheus::Counter& RouterMetrics::Labeled(prometheus::Family<prometheus::Counter>& family,
+                                            std::map<std::string, prometheus::Counter*>& cache,
+                                            const std::string& label, const std::string& value) {
+  absl::MutexLock lock(&mutex_);
+  auto it = cache.find(value);
+  if (it == cache.end()) it = cache.emplace(value, &family.Add({{label, value}})).first;
+  return *it->second;
+}
+
+void RouterMetrics::OnRequestStart() { in_flight_->Increment(); }
+
+void RouterMetrics::OnFirstToken(double seconds) { ttft_->Observe(seconds); }
+
+void RouterMetrics::OnInterTokenLatency(double seconds, int count) {
+  for (int i = 0; i < count; ++i) itl_->Observe(seconds);
+}
+
+void RouterMetrics::OnRequestEnd(const RequestOutcome& outcome) {
+  in_flight_->Decrement();
+  prompt_tokens_->Increment(static_cast<double>(outcome.prompt_tokens));
+  generation_tokens_->Increment(static_cast<double>(outcome.completion_tokens));
+  if (outcome.ok) {
+    e2e_->Observe(outcome.e2e_seconds);
+    const std::string reason =
+        outcome.finish_reasons.empty() || outcome.finish_reasons[0].empty()
+            ? std::string("unknown")
+            : outcome.finish_reasons[0];
+    Labeled(*success_family_, success_, "finished_reason", reason).Increment();
+  } else {
+    Labeled(*errors_family_, errors_, "code", absl::StrCat(outcome.http_status)).Increment();
+  }
+}
+
+void RouterMetrics::Refresh() {
+  const moemesh::v1::Placement placement = control_->CurrentPlacement();
+  placement_version_->Set(static_cast<double>(placement.version()));
+  uint64_t running = 0, waiting = 0;
+  auto healthy_gauge = [&](const std::string& node, const char* kind) -> prometheus::Gauge& {
+    auto it = node_healthy_.find(node);
+    if (it == node_healthy_.end()) {
+      it = node_healthy_.emplace(node, &node_healthy_family_->Add({{"node", node}, {"kind", kind}}))
+               .first;
+    }
+    return *it->second;
+  };
+  for (const AttentionNodeInfo& node : control_->AttentionNodes()) {
+    healthy_gauge(node.node_id, "attention").Set(node.healthy ? 1 : 0);
+    if (!node.healthy) continue;
+    running += node.running_sequences;
+    waiting += node.waiting_sequences;
+  }
+  for (const moemesh::v1::ExpertNode& node : placement.nodes()) {
+    healthy_gauge(node.node_id(), "expert").Set(node.healthy() ? 1 : 0);
+  }
+  running_->Set(static_cast<double>(running));
+  waiting_->Set(static_cast<double>(waiting));
+
+  const std::vector<LayerLoad> layers = load_->Layers();
+  const std::vector<NodeLayerLoad> nodes = ExpertLoadTracker::NodeLoads(layers, placement);
+  for (size_t i = 0; i < layers.size(); ++i) {
+    std::vector<double> rows;
+    for (const NodeLayerLoad& node : nodes) rows.push_back(node.recent_rows[i]);
+    auto it = balancedness_.find(layers[i].layer);
+    if (it == balancedness_.end()) {
+      it = balancedness_
+               .emplace(layers[i].layer,
+                        &balancedness_family_->Add({{"layer", absl::StrCat(layers[i].layer)}}))
+               .first;
+    }
+    it->second->Set(ExpertLoadTracker::Balancedness(rows));
+  }
+}
+
+void RouterMetrics::InstallRoutes(httplib::Server& server) {
+  server.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    res.set_content(registry_->SerializeText(), "text/plain; version=0.0.4; charset=utf-8");
+  });
+  server.Get("/v1/experts/load", [this](const httplib::Request&, httplib::Response& res) {
+    res.set_header("Cache-Control", "no-cache");
+    res.set_content(load_->LoadJson(control_->CurrentPlacement()).dump(), "application/json");
+  });
+  server.Get("/dashboard", [](const httplib::Request&, httplib::Response& res) {
+    res.set_content(DashboardHtml(), "text/html; charset=utf-8");
+  });
+  server.Get("/v1/metrics/targets", [this](const httplib::Request&, httplib::Response& res) {
+    nlohmann::json groups = nlohmann::json::array();
+    for (const MetricsTarget& target : control_->MetricsTargets()) {
+      groups.push_back({{"targets", {target.metrics_address}},
+                        {"labels", {{"node", target.node_id}, {"kind", target.kind}}}});
+    }
+    res.set_content(groups.dump(), "application/json");
+  });
+}
+
+}  // namespace moemesh::router

@@ -1,0 +1,72 @@
+// The router's Prometheus metrics and its observability endpoints:
+//   GET /metrics              Prometheus text format (vLLM-style request metrics, per-layer
+//                             balancedness, placement version, node health, queue sizes)
+//   GET /v1/experts/load      per-expert routed tokens (total and recent) and the placement
+//   GET /dashboard            self-contained HTML heatmap of expert load (refreshes itself)
+//   GET /v1/metrics/targets   Prometheus HTTP service discovery: the nodes' /metrics addresses
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "core/obs/metrics.h"
+#include "router/control_plane.h"
+#include "router/expert_load.h"
+#include "router/http_server.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace moemesh::router {
+
+class RouterMetrics : public HttpServerObserver {
+ public:
+  // Neither pointer is owned; both must outlive this object's routes.
+  RouterMetrics(ControlPlane* control, ExpertLoadTracker* load);
+
+  void OnRequestStart() override;
+  void OnFirstToken(double seconds) override;
+  void OnInterTokenLatency(double seconds, int count) override;
+  void OnRequestEnd(const RequestOutcome& outcome) override;
+
+  // Adds the GET routes above to `server`.
+  void InstallRoutes(httplib::Server& server);
+  obs::MetricsRegistry& registry() { return *registry_; }
+
+ private:
+  prometheus::Counter& Labeled(prometheus::Family<prometheus::Counter>& family,
+                               std::map<std::string, prometheus::Counter*>& cache,
+                               const std::string& label, const std::string& value);
+  void Refresh();
+
+  ControlPlane* control_;
+  ExpertLoadTracker* load_;
+  std::shared_ptr<obs::MetricsRegistry> registry_;
+  prometheus::Gauge* running_;
+  prometheus::Gauge* waiting_;
+  prometheus::Gauge* in_flight_;
+  prometheus::Histogram* ttft_;
+  prometheus::Histogram* itl_;
+  prometheus::Histogram* e2e_;
+  prometheus::Counter* prompt_tokens_;
+  prometheus::Counter* generation_tokens_;
+  prometheus::Family<prometheus::Counter>* success_family_;
+  prometheus::Family<prometheus::Counter>* errors_family_;
+  prometheus::Family<prometheus::Gauge>* balancedness_family_;
+  prometheus::Family<prometheus::Gauge>* node_healthy_family_;
+  prometheus::Gauge* placement_version_;
+  absl::Mutex mutex_;
+  std::map<std::string, prometheus::Counter*> success_ ABSL_GUARDED_BY(mutex_);
+  std::map<std::string, prometheus::Counter*> errors_ ABSL_GUARDED_BY(mutex_);
+  std::map<int, prometheus::Gauge*> balancedness_;                // refresh only (registry lock)
+  std::map<std::string, prometheus::Gauge*> node_healthy_;        // refresh only
+};
+
+// The /dashboard page (HTML + inline JS and CSS, no external resources).
+const char* DashboardHtml();
+
+}  // namespace moemesh::router
