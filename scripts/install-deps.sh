@@ -13,6 +13,8 @@ PACKAGES=(
   libopenblas-dev
   clang libclang-rt-14-dev
   python3 curl
+  # Observability tests: a real Prometheus server and promtool, headless Chromium for /dashboard.
+  prometheus chromium chromium-driver
 )
 
 missing=()
