@@ -1,0 +1,115 @@
+// A local moemesh cluster for integration tests: moemesh-router, A moemesh-attention-node and
+// E moemesh-expert-node processes on loopback, ports chosen by the OS, logs in a temp dir.
+//
+//   Cluster cluster({.attention_nodes = 2, .expert_nodes = 3});
+//   ASSERT_TRUE(cluster.ok()) << cluster.error();
+//   HttpResult r = cluster.Post("/v1/completions", body);
+//
+// The destructor stops every process (SIGTERM, then SIGKILL) and, when the current test failed,
+// prints the tail of every log. Children get PR_SET_PDEATHSIG, so a crashed test leaks nothing.
+// Processes are forked from the calling thread and PDEATHSIG follows that thread: start and
+// restart nodes from the test's main thread only.
+#pragma once
+
+#include <signal.h>
+#include <sys/types.h>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "nlohmann/json.hpp"
+
+namespace moemesh::integration {
+
+using nlohmann::json;
+
+// Paths of the shared fixtures and the built binaries.
+std::string FixtureDir();    // ../shared/fixtures/tiny-r1
+std::string GoldensPath();   // ../shared/goldens/tiny-r1.json
+const json& TinyR1Goldens();  // parsed once
+
+struct ClusterOptions {
+  int attention_nodes = 1;
+  int expert_nodes = 1;
+  int64_t cache_tokens = 65536;  // per attention node
+  int cache_block_size = 64;
+  int micro_batches = 2;
+  std::vector<std::string> router_flags = {};   // extra flags for moemesh-router
+  std::vector<std::string> attention_flags = {};  // extra flags for every attention node
+  double ready_timeout_seconds = 120;
+};
+
+struct HttpResult {
+  int status = 0;      // 0: no HTTP answer (connection failed, timed out, cancelled)
+  std::string body;    // the whole body (for streams: the raw SSE text received)
+  std::string error;   // transport error, when status == 0
+  json Json() const;   // body parsed (null if it does not parse)
+};
+
+class Cluster {
+ public:
+  explicit Cluster(ClusterOptions options = {});
+  ~Cluster();
+  Cluster(const Cluster&) = delete;
+  Cluster& operator=(const Cluster&) = delete;
+
+  bool ok() const { return error_.empty(); }
+  const std::string& error() const { return error_; }
+  const ClusterOptions& options() const { return options_; }
+
+  int http_port() const { return http_port_; }
+  const std::string& control_address() const { return control_address_; }
+  const std::string& attention_address(int i) const { return attention_[i].address; }
+  const std::string& log_dir() const { return log_dir_; }
+
+  // GET /ready until it answers 200 (true) or `seconds` pass (false; `last` gets the last body).
+  bool WaitReady(double seconds, std::string* last = nullptr);
+
+  // Expert node i: kill with `signal` and reap; restart with the same --node-name (new port).
+  void KillExpert(int i, int signal = SIGKILL);
+  bool RestartExpert(int i, std::string* error);
+
+  // AttentionService.GetStatus of attention node i (-1 on RPC failure).
+  int64_t CacheUsedTokens(int i);
+
+  // HTTP to the router. Non-streaming: whole body. Streaming: `on_data` gets each SSE `data:`
+  // payload as it arrives (without the prefix); returning false closes the connection.
+  HttpResult Get(const std::string& path, double timeout_seconds = 30);
+  HttpResult Post(const std::string& path, const std::string& body, double timeout_seconds = 120);
+  HttpResult PostStream(const std::string& path, const std::string& body,
+                        const std::function<bool(const std::string& data)>& on_data,
+                        double timeout_seconds = 120);
+
+  // The last `lines` lines of every process's log, labelled.
+  std::string LogTails(int lines = 40) const;
+
+ private:
+  struct Process {
+    std::string name;
+    std::vector<std::string> argv;
+    std::string log_path;
+    pid_t pid = -1;
+    std::string address;  // host:port it printed
+  };
+
+  bool Spawn(Process& process, const std::string& marker, double timeout_seconds);
+  void Stop(Process& process);
+
+  ClusterOptions options_;
+  std::string error_;
+  std::string log_dir_;
+  int http_port_ = 0;
+  std::string control_address_;
+  Process router_;
+  std::vector<Process> attention_;
+  std::vector<Process> experts_;
+};
+
+// Greedy tokens against a golden prompt's continuation (the near-tie rule of ../shared/README.md):
+// a differing token is accepted only where the reference's top-2 margin is below 1e-3, and later
+// steps are not compared. Returns "" when they match, else a description of the mismatch.
+std::string CompareGreedy(const json& golden_prompt, const std::vector<int64_t>& generated);
+
+}  // namespace moemesh::integration
