@@ -37,13 +37,15 @@ struct Scheduler::Sequence {
   std::shared_ptr<EventQueue> events;
   std::optional<model::LatentCache> cache;
   model::Sampler sampler;
-  int64_t prefilled = 0;         // prompt tokens already in the cache
   std::vector<int32_t> generated;
-  int32_t next_input = 0;        // the last sampled token, fed at the next decode step
+  // Every token whose position the cache must hold: the prompt, then each sampled token.
+  // Positions [0, cached) are in the cache; the rest are fed by the next steps: a prompt in
+  // chunks, a decode as the one last token, a preempted sequence all over again.
+  std::vector<int32_t> tokens;
+  int64_t cached = 0;
   bool finished = false;
-  int64_t CacheNeeded() const {
-    return static_cast<int64_t>(prompt.size()) + request.max_new_tokens();
-  }
+  bool preempted = false;  // set during a step's reservation pass
+  int64_t Pending() const { return static_cast<int64_t>(tokens.size()) - cached; }
 };
 
 namespace {
@@ -130,6 +132,7 @@ absl::Status Scheduler::Add(const moemesh::v1::AddSequenceRequest& request,
       request.sequence_id(), request,
       std::vector<int32_t>(request.prompt_token_ids().begin(), request.prompt_token_ids().end()),
       std::move(events), std::nullopt, model::Sampler(params)});
+  sequence->tokens = sequence->prompt;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (stopping_) return absl::UnavailableError("node shutting down");
@@ -161,6 +164,7 @@ SchedulerStatus Scheduler::Status() const {
   std::lock_guard<std::mutex> lock(mutex_);
   status.running = running_count_;
   status.waiting = static_cast<int>(waiting_.size());
+  status.preemptions = preemptions_;
   return status;
 }
 
@@ -209,8 +213,10 @@ void Scheduler::Admit() {
   // First come, first served: the head waits until its whole budget fits.
   while (!waiting_.empty() && static_cast<int>(running_.size()) < options_.max_running) {
     Sequence& head = *waiting_.front();
+    // Room for what is known now (prompt, or prompt + output of a preempted sequence) plus the
+    // next token; later positions are reserved step by step (see Reserve in RunStep).
     model::LatentCache cache(pool_);
-    if (!cache.Reserve(head.CacheNeeded()).ok()) break;
+    if (!cache.Reserve(static_cast<int64_t>(head.tokens.size()) + 1).ok()) break;
     head.cache.emplace(std::move(cache));
     running_.push_back(std::move(waiting_.front()));
     waiting_.pop_front();
@@ -228,32 +234,78 @@ void Scheduler::Admit() {
   running_count_ = static_cast<int>(running_.size());
 }
 
+void Scheduler::ReserveOrPreempt(std::vector<StepWork>& work) {
+  for (StepWork& item : work) {
+    Sequence& sequence = *item.sequence;
+    if (sequence.preempted || sequence.finished) continue;
+    const int64_t needed = sequence.cached + static_cast<int64_t>(item.tokens.size());
+    while (!sequence.cache->Reserve(needed).ok()) {
+      Sequence* victim = nullptr;
+      for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
+        if (it->get() != &sequence && !(*it)->preempted && !(*it)->finished) {
+          victim = it->get();
+          break;
+        }
+      }
+      if (victim == nullptr) {
+        Finish(sequence, SequenceEvent::ERROR,
+               absl::StrCat("the sequence needs ", needed, " cache positions, more than this ",
+                            "node's cache holds (", pool_->capacity_blocks() * pool_->block_size(),
+                            ")"),
+               400);
+        break;
+      }
+      // vLLM-style recompute preemption: drop the cache, keep the tokens.
+      victim->preempted = true;
+      victim->cache.reset();
+      victim->cached = 0;
+    }
+  }
+  work.erase(std::remove_if(work.begin(), work.end(),
+                            [](const StepWork& item) {
+                              return item.sequence->preempted || item.sequence->finished;
+                            }),
+             work.end());
+  std::vector<std::unique_ptr<Sequence>> kept;
+  std::vector<std::unique_ptr<Sequence>> preempted;
+  for (auto& sequence : running_) {
+    (sequence->preempted ? preempted : kept).push_back(std::move(sequence));
+  }
+  running_ = std::move(kept);
+  if (preempted.empty()) return;
+  std::lock_guard<std::mutex> lock(mutex_);
+  preemptions_ += static_cast<int64_t>(preempted.size());
+  // Back to the head of the queue, in their admission order.
+  for (auto it = preempted.rbegin(); it != preempted.rend(); ++it) {
+    (*it)->preempted = false;
+    waiting_.push_front(std::move(*it));
+  }
+  running_count_ = static_cast<int>(running_.size());
+}
+
 void Scheduler::RunStep() {
   if (running_.empty()) return;
   // The step: one token for each decoding sequence, then prompt chunks within the budget.
-  struct Work {
-    Sequence* sequence;
-    std::span<const int32_t> tokens;
-    bool samples;  // the step ends this sequence's prompt (or decodes): sample from its logits
-  };
+  using Work = StepWork;
   std::vector<Work> work;
   int64_t budget = options_.max_batch_tokens;
   for (auto& sequence : running_) {
-    if (sequence->prefilled == static_cast<int64_t>(sequence->prompt.size())) {
-      work.push_back({sequence.get(), std::span<const int32_t>(&sequence->next_input, 1), true});
+    if (sequence->Pending() == 1) {
+      work.push_back({sequence.get(), std::span<const int32_t>(&sequence->tokens.back(), 1), true});
       --budget;
     }
   }
   for (auto& sequence : running_) {
-    const int64_t remaining = static_cast<int64_t>(sequence->prompt.size()) - sequence->prefilled;
-    if (remaining == 0) continue;
+    const int64_t remaining = sequence->Pending();
+    if (remaining <= 1) continue;
     if (budget <= 0) break;
     const int64_t chunk = std::min(remaining, budget);
     budget -= chunk;
     work.push_back({sequence.get(),
-                    std::span<const int32_t>(sequence->prompt.data() + sequence->prefilled, chunk),
+                    std::span<const int32_t>(sequence->tokens.data() + sequence->cached, chunk),
                     chunk == remaining});
   }
+  ReserveOrPreempt(work);
   if (work.empty()) return;
 
   // Micro-batches: split the work in contiguous groups of about equal rows.
@@ -319,14 +371,12 @@ void Scheduler::RunStep() {
     for (size_t g = 0; g < groups[lane].size(); ++g) {
       Work& item = work[groups[lane][g]];
       Sequence& sequence = *item.sequence;
-      if (sequence.prefilled < static_cast<int64_t>(sequence.prompt.size())) {
-        sequence.prefilled += static_cast<int64_t>(item.tokens.size());
-      }
+      sequence.cached += static_cast<int64_t>(item.tokens.size());
       if (!item.samples) continue;
       const float* logits = results[lane]->data() + g * vocab;
       const int32_t token = sequence.sampler.Sample(logits, vocab);
       sequence.generated.push_back(token);
-      sequence.next_input = token;
+      sequence.tokens.push_back(token);
       SequenceEvent event;
       moemesh::v1::GeneratedToken* generated = event.add_tokens();
       generated->set_token_id(static_cast<uint32_t>(token));

@@ -13,6 +13,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <thread>
 #include <vector>
@@ -62,6 +63,7 @@ struct SchedulerStatus {
   int64_t cache_used_tokens = 0;  // blocks held, in tokens
   int running = 0;
   int waiting = 0;
+  int64_t preemptions = 0;  // sequences whose cache was dropped to make room (recomputed later)
 };
 
 class Scheduler {
@@ -86,7 +88,17 @@ class Scheduler {
 
  private:
   struct Sequence;
+  // One sequence's share of a step: the tokens fed (a prompt chunk, or the one last token).
+  struct StepWork {
+    Sequence* sequence;
+    std::span<const int32_t> tokens;
+    bool samples;  // the step reaches the sequence's last known token: sample from its logits
+  };
   void Loop();
+  // Reserves cache room for every item of the step; preempts the newest other sequences when the
+  // pool is full (they wait at the head of the queue and later recompute their tokens). Drops
+  // the work of preempted sequences.
+  void ReserveOrPreempt(std::vector<StepWork>& work);
   void Admit();
   void RunStep();
   void Finish(Sequence& sequence, moemesh::v1::SequenceEvent::FinishReason reason,
@@ -104,6 +116,7 @@ class Scheduler {
   std::map<std::string, bool> aborted_;              // guarded by mutex_: id -> abort requested
   std::vector<std::unique_ptr<Sequence>> running_;   // scheduler thread only
   int running_count_ = 0;                            // guarded by mutex_ (for Status)
+  int64_t preemptions_ = 0;                          // guarded by mutex_
   std::thread thread_;
 };
 
