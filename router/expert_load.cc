@@ -13,24 +13,23 @@ ExpertLoadTracker::ExpertLoadTracker(const checkpoint::ModelConfig& config,
     moe_layers_.push_back(layer);
   }
   totals_.assign(moe_layers_.size() * experts_, 0);
-  samples_.push_back(Sample{absl::InfinitePast(), totals_});
 }
 
 void ExpertLoadTracker::SampleLocked(absl::Time now, bool force) {
-  if (force || now - samples_.back().time >= options_.sample_interval) {
+  // A sample holds the totals just before `time`: every later count is newer than it.
+  if (force || samples_.empty() || now - samples_.back().time >= options_.sample_interval) {
     samples_.push_back(Sample{now, totals_});
   }
-  // Keep one sample at or before the window's start: the baseline of "recent".
-  while (samples_.size() > 1 && samples_[1].time <= now - options_.window) samples_.pop_front();
+  while (!samples_.empty() && samples_.front().time <= now - options_.window) samples_.pop_front();
 }
 
 void ExpertLoadTracker::OnHeartbeat(const moemesh::v1::HeartbeatRequest& heartbeat,
                                     absl::Time now) {
   if (heartbeat.expert_load_size() == 0) return;
   absl::MutexLock lock(&mutex_);
+  SampleLocked(now, /*force=*/false);  // before the new counts
   std::vector<uint64_t>& last = last_seen_[heartbeat.node_id()];
   if (last.empty()) last.assign(totals_.size(), 0);
-  bool changed = false;
   for (const moemesh::v1::LayerExpertLoad& load : heartbeat.expert_load()) {
     auto it = layer_index_.find(static_cast<int>(load.layer()));
     if (it == layer_index_.end()) continue;
@@ -41,23 +40,18 @@ void ExpertLoadTracker::OnHeartbeat(const moemesh::v1::HeartbeatRequest& heartbe
       uint64_t& seen = last[base + expert];
       const uint64_t delta = now_count >= seen ? now_count - seen : now_count;  // restart
       seen = now_count;
-      if (delta > 0) {
-        totals_[base + expert] += delta;
-        changed = true;
-      }
+      totals_[base + expert] += delta;
     }
   }
-  if (changed) SampleLocked(now, /*force=*/false);
 }
 
 std::vector<LayerLoad> ExpertLoadTracker::Layers(absl::Time now) {
   absl::MutexLock lock(&mutex_);
   SampleLocked(now, /*force=*/false);
-  // Baseline: the newest sample at or before now - window (else the start, all zeros).
-  const Sample* baseline = &samples_.front();
-  for (const Sample& sample : samples_) {
-    if (sample.time <= now - options_.window) baseline = &sample;
-  }
+  // Baseline: the totals at the window's start, i.e. just before the oldest sample inside it
+  // (older samples are dropped); samples are at least sample_interval apart, so the window is
+  // that precise.
+  const std::vector<uint64_t>& baseline = samples_.empty() ? totals_ : samples_.front().totals;
   std::vector<LayerLoad> layers;
   for (size_t i = 0; i < moe_layers_.size(); ++i) {
     LayerLoad load;
@@ -65,7 +59,7 @@ std::vector<LayerLoad> ExpertLoadTracker::Layers(absl::Time now) {
     for (int expert = 0; expert < experts_; ++expert) {
       const size_t index = i * experts_ + expert;
       load.total.push_back(totals_[index]);
-      load.recent.push_back(totals_[index] - std::min(totals_[index], baseline->totals[index]));
+      load.recent.push_back(totals_[index] - std::min(totals_[index], baseline[index]));
     }
     layers.push_back(std::move(load));
   }
