@@ -272,17 +272,33 @@ void Cluster::KillExpert(int i, int signal) {
   process.pid = -1;
 }
 
-bool Cluster::RestartExpert(int i, std::string* error) {
+bool Cluster::RestartExpert(int i, std::string* error, bool same_port) {
   Process& process = experts_.at(i);
   Stop(process);
+  for (size_t a = 0; a + 1 < process.argv.size(); ++a) {
+    if (process.argv[a] == "--port") {
+      process.argv[a + 1] = same_port ? std::to_string(PortOf(process.address)) : "0";
+    }
+  }
   error_.clear();
-  const bool started = Spawn(process, "moemesh-expert-node listening on ", 60);
+  bool started = Spawn(process, "moemesh-expert-node listening on ", 60);
+  // Listening is not registered: until the router hears from the new process it may still
+  // count the dead one as healthy (heartbeat timeout), so /ready can say 200 for a moment
+  // before the restart is seen. Wait until the new process has loaded its experts.
+  const auto deadline = Clock::now() + std::chrono::seconds(60);
+  while (started && ReadFile(process.log_path).find(": placement version ") == std::string::npos) {
+    if (Clock::now() > deadline) {
+      error_ = process.name + " restarted but loaded no placement within 60 s";
+      started = false;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
   if (!started && error != nullptr) *error = error_;
   error_.clear();
   return started;
 }
 
-int64_t Cluster::CacheUsedTokens(int i) {
+Cluster::NodeStatus Cluster::AttentionStatus(int i) {
   auto channel =
       grpc::CreateChannel(attention_.at(i).address, grpc::InsecureChannelCredentials());
   auto stub = moemesh::v1::AttentionService::NewStub(channel);
@@ -290,8 +306,13 @@ int64_t Cluster::CacheUsedTokens(int i) {
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
   moemesh::v1::NodeStatusRequest request;
   moemesh::v1::NodeStatus reply;
-  if (!stub->GetStatus(&context, request, &reply).ok()) return -1;
-  return static_cast<int64_t>(reply.cache_used_tokens());
+  NodeStatus status;
+  if (!stub->GetStatus(&context, request, &reply).ok()) return status;
+  status.capacity = static_cast<int64_t>(reply.cache_capacity_tokens());
+  status.used = static_cast<int64_t>(reply.cache_used_tokens());
+  status.running = reply.running_sequences();
+  status.waiting = reply.waiting_sequences();
+  return status;
 }
 
 namespace {

@@ -67,12 +67,17 @@ class Cluster {
   // GET /ready until it answers 200 (true) or `seconds` pass (false; `last` gets the last body).
   bool WaitReady(double seconds, std::string* last = nullptr);
 
-  // Expert node i: kill with `signal` and reap; restart with the same --node-name (new port).
+  // Expert node i: kill with `signal` and reap; restart with the same --node-name, on a new
+  // port or (same_port) on the one it had, as a restarted pod would.
   void KillExpert(int i, int signal = SIGKILL);
-  bool RestartExpert(int i, std::string* error);
+  bool RestartExpert(int i, std::string* error, bool same_port = false);
 
-  // AttentionService.GetStatus of attention node i (-1 on RPC failure).
-  int64_t CacheUsedTokens(int i);
+  // AttentionService.GetStatus of attention node i (all -1 on RPC failure).
+  struct NodeStatus {
+    int64_t capacity = -1, used = -1, running = -1, waiting = -1;
+  };
+  NodeStatus AttentionStatus(int i);
+  int64_t CacheUsedTokens(int i) { return AttentionStatus(i).used; }
 
   // HTTP to the router. Non-streaming: whole body. Streaming: `on_data` gets each SSE `data:`
   // payload as it arrives (without the prefix); returning false closes the connection.
