@@ -82,8 +82,9 @@ absl::StatusOr<std::unique_ptr<AttentionNode>> AttentionNode::Start(AttentionNod
   node->scheduler_ = std::make_unique<Scheduler>(
       node->model_.get(), pool,
       [raw, hidden_size](int lane) {
-        auto experts = std::make_unique<RemoteRoutedExperts>(raw->transport_.get(), &raw->placement_,
-                                                             lane, hidden_size);
+        auto experts = std::make_unique<RemoteRoutedExperts>(
+            raw->transport_.get(), &raw->placement_, lane, hidden_size,
+            [raw] { raw->RefreshPlacement(); });
         raw->lanes_.push_back(experts.get());
         if (raw->metrics_ == nullptr) return std::unique_ptr<model::RoutedExperts>(std::move(experts));
         auto timed = std::make_unique<TimedRoutedExperts>(std::move(experts));
@@ -122,10 +123,18 @@ absl::StatusOr<std::unique_ptr<AttentionNode>> AttentionNode::Start(AttentionNod
         heartbeat.set_waiting_sequences(static_cast<uint32_t>(status.waiting));
         if (raw->metrics_ != nullptr) raw->metrics_->FillHeartbeat(heartbeat);
       });
+  node->control_for_refresh_.store(node->control_.get());
   return node;
 }
 
 AttentionNode::~AttentionNode() { Shutdown(); }
+
+void AttentionNode::RefreshPlacement() {
+  comm::ControlClient* control = control_for_refresh_.load();
+  if (control == nullptr) return;
+  absl::StatusOr<moemesh::v1::Placement> placement = control->RefreshPlacement();
+  if (placement.ok()) placement_.Update(*placement);
+}
 
 std::string AttentionNode::address() const { return absl::StrCat(options_.host, ":", port_); }
 
@@ -144,6 +153,7 @@ DispatchStatistics AttentionNode::dispatch_statistics() const {
 void AttentionNode::Shutdown() {
   if (shut_down_) return;
   shut_down_ = true;
+  control_for_refresh_.store(nullptr);
   if (control_ != nullptr) control_->Stop();
   if (scheduler_ != nullptr) scheduler_->Stop();
   if (server_ != nullptr) comm::ShutdownGrpcServer(server_.get(), 1.0);

@@ -2,6 +2,7 @@
 // tokens, abort), the scheduler behind it, and its control-plane membership.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <string>
 
@@ -68,6 +69,8 @@ class AttentionNode {
 
  private:
   AttentionNode() = default;
+  // Fetches the router's newest placement now (a dispatch found an expert without a holder).
+  void RefreshPlacement();
   AttentionNodeOptions options_;
   std::unique_ptr<checkpoint::Checkpoint> checkpoint_;
   std::unique_ptr<model::DeepseekModel> model_;
@@ -79,6 +82,7 @@ class AttentionNode {
   std::unique_ptr<AttentionServiceImpl> service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<comm::ControlClient> control_;
+  std::atomic<comm::ControlClient*> control_for_refresh_{nullptr};  // set once control_ exists
   int port_ = 0;
   bool shut_down_ = false;
 };

@@ -21,13 +21,28 @@ struct NodeShare {
 }  // namespace
 
 RemoteRoutedExperts::RemoteRoutedExperts(comm::ExpertTransport* transport,
-                                         PlacementTable* placement, int lane, int hidden_size)
-    : transport_(transport), placement_(placement), lane_(lane), hidden_size_(hidden_size) {}
+                                         PlacementTable* placement, int lane, int hidden_size,
+                                         std::function<void()> refresh_placement)
+    : transport_(transport),
+      placement_(placement),
+      lane_(lane),
+      hidden_size_(hidden_size),
+      refresh_placement_(std::move(refresh_placement)) {}
 
 absl::StatusOr<model::RoutedExperts::Combine> RemoteRoutedExperts::Dispatch(
     int layer, const float* hidden, int64_t rows, const model::GateDecision& decision) {
   const auto started = std::chrono::steady_clock::now();
   std::shared_ptr<const PlacementSnapshot> snapshot = placement_->Snapshot();
+  // Every routed expert of every row needs a healthy holder; if one has none in this node's copy
+  // of the placement, the copy may just be behind the router's: fetch it once and look again.
+  bool all_served = true;
+  for (int64_t i = 0; i < rows * decision.top_k && all_served; ++i) {
+    all_served = snapshot->ChooseReplica(layer, decision.experts[i]) != nullptr;
+  }
+  if (!all_served && refresh_placement_ != nullptr) {
+    refresh_placement_();
+    snapshot = placement_->Snapshot();
+  }
   std::map<std::string, NodeShare> shares;  // ordered by node id: the combine order
   for (int64_t row = 0; row < rows; ++row) {
     for (int k = 0; k < decision.top_k; ++k) {

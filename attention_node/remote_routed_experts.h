@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 
@@ -26,9 +27,11 @@ struct DispatchStatistics {
 class RemoteRoutedExperts : public model::RoutedExperts {
  public:
   // `lane` selects the transport stream (one per micro-batch), so concurrent micro-batches do
-  // not queue behind each other. Neither pointer is owned.
+  // not queue behind each other. Neither pointer is owned. `refresh_placement`, if given, fetches
+  // the newest placement into `placement` (synchronously); it is called once before a dispatch
+  // gives up on an expert without a healthy holder, since this node's copy may lag the router's.
   RemoteRoutedExperts(comm::ExpertTransport* transport, PlacementTable* placement, int lane,
-                      int hidden_size);
+                      int hidden_size, std::function<void()> refresh_placement = nullptr);
 
   // Errors: UNAVAILABLE when an expert has no healthy holder or a node fails (the node is then
   // suspected until the next placement version); FAILED_PRECONDITION when a node no longer holds
@@ -43,6 +46,7 @@ class RemoteRoutedExperts : public model::RoutedExperts {
   PlacementTable* placement_;
   int lane_;
   int hidden_size_;
+  std::function<void()> refresh_placement_;
   mutable absl::Mutex mutex_;
   DispatchStatistics statistics_ ABSL_GUARDED_BY(mutex_);
 };
