@@ -35,12 +35,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   moemesh::kernels::SetComputeThreads(absl::GetFlag(FLAGS_compute_threads));
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGUSR1);  // prints the dispatch statistics (for bench/cluster)
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // SIGUSR1 prints the dispatch statistics (for bench/cluster).
+  const sigset_t signals = moemesh::comm::BlockServiceSignals({SIGUSR1});
 
   moemesh::attention_node::AttentionNodeOptions options;
   options.model_dir = absl::GetFlag(FLAGS_model);
@@ -61,26 +57,21 @@ int main(int argc, char** argv) {
                  "--max-batch-tokens must be positive\n");
     return 2;
   }
-  std::unique_ptr<moemesh::obs::MetricsExposer> metrics_exposer;
-  if (absl::GetFlag(FLAGS_metrics_port) >= 0) {
-    options.metrics = std::make_shared<moemesh::obs::MetricsRegistry>();
-    auto exposer = moemesh::obs::MetricsExposer::Start(
-        options.host, absl::GetFlag(FLAGS_metrics_port), options.metrics);
-    if (!exposer.ok()) {
-      std::fprintf(stderr, "moemesh-attention-node: %s\n", exposer.status().ToString().c_str());
-      return 1;
-    }
-    metrics_exposer = *std::move(exposer);
-    options.metrics_address = metrics_exposer->address();
+  auto metrics = moemesh::obs::StartMetricsEndpoint(options.host, absl::GetFlag(FLAGS_metrics_port));
+  if (!metrics.ok()) {
+    std::fprintf(stderr, "moemesh-attention-node: %s\n", metrics.status().ToString().c_str());
+    return 1;
   }
+  options.metrics = metrics->registry;
+  if (metrics->exposer != nullptr) options.metrics_address = metrics->exposer->address();
   auto node = moemesh::attention_node::AttentionNode::Start(options);
   if (!node.ok()) {
     std::fprintf(stderr, "moemesh-attention-node: %s\n", node.status().ToString().c_str());
     return 1;
   }
   std::printf("moemesh-attention-node listening on %s\n", (*node)->address().c_str());
-  if (metrics_exposer != nullptr) {
-    std::printf("moemesh-attention-node metrics on %s\n", metrics_exposer->address().c_str());
+  if (metrics->exposer != nullptr) {
+    std::printf("moemesh-attention-node metrics on %s\n", metrics->exposer->address().c_str());
   }
   std::fflush(stdout);
   // Cumulative MoE dispatch round trips over all micro-batch lanes.
@@ -94,8 +85,8 @@ int main(int argc, char** argv) {
                  static_cast<unsigned long long>(s.failures));
     std::fflush(stderr);
   };
-  int signal = 0;
-  while (sigwait(&signals, &signal) == 0 && signal == SIGUSR1) print_statistics();
+  int signal;
+  while ((signal = moemesh::comm::WaitForSignal(signals)) == SIGUSR1) print_statistics();
   std::fprintf(stderr, "moemesh-attention-node: signal %d, shutting down\n", signal);
   print_statistics();
   (*node)->Shutdown();

@@ -27,12 +27,7 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "moemesh-expert-node: --model is required\n");
     return 2;
   }
-  // Block the stop signals in every thread; main waits for them with sigwait.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  const sigset_t signals = moemesh::comm::BlockServiceSignals();
 
   moemesh::expert_node::ExpertNodeOptions options;
   options.model_dir = absl::GetFlag(FLAGS_model);
@@ -41,30 +36,24 @@ int main(int argc, char** argv) {
   options.port = absl::GetFlag(FLAGS_port);
   options.node_name = absl::GetFlag(FLAGS_node_name);
   options.dispatch_threads = absl::GetFlag(FLAGS_dispatch_threads);
-  std::unique_ptr<moemesh::obs::MetricsExposer> metrics_exposer;
-  if (absl::GetFlag(FLAGS_metrics_port) >= 0) {
-    options.metrics = std::make_shared<moemesh::obs::MetricsRegistry>();
-    auto exposer = moemesh::obs::MetricsExposer::Start(
-        options.host, absl::GetFlag(FLAGS_metrics_port), options.metrics);
-    if (!exposer.ok()) {
-      std::fprintf(stderr, "moemesh-expert-node: %s\n", exposer.status().ToString().c_str());
-      return 1;
-    }
-    metrics_exposer = *std::move(exposer);
-    options.metrics_address = metrics_exposer->address();
+  auto metrics = moemesh::obs::StartMetricsEndpoint(options.host, absl::GetFlag(FLAGS_metrics_port));
+  if (!metrics.ok()) {
+    std::fprintf(stderr, "moemesh-expert-node: %s\n", metrics.status().ToString().c_str());
+    return 1;
   }
+  options.metrics = metrics->registry;
+  if (metrics->exposer != nullptr) options.metrics_address = metrics->exposer->address();
   auto node = moemesh::expert_node::ExpertNode::Start(options);
   if (!node.ok()) {
     std::fprintf(stderr, "moemesh-expert-node: %s\n", node.status().ToString().c_str());
     return 1;
   }
   std::printf("moemesh-expert-node listening on %s\n", (*node)->address().c_str());
-  if (metrics_exposer != nullptr) {
-    std::printf("moemesh-expert-node metrics on %s\n", metrics_exposer->address().c_str());
+  if (metrics->exposer != nullptr) {
+    std::printf("moemesh-expert-node metrics on %s\n", metrics->exposer->address().c_str());
   }
   std::fflush(stdout);
-  int signal = 0;
-  sigwait(&signals, &signal);
+  const int signal = moemesh::comm::WaitForSignal(signals);
   std::fprintf(stderr, "moemesh-expert-node: signal %d, shutting down\n", signal);
   (*node)->Shutdown(/*grace_seconds=*/1.0);
   return 0;

@@ -61,12 +61,8 @@ int main(int argc, char** argv) {
     return 1;
   }
 
-  // SIGINT / SIGTERM are taken by sigwait below; block them before any thread starts.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGINT);
-  sigaddset(&stop_signals, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+  // SIGINT / SIGTERM are taken by WaitForSignal below; block them before any thread starts.
+  const sigset_t stop_signals = moemesh::comm::BlockServiceSignals();
 
   moemesh::router::ControlPlaneOptions control_options;
   control_options.expected_attention_nodes = absl::GetFlag(FLAGS_attention_nodes);
@@ -131,8 +127,7 @@ int main(int argc, char** argv) {
             << "moemesh-router http listening on " << host << ":" << http.port() << "\n"
             << std::flush;
 
-  int signal_number = 0;
-  sigwait(&stop_signals, &signal_number);
+  const int signal_number = moemesh::comm::WaitForSignal(stop_signals);
   std::cerr << "moemesh-router: signal " << signal_number << ", stopping\n";
   http.Stop();
   control_server->Shutdown();

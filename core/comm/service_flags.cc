@@ -1,5 +1,7 @@
 #include "core/comm/service_flags.h"
 
+#include <pthread.h>
+
 #include <algorithm>
 #include <string>
 
@@ -23,6 +25,27 @@ std::vector<char*> ParseServiceFlags(int argc, char** argv, const char* usage) {
   std::vector<char*> arguments;
   for (std::string& argument : storage) arguments.push_back(argument.data());
   return absl::ParseCommandLine(static_cast<int>(arguments.size()), arguments.data());
+}
+
+}  // namespace moemesh::comm
+
+namespace moemesh::comm {
+
+sigset_t BlockServiceSignals(std::initializer_list<int> extra) {
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  for (int signal : extra) sigaddset(&signals, signal);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  return signals;
+}
+
+int WaitForSignal(const sigset_t& signals) {
+  int signal = 0;
+  while (sigwait(&signals, &signal) != 0) {
+  }
+  return signal;
 }
 
 }  // namespace moemesh::comm

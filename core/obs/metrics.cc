@@ -115,4 +115,15 @@ absl::StatusOr<std::unique_ptr<MetricsExposer>> MetricsExposer::Start(
 
 std::string MetricsExposer::address() const { return absl::StrCat(host_, ":", port_); }
 
+absl::StatusOr<MetricsEndpoint> StartMetricsEndpoint(const std::string& host, int port) {
+  MetricsEndpoint endpoint;
+  if (port < 0) return endpoint;
+  endpoint.registry = std::make_shared<MetricsRegistry>();
+  absl::StatusOr<std::unique_ptr<MetricsExposer>> exposer =
+      MetricsExposer::Start(host, port, endpoint.registry);
+  if (!exposer.ok()) return exposer.status();
+  endpoint.exposer = *std::move(exposer);
+  return endpoint;
+}
+
 }  // namespace moemesh::obs

@@ -90,4 +90,13 @@ class MetricsExposer {
   std::unique_ptr<prometheus::Exposer> exposer_;
 };
 
+// A node binary's metrics: a registry and its /metrics exposer on host:port (port 0 picks a free
+// one). `port` < 0 turns metrics off: both members stay null. Errors: those of
+// MetricsExposer::Start.
+struct MetricsEndpoint {
+  std::shared_ptr<MetricsRegistry> registry;
+  std::unique_ptr<MetricsExposer> exposer;
+};
+absl::StatusOr<MetricsEndpoint> StartMetricsEndpoint(const std::string& host, int port);
+
 }  // namespace moemesh::obs
