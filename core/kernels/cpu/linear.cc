@@ -91,8 +91,20 @@ void DequantizeRows(const WeightMatrix& weight, int64_t row_begin, int64_t row_e
     const uint8_t* codes = weight.fp8.data() + row * cols;
     const float* scales = weight.block_scales.data() + (row / weight.block_rows) * scale_cols;
     float* destination = out + (row - row_begin) * cols;
-    for (int64_t col = 0; col < cols; ++col) {
-      destination[col] = checkpoint::Fp8E4M3ToFloat(codes[col]) * scales[col / weight.block_cols];
+    for (int64_t block = 0; block < scale_cols; ++block) {
+      const int64_t end = std::min<int64_t>((block + 1) * weight.block_cols, cols);
+      const float scale = scales[block];
+      int64_t col = block * weight.block_cols;
+#if MOEMESH_FP8_AVX2
+      // (e4m3 * 2^-8) * (scale * 2^8): both factors exact, so the product rounds exactly as
+      // e4m3 * scale does (bit-identical to the scalar loop).
+      const __m256 scaled = _mm256_set1_ps(scale * 256.0f);
+      for (; col + 8 <= end; col += 8) {
+        _mm256_storeu_ps(destination + col,
+                         _mm256_mul_ps(Fp8x8ToFloatTimes2Pow8Inverse(codes + col), scaled));
+      }
+#endif
+      for (; col < end; ++col) destination[col] = checkpoint::Fp8E4M3ToFloat(codes[col]) * scale;
     }
   }
 }
