@@ -295,13 +295,22 @@ void Scheduler::RunStep() {
       --budget;
     }
   }
+  // Prefill chunks, shortest remaining prompt first: a short request admitted behind a very long
+  // prompt starts decoding after a step or two instead of waiting for the whole long prefill;
+  // the long one still gets whatever budget the others leave (and all of it once they decode).
+  std::vector<Sequence*> prefilling;
   for (auto& sequence : running_) {
+    if (sequence->Pending() > 1) prefilling.push_back(sequence.get());
+  }
+  std::stable_sort(prefilling.begin(), prefilling.end(), [](const Sequence* a, const Sequence* b) {
+    return a->Pending() < b->Pending();
+  });
+  for (Sequence* sequence : prefilling) {
     const int64_t remaining = sequence->Pending();
-    if (remaining <= 1) continue;
     if (budget <= 0) break;
     const int64_t chunk = std::min(remaining, budget);
     budget -= chunk;
-    work.push_back({sequence.get(),
+    work.push_back({sequence,
                     std::span<const int32_t>(sequence->tokens.data() + sequence->cached, chunk),
                     chunk == remaining});
   }

@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 FUZZ_SECONDS=${FUZZ_SECONDS:-20}
 FUZZ_BUILD_DIR=${FUZZ_BUILD_DIR:-build-fuzz}
-if ! command -v clang++ >/dev/null; then bash scripts/install-deps.sh; fi
+if ! command -v clang++ >/dev/null; then bash scripts/install-deps.sh --with-tests; fi
 cmake -S tests/fuzz -B "$FUZZ_BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
   -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DMOEMESH_FUZZ_SECONDS="$FUZZ_SECONDS"
 cmake --build "$FUZZ_BUILD_DIR" -j "${JOBS:-$(nproc)}"

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs the Debian 12 packages moemesh needs to build, test and run.
+# Installs the Debian 12 packages moemesh needs: to build and run it (default), and with
+# --with-tests also to build and run the tests, benchmarks and fuzzers.
 # Idempotent: packages already present are skipped; safe to re-run.
 set -euo pipefail
 
@@ -8,14 +9,19 @@ PACKAGES=(
   libgrpc++-dev libgrpc-dev protobuf-compiler protobuf-compiler-grpc libprotobuf-dev
   libabsl-dev
   prometheus-cpp-dev
-  libgtest-dev libgmock-dev libbenchmark-dev
   nlohmann-json3-dev libpcre2-dev libcpp-httplib-dev
   libopenblas-dev
-  clang libclang-rt-14-dev
-  python3 curl
-  # Observability tests: a real Prometheus server and promtool, headless Chromium for /dashboard.
-  prometheus chromium chromium-driver
 )
+if [[ ${1:-} == --with-tests ]]; then
+  PACKAGES+=(
+    libgtest-dev libgmock-dev libbenchmark-dev
+    # libFuzzer (scripts/fuzz.sh)
+    clang libclang-rt-14-dev
+    python3 curl
+    # Observability tests: a real Prometheus server and promtool, headless Chromium for /dashboard.
+    prometheus chromium chromium-driver
+  )
+fi
 
 missing=()
 for package in "${PACKAGES[@]}"; do

@@ -23,7 +23,8 @@ if ! command -v npm >/dev/null 2>&1; then
 fi
 
 step "Building (Release)"
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOEMESH_BUILD_TESTS=OFF \
+  -DMOEMESH_BUILD_BENCH=OFF >/dev/null
 cmake --build build -j "$(nproc)" --target moemesh moemesh-router moemesh-attention-node moemesh-expert-node
 BIN=$ROOT/build/bin
 
@@ -46,7 +47,7 @@ rm -rf "$LOGS"
   --served-model-name tiny-r1 --log-dir "$LOGS" > "$WORK/up.out" 2>&1 &
 UP_PID=$!
 trap 'kill -INT $UP_PID 2>/dev/null; wait $UP_PID 2>/dev/null' EXIT
-until grep -q "ready" "$WORK/up.out" 2>/dev/null; do
+until grep -q "^moemesh cluster ready" "$WORK/up.out" 2>/dev/null; do
   if ! kill -0 $UP_PID 2>/dev/null; then cat "$WORK/up.out"; echo "the cluster did not start"; exit 1; fi
   sleep 0.5
 done

@@ -29,7 +29,10 @@ int RunChat(const Arguments& arguments) {
     std::fputs(kUsage, parsed.ok() && parsed->Has("help") ? stdout : stderr);
     return parsed.ok() && parsed->Has("help") ? 0 : 2;
   }
-  const std::string url = parsed->Get("url").value_or("http://127.0.0.1:8000");
+  std::string url = parsed->Get("url").value_or("http://127.0.0.1:8000");
+  // Accept the API base URL as OpenAI clients take it (".../v1") as well as the server's.
+  while (!url.empty() && url.back() == '/') url.pop_back();
+  if (url.size() >= 3 && url.compare(url.size() - 3, 3, "/v1") == 0) url.resize(url.size() - 3);
   auto max_tokens = parsed->GetInt("max-tokens", 64);
   auto temperature = parsed->GetDouble("temperature", 0.6);
   if (!max_tokens.ok() || !temperature.ok()) {
@@ -41,8 +44,14 @@ int RunChat(const Arguments& arguments) {
   std::string model = parsed->Get("model").value_or("");
   if (model.empty()) {
     auto models = client.Get("/v1/models");
-    if (!models || models->status != 200) {
-      std::fprintf(stderr, "moemesh chat: cannot list models at %s\n", url.c_str());
+    if (!models) {
+      std::fprintf(stderr, "moemesh chat: cannot reach %s: %s\n", url.c_str(),
+                   httplib::to_string(models.error()).c_str());
+      return 1;
+    }
+    if (models->status != 200) {
+      std::fprintf(stderr, "moemesh chat: GET %s/v1/models answered HTTP %d: %s\n", url.c_str(),
+                   models->status, models->body.c_str());
       return 1;
     }
     auto body = nlohmann::json::parse(models->body, nullptr, false);

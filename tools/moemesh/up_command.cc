@@ -87,6 +87,12 @@ absl::StatusOr<pid_t> Spawn(const std::vector<std::string>& arguments, const std
   return pid;
 }
 
+// "exited with status 1" / "was killed by signal 9", from a waitpid status.
+std::string DescribeExit(int wait_status) {
+  if (WIFSIGNALED(wait_status)) return absl::StrCat("was killed by signal ", WTERMSIG(wait_status));
+  return absl::StrCat("exited with status ", WEXITSTATUS(wait_status));
+}
+
 std::string Tail(const std::string& path, size_t lines) {
   std::ifstream stream(path);
   std::vector<std::string> all;
@@ -251,8 +257,9 @@ int RunUp(const Arguments& arguments) {
   int exit_status = 0;
   while (!ready && !stop_requested) {
     if (const Child* exited = FindExited(children, &exit_status)) {
-      std::fprintf(stderr, "moemesh up: %s exited (status %d) before the cluster was ready:\n%s",
-                   exited->name.c_str(), exit_status, Tail(exited->log_path, 20).c_str());
+      std::fprintf(stderr, "moemesh up: %s %s before the cluster was ready:\n%s",
+                   exited->name.c_str(), DescribeExit(exit_status).c_str(),
+                   Tail(exited->log_path, 20).c_str());
       StopAll(children);
       return 1;
     }
@@ -279,8 +286,8 @@ int RunUp(const Arguments& arguments) {
   }
   while (!stop_requested) {
     if (const Child* exited = FindExited(children, &exit_status)) {
-      std::fprintf(stderr, "moemesh up: %s exited (status %d); stopping the cluster:\n%s",
-                   exited->name.c_str(), exit_status, Tail(exited->log_path, 20).c_str());
+      std::fprintf(stderr, "moemesh up: %s %s; stopping the cluster:\n%s", exited->name.c_str(),
+                   DescribeExit(exit_status).c_str(), Tail(exited->log_path, 20).c_str());
       StopAll(children);
       return 1;
     }

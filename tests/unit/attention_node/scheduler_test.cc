@@ -144,6 +144,20 @@ TEST_F(SchedulerTest, SmallCacheMakesSequencesWaitOrRecomputeNeverTruncates) {
   EXPECT_EQ(scheduler->Status().cache_used_tokens, 0);
 }
 
+TEST_F(SchedulerTest, ShortPromptIsNotStuckBehindALongPrefill) {
+  auto scheduler = MakeScheduler(256, 16);  // 32 prompt tokens per step: 21 steps for 663
+  auto long_events = std::make_shared<EventQueue>();
+  auto short_events = std::make_shared<EventQueue>();
+  ASSERT_TRUE(scheduler->Add(Request("long", Goldens()["results"][5], 4), long_events).ok());
+  ASSERT_TRUE(scheduler->Add(Request("short", Goldens()["results"][0], 1), short_events).ok());
+  auto [short_tokens, short_last] = Drain(*short_events);
+  EXPECT_EQ(short_tokens, Golden(Goldens()["results"][0], 1));
+  // The long prompt is still prefilling: it has produced nothing yet.
+  EXPECT_FALSE(long_events->Pop(0).has_value());
+  auto [long_tokens, long_last] = Drain(*long_events);
+  EXPECT_EQ(long_tokens, Golden(Goldens()["results"][5], 4));
+}
+
 TEST_F(SchedulerTest, AbortFreesTheCache) {
   auto scheduler = MakeScheduler(256, 16);
   auto events = std::make_shared<EventQueue>();
