@@ -132,7 +132,7 @@ absl::Status CheckContent(const json& content, const std::string& param, bool al
     }
     auto text = part.find("text");
     if (text == part.end() || !text->is_string()) {
-      return BadParam(part_param, absl::StrCat("'", part_param, ".text' must be a string"));
+      return BadParam(part_param + ".text", absl::StrCat("'", part_param, ".text' must be a string"));
     }
   }
   return absl::OkStatus();
@@ -149,20 +149,24 @@ absl::Status CheckToolCalls(const json& tool_calls, const std::string& param) {
     auto type = call.find("type");
     if (type != call.end() && !type->is_null() &&
         (!type->is_string() || type->get<std::string>() != "function")) {
-      return BadParam(call_param, absl::StrCat("'", call_param, ".type' must be \"function\""));
+      return BadParam(call_param + ".type",
+                      absl::StrCat("'", call_param, ".type' must be \"function\""));
     }
     auto function = call.find("function");
     if (function == call.end() || !function->is_object()) {
-      return BadParam(call_param, absl::StrCat("'", call_param, ".function' must be an object"));
+      return BadParam(call_param + ".function",
+                      absl::StrCat("'", call_param, ".function' must be an object"));
     }
     auto name = function->find("name");
     if (name == function->end() || !name->is_string()) {
-      return BadParam(call_param, absl::StrCat("'", call_param, ".function.name' must be a string"));
+      return BadParam(call_param + ".function.name",
+                      absl::StrCat("'", call_param, ".function.name' must be a string"));
     }
     auto arguments = function->find("arguments");
     if (arguments != function->end() && !arguments->is_string() && !arguments->is_object()) {
-      return BadParam(call_param, absl::StrCat("'", call_param,
-                                               ".function.arguments' must be a string or an object"));
+      return BadParam(call_param + ".function.arguments",
+                      absl::StrCat("'", call_param,
+                                   ".function.arguments' must be a string or an object"));
     }
   }
   return absl::OkStatus();
@@ -231,15 +235,17 @@ absl::Status ParseTools(const json& body, ApiRequest* request) {
       if (!tool.is_object()) return BadParam(param, absl::StrCat("'", param, "' must be an object"));
       auto type = tool.find("type");
       if (type == tool.end() || !type->is_string() || type->get<std::string>() != "function") {
-        return BadParam(param, absl::StrCat("'", param, ".type' must be \"function\""));
+        return BadParam(param + ".type", absl::StrCat("'", param, ".type' must be \"function\""));
       }
       auto function = tool.find("function");
       if (function == tool.end() || !function->is_object()) {
-        return BadParam(param, absl::StrCat("'", param, ".function' must be an object"));
+        return BadParam(param + ".function",
+                        absl::StrCat("'", param, ".function' must be an object"));
       }
       auto name = function->find("name");
       if (name == function->end() || !name->is_string() || name->get<std::string>().empty()) {
-        return BadParam(param, absl::StrCat("'", param, ".function.name' must be a non-empty string"));
+        return BadParam(param + ".function.name",
+                        absl::StrCat("'", param, ".function.name' must be a non-empty string"));
       }
     }
     tools_present = !tools->empty();
@@ -462,12 +468,23 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& model_
   return loaded;
 }
 
+json ModelJson(const ModelInfo& model) {
+  return json{{"id", model.served_name},       {"object", "model"},
+              {"created", model.created},       {"owned_by", "moemesh"},
+              {"root", model.served_name},      {"parent", nullptr},
+              {"max_model_len", model.max_model_len}};
+}
+
 json ModelsJson(const ModelInfo& model) {
-  json entry = {{"id", model.served_name},       {"object", "model"},
-                {"created", model.created},       {"owned_by", "moemesh"},
-                {"root", model.served_name},      {"parent", nullptr},
-                {"max_model_len", model.max_model_len}};
-  return json{{"object", "list"}, {"data", json::array({entry})}};
+  return json{{"object", "list"}, {"data", json::array({ModelJson(model)})}};
+}
+
+ApiError ModelNotFoundError(std::string_view model_id, const ModelInfo& model) {
+  return ToApiError(ApiStatus(absl::StatusCode::kNotFound,
+                              absl::StrCat("The model '", S(model_id),
+                                           "' does not exist; this server serves '",
+                                           model.served_name, "'"),
+                              "model", "model_not_found"));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -519,6 +536,10 @@ absl::StatusOr<ApiRequest> ParseRequest(Endpoint endpoint, std::string_view body
   auto options = parsed.find("stream_options");
   if (options != parsed.end() && !options->is_null()) {
     if (!options->is_object()) return BadParam("stream_options", "'stream_options' must be an object");
+    if (!request.stream) {
+      return BadParam("stream_options",
+                      "'stream_options' is only allowed when 'stream' is true");
+    }
     auto usage = options->find("include_usage");
     if (usage != options->end() && !usage->is_null()) {
       if (!usage->is_boolean()) {
@@ -555,8 +576,45 @@ absl::StatusOr<ApiRequest> ParseRequest(Endpoint endpoint, std::string_view body
       request.seed = seed_it->get<uint64_t>();
     } else if (seed_it->is_number_integer()) {
       request.seed = static_cast<uint64_t>(seed_it->get<int64_t>());
+    } else if (seed_it->is_number_float()) {
+      // Integral floats (5.0) are taken; others get the accepted range.
+      const double d = seed_it->get<double>();
+      constexpr double kLo = -9223372036854775808.0, kHi = 18446744073709551616.0;  // -2^63, 2^64
+      if (!std::isfinite(d) || d != std::floor(d) || d < kLo || d >= kHi) {
+        return BadParam("seed", absl::StrCat("'seed' must be an integer in [",
+                                             std::numeric_limits<int64_t>::min(), ", ",
+                                             std::numeric_limits<uint64_t>::max(), "], got ",
+                                             seed_it->dump()));
+      }
+      request.seed = d < 0 ? static_cast<uint64_t>(static_cast<int64_t>(d)) : static_cast<uint64_t>(d);
     } else {
       return BadParam("seed", absl::StrCat("'seed' must be an integer, not ", TypeName(*seed_it)));
+    }
+  }
+
+  // Penalties are not implemented: the OpenAI range is checked, and only 0 is accepted.
+  for (const char* penalty : {"presence_penalty", "frequency_penalty"}) {
+    std::optional<double> value;
+    if (auto status = GetNumber(parsed, penalty, -2.0, 2.0, false, &value); !status.ok()) {
+      return status;
+    }
+    if (value && *value != 0) {
+      return BadParam(penalty, absl::StrCat("'", penalty, "' is not supported (only 0 is accepted)"));
+    }
+  }
+  auto format = parsed.find("response_format");
+  if (format != parsed.end() && !format->is_null()) {
+    if (!format->is_object()) {
+      return BadParam("response_format", "'response_format' must be an object");
+    }
+    auto type = format->find("type");
+    if (type == format->end() || !type->is_string()) {
+      return BadParam("response_format.type", "'response_format.type' must be a string");
+    }
+    if (type->get<std::string>() != "text") {
+      return BadParam("response_format.type",
+                      absl::StrCat("'response_format' of type \"", type->get<std::string>(),
+                                   "\" is not supported (only \"text\")"));
     }
   }
   if (auto status = GetInteger(parsed, "n", 1, kMaxN, &n); !status.ok()) return status;
@@ -632,7 +690,8 @@ absl::StatusOr<PreparedRequest> PrepareRequest(ApiRequest request, const ModelIn
   const int64_t prompt_len = static_cast<int64_t>(prepared.prompt_ids.size());
   if (request.max_tokens) {
     if (prompt_len + *request.max_tokens > model.max_model_len) {
-      return BadParam(request.endpoint == Endpoint::kChatCompletions ? "max_tokens" : "max_tokens",
+      // The prompt alone leaving no room is the prompt's fault, not max_tokens'.
+      return BadParam(prompt_len >= model.max_model_len ? prompt_param : "max_tokens",
                       absl::StrCat("This model's maximum context length is ", model.max_model_len,
                                    " tokens. However, you requested ", prompt_len + *request.max_tokens,
                                    " tokens (", prompt_len, " in the prompt, ", *request.max_tokens,

@@ -78,6 +78,10 @@ absl::StatusOr<std::unique_ptr<LoadedModel>> LoadModel(const std::string& model_
 
 // GET /v1/models body.
 nlohmann::json ModelsJson(const ModelInfo& model);
+// GET /v1/models/{model} body: the one model object of ModelsJson's list.
+nlohmann::json ModelJson(const ModelInfo& model);
+// 404 (type invalid_request_error, param "model", code model_not_found) for an unknown model id.
+ApiError ModelNotFoundError(std::string_view model_id, const ModelInfo& model);
 
 // ---------------------------------------------------------------------------------------------
 // Requests

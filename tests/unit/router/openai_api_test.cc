@@ -61,6 +61,12 @@ TEST(OpenAiApiTest, LoadsModelInfo) {
   EXPECT_EQ(models["data"][0]["id"], "tiny-r1");
   EXPECT_EQ(models["data"][0]["object"], "model");
   EXPECT_EQ(models["data"][0]["max_model_len"], 163840);
+  EXPECT_EQ(ModelJson(Info()), models["data"][0]);
+  ApiError unknown = ModelNotFoundError("gpt-4", Info());
+  EXPECT_EQ(unknown.http_status, 404);
+  EXPECT_EQ(unknown.type, "invalid_request_error");
+  EXPECT_EQ(unknown.param, "model");
+  EXPECT_EQ(unknown.code, "model_not_found");
 }
 
 TEST(OpenAiApiTest, ParsesChatParameters) {
@@ -180,7 +186,8 @@ TEST(OpenAiApiTest, EveryErrorCaseHasStatusAndBody) {
       {kChat, R"({"messages":[{"role":"user"}]})", 400, "messages[0].content", ""},
       {kChat, R"({"messages":[{"role":"user","content":5}]})", 400, "messages[0].content", ""},
       {kChat, R"({"messages":[{"role":"user","content":[{"type":"image_url","image_url":{}}]}]})", 400, "messages[0].content[0]", ""},
-      {kChat, R"({"messages":[{"role":"assistant","content":null,"tool_calls":[{"function":{}}]}]})", 400, "messages[0].tool_calls[0]", ""},
+      {kChat, R"({"messages":[{"role":"assistant","content":null,"tool_calls":[{"function":{}}]}]})", 400, "messages[0].tool_calls[0].function.name", ""},
+      {kChat, R"({"messages":[{"role":"assistant","content":null,"tool_calls":[{"type":"x","function":{"name":"f"}}]}]})", 400, "messages[0].tool_calls[0].type", ""},
       // Sampling and lengths.
       {kChat, "{" + u + R"(,"temperature":-0.1})", 400, "temperature", ""},
       {kChat, "{" + u + R"(,"temperature":2.5})", 400, "temperature", ""},
@@ -199,8 +206,21 @@ TEST(OpenAiApiTest, EveryErrorCaseHasStatusAndBody) {
       {kChat, "{" + u + R"(,"max_tokens":163840})", 400, "max_tokens", ""},
       {kChat, "{" + u + R"(,"seed":"x"})", 400, "seed", ""},
       {kChat, "{" + u + R"(,"stream":"yes"})", 400, "stream", ""},
-      {kChat, "{" + u + R"(,"stream_options":{"include_usage":1}})", 400, "stream_options.include_usage", ""},
+      {kChat, "{" + u + R"(,"stream":true,"stream_options":{"include_usage":1}})", 400, "stream_options.include_usage", ""},
       {kChat, "{" + u + R"(,"stream_options":3})", 400, "stream_options", ""},
+      {kChat, "{" + u + R"(,"stream_options":{"include_usage":true}})", 400, "stream_options", ""},
+      {kChat, "{" + u + R"(,"stream":false,"stream_options":{}})", 400, "stream_options", ""},
+      {kChat, "{" + u + R"(,"seed":1e30})", 400, "seed", ""},
+      {kChat, "{" + u + R"(,"seed":1.5})", 400, "seed", ""},
+      {kChat, "{" + u + R"(,"presence_penalty":2.5})", 400, "presence_penalty", ""},
+      {kChat, "{" + u + R"(,"frequency_penalty":-3})", 400, "frequency_penalty", ""},
+      {kChat, "{" + u + R"(,"frequency_penalty":"x"})", 400, "frequency_penalty", ""},
+      {kChat, "{" + u + R"(,"presence_penalty":0.5})", 400, "presence_penalty", ""},
+      {kCompletions, R"({"prompt":"hi","frequency_penalty":1})", 400, "frequency_penalty", ""},
+      {kChat, "{" + u + R"(,"response_format":{"type":"json_object"}})", 400, "response_format.type", ""},
+      {kChat, "{" + u + R"(,"response_format":{"type":"json_schema","json_schema":{}}})", 400, "response_format.type", ""},
+      {kChat, "{" + u + R"(,"response_format":"text"})", 400, "response_format", ""},
+      {kChat, "{" + u + R"(,"response_format":{}})", 400, "response_format.type", ""},
       {kChat, "{" + u + R"(,"stop":5})", 400, "stop", ""},
       {kChat, "{" + u + R"(,"stop":["a",1]})", 400, "stop", ""},
       {kChat, "{" + u + R"(,"logprobs":1})", 400, "logprobs", ""},
@@ -208,7 +228,10 @@ TEST(OpenAiApiTest, EveryErrorCaseHasStatusAndBody) {
       {kChat, "{" + u + R"(,"logprobs":true,"top_logprobs":-1})", 400, "top_logprobs", ""},
       {kChat, "{" + u + R"(,"top_logprobs":3})", 400, "top_logprobs", ""},
       {kChat, "{" + u + R"(,"tools":{}})", 400, "tools", ""},
-      {kChat, "{" + u + R"(,"tools":[{"type":"function"}]})", 400, "tools[0]", ""},
+      {kChat, "{" + u + R"(,"tools":[{"type":"function"}]})", 400, "tools[0].function", ""},
+      {kChat, "{" + u + R"(,"tools":[{"type":"function","function":{"name":""}}]})", 400, "tools[0].function.name", ""},
+      {kChat, "{" + u + R"(,"tools":[{"function":{"name":"f"}}]})", 400, "tools[0].type", ""},
+      {kChat, "{" + u + R"(,"tools":[5]})", 400, "tools[0]", ""},
       {kChat, "{" + u + R"(,"tool_choice":"required"})", 400, "tool_choice", ""},
       {kChat, "{" + u + R"(,"tool_choice":{"type":"function","function":{"name":"f"}}})", 400, "tool_choice", ""},
       {kChat, "{" + u + R"(,"stop_token_ids":[129280]})", 400, "stop_token_ids", ""},
@@ -260,6 +283,40 @@ TEST(OpenAiApiTest, ContextErrorGivesBothLengths) {
   EXPECT_EQ(too_long.http_status, 400);
   EXPECT_EQ(too_long.param, "prompt");
   EXPECT_NE(too_long.message.find("3 tokens"), std::string::npos) << too_long.message;
+  // The prompt alone fills the context: the prompt is named, even with max_tokens given.
+  ApiError prompt_full = ErrorOf(kCompletions, R"({"prompt":[1,2,3],"max_tokens":1})", small);
+  EXPECT_EQ(prompt_full.param, "prompt");
+  ModelInfo tiny = Info();
+  tiny.max_model_len = 2;
+  ApiError chat_full = ErrorOf(kChat, std::string("{") + kUser + R"(,"max_tokens":1})", tiny);
+  EXPECT_EQ(chat_full.http_status, 400);
+  EXPECT_EQ(chat_full.param, "messages");
+  // Room for the prompt but not max_tokens: max_tokens is named.
+  ModelInfo four = Info();
+  four.max_model_len = 4;
+  EXPECT_EQ(ErrorOf(kCompletions, R"({"prompt":[1,2,3],"max_tokens":2})", four).param, "max_tokens");
+}
+
+TEST(OpenAiApiTest, SeedRangeAndAcceptedNoOps) {
+  ApiError seed = ErrorOf(kChat, std::string("{") + kUser + R"(,"seed":1e30})");
+  EXPECT_NE(seed.message.find("18446744073709551615"), std::string::npos) << seed.message;
+  EXPECT_NE(seed.message.find("-9223372036854775808"), std::string::npos) << seed.message;
+  auto integral = ParseRequest(kChat, std::string("{") + kUser + R"(,"seed":5.0})", Info());
+  ASSERT_TRUE(integral.ok()) << integral.status();
+  EXPECT_EQ(integral->seed, 5u);
+  // Zero penalties, a text response_format, a null stream_options and an empty stop string are
+  // accepted (the empty stop string is ignored).
+  auto ok = ParseRequest(kChat, std::string("{") + kUser +
+                                    R"(,"presence_penalty":0,"frequency_penalty":0.0,)"
+                                    R"("response_format":{"type":"text"},"stream_options":null,)"
+                                    R"("stop":""})",
+                         Info());
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_TRUE(ok->stop.empty());
+  ApiError penalty = ErrorOf(kChat, std::string("{") + kUser + R"(,"presence_penalty":1})");
+  EXPECT_NE(penalty.message.find("not supported"), std::string::npos) << penalty.message;
+  ApiError format = ErrorOf(kChat, std::string("{") + kUser + R"(,"response_format":{"type":"json_object"}})");
+  EXPECT_NE(format.message.find("not supported"), std::string::npos) << format.message;
 }
 
 TEST(OpenAiApiTest, StatusMapping) {
