@@ -1,6 +1,12 @@
 #include "router/http_server.h"
 
+#include <dirent.h>
+#include <netdb.h>
 #include <signal.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstdlib>
 
 #include <chrono>
 #include <deque>
@@ -61,6 +67,68 @@ void SetError(httplib::Response& res, const ApiError& error) {
 }
 
 uint64_t Micros(absl::Duration d) { return static_cast<uint64_t>(absl::ToInt64Microseconds(d)); }
+
+// The numeric host and port of a socket address (as httplib fills Request::remote_addr).
+bool HostAndPort(const sockaddr_storage& addr, socklen_t len, std::string* host, int* port) {
+  char buffer[NI_MAXHOST];
+  if (getnameinfo(reinterpret_cast<const sockaddr*>(&addr), len, buffer, sizeof(buffer), nullptr,
+                  0, NI_NUMERICHOST) != 0) {
+    return false;
+  }
+  *host = buffer;
+  if (addr.ss_family == AF_INET) {
+    *port = ntohs(reinterpret_cast<const sockaddr_in&>(addr).sin_port);
+  } else if (addr.ss_family == AF_INET6) {
+    *port = ntohs(reinterpret_cast<const sockaddr_in6&>(addr).sin6_port);
+  } else {
+    return false;
+  }
+  return true;
+}
+
+// The connection socket of `req`, found among the process's descriptors by its local and remote
+// address (cpp-httplib 0.11 does not hand the socket to handlers); -1 when not found. Only
+// meaningful on the thread serving `req`, which keeps the socket open meanwhile.
+int FindConnectionSocket(const httplib::Request& req) {
+  DIR* dir = opendir("/proc/self/fd");
+  if (dir == nullptr) return -1;
+  const int dir_fd = dirfd(dir);
+  int found = -1;
+  while (dirent* entry = readdir(dir)) {
+    char* end = nullptr;
+    const long fd = std::strtol(entry->d_name, &end, 10);
+    if (end == entry->d_name || *end != '\0' || fd == dir_fd) continue;
+    sockaddr_storage addr{};
+    socklen_t len = sizeof(addr);
+    std::string host;
+    int port = -1;
+    if (getsockname(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&addr), &len) != 0 ||
+        !HostAndPort(addr, len, &host, &port) ||
+        (req.local_port > 0 && port != req.local_port)) {
+      continue;
+    }
+    len = sizeof(addr);
+    if (getpeername(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&addr), &len) != 0 ||
+        !HostAndPort(addr, len, &host, &port) || port != req.remote_port ||
+        host != req.remote_addr) {
+      continue;
+    }
+    found = static_cast<int>(fd);
+    break;
+  }
+  closedir(dir);
+  return found;
+}
+
+// True when the peer of connected socket `fd` has closed (FIN or reset). Data waiting (a
+// pipelined request) is left unread. A client that half-closes after sending counts as gone.
+bool PeerClosed(int fd) {
+  char byte;
+  const ssize_t n = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+  if (n > 0) return false;
+  if (n == 0) return true;
+  return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+}
 
 }  // namespace
 
@@ -236,6 +304,12 @@ void HttpServer::Install() {
     res.set_content(DumpJson(ModelsJson(model_)), kJson);
   }));
 
+  s.Get(R"(/v1/models/(.+))", guard([this](const httplib::Request& req, httplib::Response& res) {
+    const std::string id = req.matches[1];
+    if (id != model_.served_name) return SetError(res, ModelNotFoundError(id, model_));
+    res.set_content(DumpJson(ModelJson(model_)), kJson);
+  }));
+
   auto completions = [this](Endpoint endpoint) {
     return [this, endpoint](const httplib::Request& req, httplib::Response& res) {
       stats_.requests.fetch_add(1, std::memory_order_relaxed);
@@ -291,9 +365,24 @@ void HttpServer::Install() {
       }
 
       if (!run->prepared.api.stream) {
+        // No bytes go out until the response is complete, so a client that went away is
+        // noticed by watching its socket; then the sequences are cancelled.
+        const int client_fd = FindConnectionSocket(req);
+        absl::Time next_check = absl::Now() + absl::Milliseconds(200);
         while (!run->builder.all_finished()) {
           std::optional<ApiError> error;
           const absl::Time now = absl::Now();
+          if (client_fd >= 0 && now >= next_check) {
+            next_check = now + absl::Milliseconds(200);
+            if (PeerClosed(client_fd)) {
+              stats_.client_disconnects.fetch_add(1, std::memory_order_relaxed);
+              run->CancelAll(stats_);
+              run->Finish(stats_);
+              run->Report(false, 499);
+              SetError(res, ApiErrorFromHttpStatus(499, "the client closed the connection"));
+              return;
+            }
+          }
           if (stopping_.load()) {
             error = ApiErrorFromHttpStatus(503, "the router is shutting down");
           } else if (now >= run->deadline) {
@@ -414,6 +503,29 @@ void HttpServer::Install() {
   if (options_.install_routes) options_.install_routes(s);
   s.Post("/v1/chat/completions", guard(completions(Endpoint::kChatCompletions)));
   s.Post("/v1/completions", guard(completions(Endpoint::kCompletions)));
+
+  // A known path with the wrong method: 405 with an Allow header and an OpenAI error body
+  // (httplib would answer 404). Registered last, so the real routes match first.
+  auto not_allowed = [](std::string allow) {
+    return [allow](const httplib::Request& req, httplib::Response& res) {
+      res.set_header("Allow", allow);
+      SetError(res, ApiErrorFromHttpStatus(
+                        405, absl::StrCat("method ", req.method, " is not allowed for ", req.path,
+                                          " (use ", allow, ")")));
+      res.status = 405;
+    };
+  };
+  const std::pair<const char*, const char*> known[] = {
+      {"/v1/chat/completions", "POST"}, {"/v1/completions", "POST"}, {"/v1/models", "GET"},
+      {R"(/v1/models/(.+))", "GET"},    {"/health", "GET"},          {"/ready", "GET"}};
+  for (const auto& [path, allow] : known) {
+    const std::string method = allow;
+    if (method != "GET") s.Get(path, not_allowed(allow));
+    if (method != "POST") s.Post(path, not_allowed(allow));
+    s.Put(path, not_allowed(allow));
+    s.Patch(path, not_allowed(allow));
+    s.Delete(path, not_allowed(allow));
+  }
 }
 
 }  // namespace moemesh::router

@@ -60,7 +60,7 @@ struct RouterStats {
   std::atomic<uint64_t> requests{0};           // completion requests received
   std::atomic<uint64_t> streaming_requests{0};
   std::atomic<uint64_t> errors{0};             // completion requests answered with an error
-  std::atomic<uint64_t> client_disconnects{0}; // streams whose client went away
+  std::atomic<uint64_t> client_disconnects{0}; // requests whose client went away
   std::atomic<uint64_t> sequences_started{0};
   std::atomic<uint64_t> sequences_cancelled{0};  // stop strings, disconnects, errors, timeouts
   std::atomic<uint64_t> prompt_tokens{0};

@@ -316,6 +316,89 @@ TEST_F(HttpServerTest, ClientDisconnectCancelsTheSequence) {
   EXPECT_EQ(client_->Get("/health")->status, 200);
 }
 
+TEST_F(HttpServerTest, NonStreamingClientDisconnectCancelsTheSequence) {
+  backend_.hang = true;  // never finishes: only the disconnect can end it
+  StartServer();
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ASSERT_GE(fd, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(server_->port()));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)), 0);
+  std::string body = R"({"prompt":"hi","max_tokens":3000,"ignore_eos":true})";
+  std::string request = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                        "Content-Length: " + std::to_string(body.size()) + "\r\n\r\n" + body;
+  ASSERT_EQ(send(fd, request.data(), request.size(), 0), static_cast<ssize_t>(request.size()));
+  ASSERT_TRUE(Eventually([&] { return backend_.started == 1; }));
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(backend_.cancelled, 0);
+  const auto closed = std::chrono::steady_clock::now();
+  close(fd);
+  EXPECT_TRUE(Eventually([&] { return backend_.cancelled == 1 && backend_.ended == 1; }));
+  EXPECT_LT(std::chrono::steady_clock::now() - closed, std::chrono::seconds(2));
+  EXPECT_TRUE(Eventually([&] { return server_->stats().client_disconnects == 1; }));
+  // The server still answers, and a normal non-streaming request is not taken for a disconnect.
+  EXPECT_EQ(client_->Get("/health")->status, 200);
+  backend_.hang = false;
+  backend_.script = {Tokens(Ids("ok"), Event::LENGTH)};
+  auto res = Post("/v1/completions", R"({"prompt":"hi","max_tokens":1})");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(server_->stats().client_disconnects, 1u);
+}
+
+TEST_F(HttpServerTest, NonStreamingSlowRequestIsNotCancelled) {
+  // A request that takes longer than a few socket checks, from a client that stays.
+  for (int i = 0; i < 8; ++i) backend_.script.push_back(Tokens(Ids(" word")));
+  backend_.script.push_back(Tokens({1}, Event::STOP));
+  backend_.delay = std::chrono::milliseconds(100);
+  StartServer();
+  auto res = Post("/v1/completions", R"({"prompt":"hi","max_tokens":100})");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(json::parse(res->body)["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(server_->stats().client_disconnects, 0u);
+}
+
+TEST_F(HttpServerTest, ModelByIdAndWrongMethods) {
+  StartServer();
+  auto model = client_->Get("/v1/models/tiny-r1");
+  ASSERT_TRUE(model);
+  EXPECT_EQ(model->status, 200);
+  json entry = json::parse(model->body);
+  EXPECT_EQ(entry["id"], "tiny-r1");
+  EXPECT_EQ(entry["object"], "model");
+  auto unknown = client_->Get("/v1/models/gpt-4");
+  ASSERT_TRUE(unknown);
+  EXPECT_EQ(unknown->status, 404);
+  json error = json::parse(unknown->body)["error"];
+  EXPECT_EQ(error["code"], "model_not_found");
+  EXPECT_EQ(error["param"], "model");
+  EXPECT_EQ(error["type"], "invalid_request_error");
+
+  for (const char* path : {"/v1/completions", "/v1/chat/completions"}) {
+    auto get = client_->Get(path);
+    ASSERT_TRUE(get) << path;
+    EXPECT_EQ(get->status, 405) << path;
+    EXPECT_EQ(get->get_header_value("Allow"), "POST");
+    json body = json::parse(get->body);
+    EXPECT_EQ(body["error"]["type"], "invalid_request_error");
+    EXPECT_TRUE(body["error"]["message"].is_string());
+  }
+  auto post_models = Post("/v1/models", "{}");
+  ASSERT_TRUE(post_models);
+  EXPECT_EQ(post_models->status, 405);
+  EXPECT_EQ(post_models->get_header_value("Allow"), "GET");
+  auto delete_model = client_->Delete("/v1/models/tiny-r1");
+  ASSERT_TRUE(delete_model);
+  EXPECT_EQ(delete_model->status, 405);
+  EXPECT_TRUE(json::parse(delete_model->body).contains("error"));
+  // Unknown paths stay 404; the right methods still work.
+  EXPECT_EQ(client_->Get("/v1/nothing")->status, 404);
+  EXPECT_EQ(client_->Get("/v1/models")->status, 200);
+}
+
 TEST_F(HttpServerTest, TimeoutIs504AndCancels) {
   backend_.hang = true;
   StartServer(/*timeout_seconds=*/0.3);
