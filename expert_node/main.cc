@@ -7,6 +7,7 @@
 
 #include "absl/flags/flag.h"
 #include "core/comm/service_flags.h"
+#include "core/kernels/cpu/threading.h"
 #include "expert_node/expert_service.h"
 
 ABSL_FLAG(std::string, model, "", "checkpoint directory (config.json + safetensors shards)");
@@ -16,6 +17,7 @@ ABSL_FLAG(int, port, 0, "port to listen on; 0 picks a free one (printed on stdou
 ABSL_FLAG(std::string, node_name, "",
           "stable node name, registered as preferred_id (a restart gets the same experts)");
 ABSL_FLAG(int, dispatch_threads, 1, "threads computing the experts of one dispatch");
+ABSL_FLAG(int, compute_threads, 1, "OpenBLAS/OpenMP threads per expert computation");
 ABSL_FLAG(int, metrics_port, 0, "port of GET /metrics (Prometheus); 0 picks one, -1 disables");
 
 int main(int argc, char** argv) {
@@ -27,6 +29,8 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "moemesh-expert-node: --model is required\n");
     return 2;
   }
+  // Several processes share the cores of a machine: no BLAS thread per core each by default.
+  moemesh::kernels::SetComputeThreads(absl::GetFlag(FLAGS_compute_threads));
   const sigset_t signals = moemesh::comm::BlockServiceSignals();
 
   moemesh::expert_node::ExpertNodeOptions options;

@@ -7,6 +7,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "core/checkpoint/checkpoint.h"
+#include "core/kernels/cpu/threading.h"
 #include "core/model/deepseek_model.h"
 #include "core/model/expert_shard.h"
 #include "core/model/generator.h"
@@ -20,7 +21,7 @@ namespace {
 constexpr char kUsage[] =
     "usage: moemesh generate --model DIR --prompt-ids ID,ID,... [--prompt-ids ...]\n"
     "                        [--max-new-tokens N] [--temperature T] [--top-p P] [--top-k K]\n"
-    "                        [--seed S] [--ignore-eos] --json\n"
+    "                        [--seed S] [--ignore-eos] [--threads N] --json\n"
     "Runs the model in this process. Several --prompt-ids run together as one batch and print\n"
     "a JSON array; one prints a single object:\n"
     "  {\"prompt_ids\":[...], \"generated_ids\":[...], \"prefill_top\":[[id, logit], ...20]}\n";
@@ -55,6 +56,7 @@ int RunGenerate(const Arguments& arguments) {
                                            {"top-k"},
                                            {"seed"},
                                            {"ignore-eos", true},
+                                           {"threads"},
                                            {"json", true},
                                            {"help", true}});
   if (!parsed.ok()) {
@@ -76,8 +78,10 @@ int RunGenerate(const Arguments& arguments) {
   auto top_p = parsed->GetDouble("top-p", 1.0);
   auto top_k = parsed->GetInt("top-k", 0);
   auto seed = parsed->GetInt("seed", -1);
+  auto threads = parsed->GetInt("threads", 0);
   for (const absl::Status& status : {max_new_tokens.status(), temperature.status(),
-                                     top_p.status(), top_k.status(), seed.status()}) {
+                                     top_p.status(), top_k.status(), seed.status(),
+                                     threads.status()}) {
     if (!status.ok()) {
       std::fprintf(stderr, "moemesh generate: %s\n", std::string(status.message()).c_str());
       return 2;
@@ -106,6 +110,8 @@ int RunGenerate(const Arguments& arguments) {
     requests.push_back(std::move(request));
   }
 
+  // 0 keeps the libraries' default (a thread per core).
+  kernels::SetComputeThreads(static_cast<int>(*threads));
   auto checkpoint = checkpoint::Checkpoint::Open(*model_dir);
   if (!checkpoint.ok()) return Fail(checkpoint.status());
   auto model = model::DeepseekModel::Load(**checkpoint);
