@@ -26,6 +26,8 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_split.h"
 #include "core/checkpoint/checkpoint.h"
 #include "core/kernels/cpu/threading.h"
 #include "core/model/deepseek_model.h"
@@ -57,12 +59,9 @@ void Die(const std::string& message) {
 
 std::vector<int> ParseList(const std::string& text) {
   std::vector<int> values;
-  size_t start = 0;
-  while (start < text.size()) {
-    size_t comma = text.find(',', start);
-    if (comma == std::string::npos) comma = text.size();
-    values.push_back(std::atoi(text.substr(start, comma - start).c_str()));
-    start = comma + 1;
+  for (absl::string_view piece : absl::StrSplit(text, ',', absl::SkipEmpty())) {
+    int value = 0;
+    if (absl::SimpleAtoi(piece, &value)) values.push_back(value);
   }
   return values;
 }

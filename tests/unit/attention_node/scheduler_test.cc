@@ -12,6 +12,7 @@
 #include "core/model/expert_shard.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/support/tiny_r1.h"
 
 namespace moemesh::attention_node {
 namespace {
@@ -19,15 +20,7 @@ namespace {
 using nlohmann::json;
 using moemesh::v1::SequenceEvent;
 
-const json& Goldens() {
-  static const json goldens = [] {
-    std::ifstream stream(std::string(MOEMESH_SHARED_DIR) + "/goldens/tiny-r1.json");
-    std::stringstream buffer;
-    buffer << stream.rdbuf();
-    return json::parse(buffer.str());
-  }();
-  return goldens;
-}
+const json& Goldens() { return testing::TinyR1Goldens(); }
 
 // Every lane computes the routed experts in process.
 class SharedExperts : public model::RoutedExperts {
@@ -45,8 +38,7 @@ class SharedExperts : public model::RoutedExperts {
 class SchedulerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    checkpoint_ = checkpoint::Checkpoint::Open(std::string(MOEMESH_SHARED_DIR) +
-                                               "/fixtures/tiny-r1")->release();
+    checkpoint_ = checkpoint::Checkpoint::Open(testing::FixtureDir())->release();
     model_ = model::DeepseekModel::Load(*checkpoint_)->release();
     experts_ = model::ExpertShard::LoadAll(*checkpoint_)->release();
   }

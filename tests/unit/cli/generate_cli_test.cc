@@ -9,6 +9,7 @@
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/support/tiny_r1.h"
 
 namespace {
 
@@ -34,17 +35,8 @@ CommandResult RunMoemesh(const std::string& arguments) {
   return result;
 }
 
-std::string Fixture() { return std::string(MOEMESH_SHARED_DIR) + "/fixtures/tiny-r1"; }
-
-const json& Goldens() {
-  static const json goldens = [] {
-    std::ifstream stream(std::string(MOEMESH_SHARED_DIR) + "/goldens/tiny-r1.json");
-    std::stringstream buffer;
-    buffer << stream.rdbuf();
-    return json::parse(buffer.str());
-  }();
-  return goldens;
-}
+std::string Fixture() { return moemesh::testing::FixtureDir(); }
+const json& Goldens() { return moemesh::testing::TinyR1Goldens(); }
 
 std::string IdList(const json& ids) {
   std::string out;

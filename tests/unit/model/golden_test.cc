@@ -7,7 +7,7 @@
 #include "core/model/generator.h"
 #include "core/model/sampling.h"
 #include "gtest/gtest.h"
-#include "tests/unit/model/golden_support.h"
+#include "tests/support/tiny_r1.h"
 
 namespace moemesh {
 namespace {

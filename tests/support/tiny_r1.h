@@ -1,4 +1,5 @@
-// Loads ../shared/goldens/tiny-r1.json and the tiny-r1 fixture once per test binary.
+// The shared tiny-r1 fixture and its goldens (../shared), for any test binary: the goldens are
+// parsed once; LoadModelOrDie loads the model with all its routed experts in process.
 #pragma once
 
 #include <fstream>
