@@ -43,9 +43,12 @@ inline float HorizontalSum(__m256 v) {
 #endif
 
 // Fused FP8 GEMV for up to kFp8FusedGemvMaxRows input rows: each weight byte is decoded once and
-// used for every row. Per block: partial dot in float32, then times the block's scale.
-void Fp8FusedGemv(const float* x, int64_t x_stride, int64_t rows, const WeightMatrix& weight,
-                  float* y, int64_t y_stride) {
+// used for every row. Per block: partial dot in float32, then times the block's scale. The row
+// count is a template parameter so that the accumulators stay in registers; one row gets two
+// accumulators (two independent FMA chains).
+template <int kRows>
+void Fp8FusedGemvRows(const float* x, int64_t x_stride, const WeightMatrix& weight, float* y,
+                      int64_t y_stride) {
   const int64_t cols = weight.cols;
   const int64_t scale_cols = weight.scale_cols();
   const int block_cols = weight.block_cols;
@@ -53,32 +56,57 @@ void Fp8FusedGemv(const float* x, int64_t x_stride, int64_t rows, const WeightMa
   for (int64_t out = 0; out < weight.rows; ++out) {
     const uint8_t* codes = weight.fp8.data() + out * cols;
     const float* scales = weight.block_scales.data() + (out / weight.block_rows) * scale_cols;
-    float totals[kFp8FusedGemvMaxRows] = {};
+    float totals[kRows] = {};
     for (int64_t block = 0; block < scale_cols; ++block) {
       const int64_t begin = block * block_cols;
       const int64_t end = std::min<int64_t>(begin + block_cols, cols);
       int64_t col = begin;
-      float partial[kFp8FusedGemvMaxRows] = {};
-      float scale = scales[block];
+      float partial[kRows] = {};
 #if MOEMESH_FP8_AVX2
-      __m256 accumulators[kFp8FusedGemvMaxRows];
-      for (int64_t r = 0; r < rows; ++r) accumulators[r] = _mm256_setzero_ps();
+      __m256 accumulators[kRows];
+      for (int r = 0; r < kRows; ++r) accumulators[r] = _mm256_setzero_ps();
+      if constexpr (kRows == 1) {
+        __m256 second = _mm256_setzero_ps();
+        for (; col + 16 <= end; col += 16) {
+          accumulators[0] = _mm256_fmadd_ps(Fp8x8ToFloatTimes2Pow8Inverse(codes + col),
+                                            _mm256_loadu_ps(x + col), accumulators[0]);
+          second = _mm256_fmadd_ps(Fp8x8ToFloatTimes2Pow8Inverse(codes + col + 8),
+                                   _mm256_loadu_ps(x + col + 8), second);
+        }
+        accumulators[0] = _mm256_add_ps(accumulators[0], second);
+      }
       for (; col + 8 <= end; col += 8) {
         const __m256 w = Fp8x8ToFloatTimes2Pow8Inverse(codes + col);
-        for (int64_t r = 0; r < rows; ++r) {
+        for (int r = 0; r < kRows; ++r) {
           accumulators[r] =
               _mm256_fmadd_ps(w, _mm256_loadu_ps(x + r * x_stride + col), accumulators[r]);
         }
       }
-      for (int64_t r = 0; r < rows; ++r) partial[r] = HorizontalSum(accumulators[r]) * 256.0f;
+      for (int r = 0; r < kRows; ++r) partial[r] = HorizontalSum(accumulators[r]) * 256.0f;
 #endif
       for (; col < end; ++col) {
         const float w = checkpoint::Fp8E4M3ToFloat(codes[col]);
-        for (int64_t r = 0; r < rows; ++r) partial[r] += w * x[r * x_stride + col];
+        for (int r = 0; r < kRows; ++r) partial[r] += w * x[r * x_stride + col];
       }
-      for (int64_t r = 0; r < rows; ++r) totals[r] += partial[r] * scale;
+      const float scale = scales[block];
+      for (int r = 0; r < kRows; ++r) totals[r] += partial[r] * scale;
     }
-    for (int64_t r = 0; r < rows; ++r) y[r * y_stride + out] = totals[r];
+    for (int r = 0; r < kRows; ++r) y[r * y_stride + out] = totals[r];
+  }
+}
+
+void Fp8FusedGemv(const float* x, int64_t x_stride, int64_t rows, const WeightMatrix& weight,
+                  float* y, int64_t y_stride) {
+  static_assert(kFp8FusedGemvMaxRows == 8, "one instantiation per row count below");
+  switch (rows) {
+    case 1: return Fp8FusedGemvRows<1>(x, x_stride, weight, y, y_stride);
+    case 2: return Fp8FusedGemvRows<2>(x, x_stride, weight, y, y_stride);
+    case 3: return Fp8FusedGemvRows<3>(x, x_stride, weight, y, y_stride);
+    case 4: return Fp8FusedGemvRows<4>(x, x_stride, weight, y, y_stride);
+    case 5: return Fp8FusedGemvRows<5>(x, x_stride, weight, y, y_stride);
+    case 6: return Fp8FusedGemvRows<6>(x, x_stride, weight, y, y_stride);
+    case 7: return Fp8FusedGemvRows<7>(x, x_stride, weight, y, y_stride);
+    default: return Fp8FusedGemvRows<8>(x, x_stride, weight, y, y_stride);
   }
 }
 
