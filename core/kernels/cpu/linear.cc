@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "core/checkpoint/dtype.h"
+#include "core/kernels/cpu/threading.h"
 
 #if defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
 #include <immintrin.h>
@@ -52,7 +53,8 @@ void Fp8FusedGemvRows(const float* x, int64_t x_stride, const WeightMatrix& weig
   const int64_t cols = weight.cols;
   const int64_t scale_cols = weight.scale_cols();
   const int block_cols = weight.block_cols;
-#pragma omp parallel for schedule(static) if (weight.rows * cols >= kParallelMinimumWeights)
+#pragma omp parallel for schedule(static) num_threads(ComputeThreads()) \
+    if (weight.rows * cols >= kParallelMinimumWeights)
   for (int64_t out = 0; out < weight.rows; ++out) {
     const uint8_t* codes = weight.fp8.data() + out * cols;
     const float* scales = weight.block_scales.data() + (out / weight.block_rows) * scale_cols;
@@ -114,7 +116,8 @@ void Fp8FusedGemv(const float* x, int64_t x_stride, int64_t rows, const WeightMa
 void DequantizeRows(const WeightMatrix& weight, int64_t row_begin, int64_t row_end, float* out) {
   const int64_t cols = weight.cols;
   const int64_t scale_cols = weight.scale_cols();
-#pragma omp parallel for schedule(static) if ((row_end - row_begin) * cols >= kParallelMinimumWeights)
+#pragma omp parallel for schedule(static) num_threads(ComputeThreads()) \
+    if ((row_end - row_begin) * cols >= kParallelMinimumWeights)
   for (int64_t row = row_begin; row < row_end; ++row) {
     const uint8_t* codes = weight.fp8.data() + row * cols;
     const float* scales = weight.block_scales.data() + (row / weight.block_rows) * scale_cols;

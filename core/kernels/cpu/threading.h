@@ -9,7 +9,8 @@ namespace moemesh::kernels {
 // `threads` <= 0 leaves the library defaults (one per core).
 void SetComputeThreads(int threads);
 
-// Current OpenMP/OpenBLAS thread count.
+// The thread count the kernels' OpenMP loops use, on every thread of the process (the value set
+// by SetComputeThreads, else OpenMP's default).
 int ComputeThreads();
 
 }  // namespace moemesh::kernels
