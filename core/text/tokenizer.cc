@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <array>
 #include <climits>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <queue>
@@ -165,8 +166,9 @@ Tokenizer::~Tokenizer() = default;
 
 absl::StatusOr<std::unique_ptr<Tokenizer>> Tokenizer::FromFile(const std::string& path) {
   std::string file = path;
-  std::ifstream probe(file + "/tokenizer.json");
-  if (probe.good()) file += "/tokenizer.json";
+  std::error_code error;
+  // A directory names the tokenizer.json inside it.
+  if (std::filesystem::is_directory(file, error)) file += "/tokenizer.json";
   std::ifstream in(file, std::ios::binary);
   if (!in.good()) return absl::NotFoundError(absl::StrCat("cannot read tokenizer file ", file));
   std::stringstream buffer;

@@ -27,8 +27,12 @@ int RunConvert(const Arguments& arguments) {
     std::fputs(kUsage, stdout);
     return 0;
   }
-  if (parsed->positionals().size() != 2 ||
-      parsed->Get("to") != std::optional<std::string>("bf16")) {
+  if (parsed->Get("to").has_value() && *parsed->Get("to") != "bf16") {
+    std::fprintf(stderr, "convert: --to '%s' is not supported (only bf16)\n%s",
+                 parsed->Get("to")->c_str(), kUsage);
+    return 2;
+  }
+  if (parsed->positionals().size() != 2 || !parsed->Get("to").has_value()) {
     std::fputs(kUsage, stderr);
     return 2;
   }
@@ -38,6 +42,8 @@ int RunConvert(const Arguments& arguments) {
     std::fprintf(stderr, "convert: %s\n", std::string(status.message()).c_str());
     return 1;
   }
+  std::fprintf(stderr, "convert: wrote the BF16 cast of %s to %s\n",
+               parsed->positionals()[0].c_str(), parsed->positionals()[1].c_str());
   return 0;
 }
 
