@@ -10,14 +10,6 @@ double Since(std::chrono::steady_clock::time_point start) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 }
 
-std::vector<int> MoeLayers(const checkpoint::ModelConfig& config) {
-  std::vector<int> layers;
-  for (int layer = 0; layer < config.num_hidden_layers; ++layer) {
-    if (config.IsMoeLayer(layer)) layers.push_back(layer);
-  }
-  return layers;
-}
-
 }  // namespace
 
 absl::StatusOr<model::RoutedExperts::Combine> TimedRoutedExperts::Dispatch(
@@ -50,7 +42,7 @@ AttentionNodeMetrics::AttentionNodeMetrics(std::shared_ptr<obs::MetricsRegistry>
     : registry_(std::move(registry)),
       layers_(config.num_hidden_layers),
       experts_(config.n_routed_experts),
-      moe_layers_(MoeLayers(config)),
+      moe_layers_(config.MoeLayers()),
       routed_(new std::atomic<uint64_t>[static_cast<size_t>(layers_) * experts_]()),
       routed_counters_(
           registry_->Counter("moemesh_expert_routed_tokens_total",

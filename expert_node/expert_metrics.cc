@@ -9,14 +9,6 @@
 namespace moemesh::expert_node {
 namespace {
 
-std::vector<int> MoeLayers(const checkpoint::ModelConfig& config) {
-  std::vector<int> layers;
-  for (int layer = 0; layer < config.num_hidden_layers; ++layer) {
-    if (config.IsMoeLayer(layer)) layers.push_back(layer);
-  }
-  return layers;
-}
-
 }  // namespace
 
 ExpertNodeMetrics::ExpertNodeMetrics(std::shared_ptr<obs::MetricsRegistry> registry,
@@ -25,7 +17,7 @@ ExpertNodeMetrics::ExpertNodeMetrics(std::shared_ptr<obs::MetricsRegistry> regis
       rows_(registry_->Counter("moemesh_expert_rows_total",
                                "Rows computed per (MoE layer, routed expert): one per row of "
                                "every expert slice of an answered dispatch."),
-            MoeLayers(config), config.n_routed_experts),
+            config.MoeLayers(), config.n_routed_experts),
       watched_(std::make_shared<Watched>()) {
   compute_seconds_ =
       &registry_
@@ -48,7 +40,7 @@ ExpertNodeMetrics::ExpertNodeMetrics(std::shared_ptr<obs::MetricsRegistry> regis
   auto& held_family = registry_->Gauge("moemesh_expert_held_experts",
                                        "Routed experts held (loaded) on this node, per MoE layer.");
   std::map<int, prometheus::Gauge*> held;
-  for (int layer : MoeLayers(config)) held[layer] = &held_family.Add({{"layer", absl::StrCat(layer)}});
+  for (int layer : config.MoeLayers()) held[layer] = &held_family.Add({{"layer", absl::StrCat(layer)}});
   prometheus::Gauge* version =
       &registry_
            ->Gauge("moemesh_expert_placement_version",

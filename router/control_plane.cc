@@ -56,8 +56,7 @@ void ControlPlane::MaybeComputePlacementLocked() {
     experts[i]->in_placement = true;
     experts[i]->assigned_version = 1;
   }
-  for (int layer = 0; layer < config_.num_hidden_layers; ++layer) {
-    if (!config_.IsMoeLayer(layer)) continue;
+  for (int layer : config_.MoeLayers()) {
     for (int expert = 0; expert < config_.n_routed_experts; ++expert) {
       moemesh::v1::ExpertReplicas* replicas = placement_.add_experts();
       replicas->set_layer(layer);

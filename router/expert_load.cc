@@ -6,12 +6,8 @@ namespace moemesh::router {
 
 ExpertLoadTracker::ExpertLoadTracker(const checkpoint::ModelConfig& config,
                                      ExpertLoadOptions options)
-    : options_(options), experts_(config.n_routed_experts) {
-  for (int layer = 0; layer < config.num_hidden_layers; ++layer) {
-    if (!config.IsMoeLayer(layer)) continue;
-    layer_index_[layer] = static_cast<int>(moe_layers_.size());
-    moe_layers_.push_back(layer);
-  }
+    : options_(options), experts_(config.n_routed_experts), moe_layers_(config.MoeLayers()) {
+  for (size_t i = 0; i < moe_layers_.size(); ++i) layer_index_[moe_layers_[i]] = static_cast<int>(i);
   totals_.assign(moe_layers_.size() * experts_, 0);
 }
 

@@ -32,10 +32,12 @@ absl::Status ReadNumber(const json& object, const char* key, bool required, T& o
 
 }  // namespace
 
-int ModelConfig::NumMoeLayers() const {
-  int count = 0;
-  for (int layer = 0; layer < num_hidden_layers; ++layer) count += IsMoeLayer(layer) ? 1 : 0;
-  return count;
+std::vector<int> ModelConfig::MoeLayers() const {
+  std::vector<int> layers;
+  for (int layer = 0; layer < num_hidden_layers; ++layer) {
+    if (IsMoeLayer(layer)) layers.push_back(layer);
+  }
+  return layers;
 }
 
 absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::string_view source) {

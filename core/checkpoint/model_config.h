@@ -4,6 +4,7 @@
 #include <array>
 #include <optional>
 #include <string>
+#include <vector>
 #include "absl/strings/string_view.h"
 
 #include "absl/status/statusor.h"
@@ -66,8 +67,9 @@ struct ModelConfig {
   bool IsMoeLayer(int layer) const {
     return layer >= first_k_dense_replace && (layer % moe_layer_freq) == 0;
   }
-  // Number of MoE layers in the main model.
-  int NumMoeLayers() const;
+  // The MoE layers of the main model, ascending.
+  std::vector<int> MoeLayers() const;
+  int NumMoeLayers() const { return static_cast<int>(MoeLayers().size()); }
 };
 
 // Parses config.json text. Errors: InvalidArgument naming the missing or ill-typed field, or a

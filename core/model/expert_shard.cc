@@ -36,8 +36,7 @@ absl::StatusOr<std::unique_ptr<ExpertShard>> ExpertShard::LoadAll(
     checkpoint::Checkpoint& checkpoint) {
   const auto& config = checkpoint.config();
   std::vector<ExpertKey> experts;
-  for (int layer = 0; layer < config.num_hidden_layers; ++layer) {
-    if (!config.IsMoeLayer(layer)) continue;
+  for (int layer : config.MoeLayers()) {
     for (int expert = 0; expert < config.n_routed_experts; ++expert) experts.push_back({layer, expert});
   }
   return Load(checkpoint, experts);

@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
+#include "tests/unit/router/router_fixture.h"
 #include "httplib.h"
 
 namespace moemesh::router {
@@ -25,14 +26,6 @@ using nlohmann::json;
 using text::TokenId;
 using Event = moemesh::v1::SequenceEvent;
 
-const LoadedModel& Model() {
-  static const LoadedModel* model = [] {
-    auto loaded = LoadModel(MOEMESH_SHARED_DIR "/fixtures/tiny-r1", "", 0);
-    EXPECT_TRUE(loaded.ok()) << loaded.status();
-    return loaded->release();
-  }();
-  return *model;
-}
 
 std::vector<TokenId> Ids(const std::string& text) { return Model().tokenizer->Encode(text); }
 

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "tests/unit/router/router_fixture.h"
 
 namespace moemesh::router {
 namespace {
@@ -16,14 +17,6 @@ using nlohmann::json;
 using text::TokenId;
 using Event = moemesh::v1::SequenceEvent;
 
-const LoadedModel& Model() {
-  static const LoadedModel* model = [] {
-    auto loaded = LoadModel(MOEMESH_SHARED_DIR "/fixtures/tiny-r1", "", 0);
-    EXPECT_TRUE(loaded.ok()) << loaded.status();
-    return loaded->release();
-  }();
-  return *model;
-}
 const ModelInfo& Info() { return Model().info; }
 
 // Status + error body of a request that must fail in parsing or preparation.

@@ -10,6 +10,7 @@
 #include "core/text/tool_call_parser.h"
 #include "core/text/utf8.h"
 #include "gtest/gtest.h"
+#include "tests/support/tiny_r1_tokenizer.h"
 
 namespace moemesh::text {
 namespace {}  // namespace
@@ -26,14 +27,7 @@ void PrintTo(const CompletedOutput& output, std::ostream* os) {
 
 namespace {
 
-const Tokenizer& R1Tokenizer() {
-  static const Tokenizer* tokenizer = [] {
-    auto loaded = Tokenizer::FromFile(MOEMESH_SHARED_DIR "/fixtures/tiny-r1/tokenizer.json");
-    EXPECT_TRUE(loaded.ok()) << loaded.status();
-    return loaded->release();
-  }();
-  return *tokenizer;
-}
+const Tokenizer& R1Tokenizer() { return testing::TinyR1Tokenizer(); }
 
 // Id of the vocabulary token that is exactly one byte.
 TokenId ByteToken(unsigned char byte) {

@@ -6,19 +6,13 @@
 #include <sstream>
 
 #include "gtest/gtest.h"
+#include "tests/support/tiny_r1_tokenizer.h"
 #include "nlohmann/json.hpp"
 
 namespace moemesh::text {
 namespace {
 
-const Tokenizer& R1Tokenizer() {
-  static const Tokenizer* tokenizer = [] {
-    auto loaded = Tokenizer::FromFile(MOEMESH_SHARED_DIR "/fixtures/tiny-r1/tokenizer.json");
-    EXPECT_TRUE(loaded.ok()) << loaded.status();
-    return loaded->release();
-  }();
-  return *tokenizer;
-}
+const Tokenizer& R1Tokenizer() { return testing::TinyR1Tokenizer(); }
 
 nlohmann::json ReadJson(const std::string& path) {
   std::ifstream in(path);
