@@ -18,6 +18,37 @@ struct NodeShare {
   std::map<int32_t, comm::ExpertSliceRows> slices;  // by expert id, ascending
 };
 
+// Groups the step's rows by the expert node serving each chosen expert, keyed (and so ordered)
+// by node id: the combine order. Unavailable when an expert has no healthy holder.
+absl::StatusOr<std::map<std::string, NodeShare>> ShareRows(const PlacementSnapshot& snapshot,
+                                                           int layer, int64_t rows,
+                                                           const model::GateDecision& decision) {
+  std::map<std::string, NodeShare> shares;
+  for (int64_t row = 0; row < rows; ++row) {
+    for (int k = 0; k < decision.top_k; ++k) {
+      const int32_t expert = decision.experts[row * decision.top_k + k];
+      const std::string* node = snapshot.ChooseReplica(layer, expert);
+      if (node == nullptr) {
+        return absl::UnavailableError(absl::StrCat(
+            "no healthy expert node holds expert ", expert, " of layer ", layer,
+            " (placement version ", snapshot.version, ")"));
+      }
+      NodeShare& share = shares[*node];
+      share.address = snapshot.addresses.at(*node);
+      auto [it, inserted] = share.compact.emplace(row, 0);
+      if (inserted) {
+        it->second = static_cast<uint32_t>(share.rows.size());
+        share.rows.push_back(row);
+      }
+      comm::ExpertSliceRows& slice = share.slices[expert];
+      slice.expert = expert;
+      slice.rows.push_back(it->second);
+      slice.gate_weights.push_back(decision.weights[row * decision.top_k + k]);
+    }
+  }
+  return shares;
+}
+
 }  // namespace
 
 RemoteRoutedExperts::RemoteRoutedExperts(comm::ExpertTransport* transport,
@@ -33,40 +64,19 @@ absl::StatusOr<model::RoutedExperts::Combine> RemoteRoutedExperts::Dispatch(
     int layer, const float* hidden, int64_t rows, const model::GateDecision& decision) {
   const auto started = std::chrono::steady_clock::now();
   std::shared_ptr<const PlacementSnapshot> snapshot = placement_->Snapshot();
-  // Every routed expert of every row needs a healthy holder; if one has none in this node's copy
-  // of the placement, the copy may just be behind the router's: fetch it once and look again.
-  bool all_served = true;
-  for (int64_t i = 0; i < rows * decision.top_k && all_served; ++i) {
-    all_served = snapshot->ChooseReplica(layer, decision.experts[i]) != nullptr;
-  }
-  if (!all_served && refresh_placement_ != nullptr) {
+  absl::StatusOr<std::map<std::string, NodeShare>> shares =
+      ShareRows(*snapshot, layer, rows, decision);
+  if (!shares.ok() && refresh_placement_ != nullptr) {
+    // This node's copy of the placement may just be behind the router's: fetch it once and
+    // group again.
     refresh_placement_();
     snapshot = placement_->Snapshot();
+    shares = ShareRows(*snapshot, layer, rows, decision);
   }
-  std::map<std::string, NodeShare> shares;  // ordered by node id: the combine order
-  for (int64_t row = 0; row < rows; ++row) {
-    for (int k = 0; k < decision.top_k; ++k) {
-      const int32_t expert = decision.experts[row * decision.top_k + k];
-      const std::string* node = snapshot->ChooseReplica(layer, expert);
-      if (node == nullptr) {
-        absl::MutexLock lock(&mutex_);
-        ++statistics_.failures;
-        return absl::UnavailableError(absl::StrCat(
-            "no healthy expert node holds expert ", expert, " of layer ", layer,
-            " (placement version ", snapshot->version, ")"));
-      }
-      NodeShare& share = shares[*node];
-      share.address = snapshot->addresses.at(*node);
-      auto [it, inserted] = share.compact.emplace(row, 0);
-      if (inserted) {
-        it->second = static_cast<uint32_t>(share.rows.size());
-        share.rows.push_back(row);
-      }
-      comm::ExpertSliceRows& slice = share.slices[expert];
-      slice.expert = expert;
-      slice.rows.push_back(it->second);
-      slice.gate_weights.push_back(decision.weights[row * decision.top_k + k]);
-    }
+  if (!shares.ok()) {
+    absl::MutexLock lock(&mutex_);
+    ++statistics_.failures;
+    return shares.status();
   }
   struct Pending {
     std::string node_id;
@@ -74,7 +84,7 @@ absl::StatusOr<model::RoutedExperts::Combine> RemoteRoutedExperts::Dispatch(
     std::future<absl::StatusOr<comm::DispatchResult>> result;
   };
   auto pending = std::make_shared<std::vector<Pending>>();
-  for (auto& [node_id, share] : shares) {
+  for (auto& [node_id, share] : *shares) {
     comm::DispatchBatch batch;
     batch.layer = layer;
     batch.placement_version = snapshot->version;
