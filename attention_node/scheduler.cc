@@ -332,7 +332,7 @@ void Scheduler::RunStep() {
   auto run_group = [&](int lane) {
     std::vector<model::SequenceStep> steps;
     for (size_t index : groups[lane]) {
-      steps.push_back({&*work[index].sequence->cache, work[index].tokens});
+      steps.push_back({&*work[index].sequence->cache, work[index].tokens, work[index].samples});
     }
     if (steps.empty()) return;
     if (options_.observer == nullptr) {

@@ -335,14 +335,27 @@ absl::StatusOr<std::vector<float>> DeepseekModel::Forward(std::span<const Sequen
     Logits(hidden.data(), rows, logits.data());
     return logits;
   }
-  std::vector<float> last_rows(steps.size() * hidden_size);
+  std::vector<size_t> wanted;
   for (size_t s = 0; s < steps.size(); ++s) {
-    const int64_t last = layout.row_begin[s] + layout.row_count[s] - 1;
-    std::memcpy(last_rows.data() + s * hidden_size, hidden.data() + last * hidden_size,
+    if (steps[s].wants_logits) wanted.push_back(s);
+  }
+  std::vector<float> last_rows(wanted.size() * hidden_size);
+  for (size_t i = 0; i < wanted.size(); ++i) {
+    const int64_t last = layout.row_begin[wanted[i]] + layout.row_count[wanted[i]] - 1;
+    std::memcpy(last_rows.data() + i * hidden_size, hidden.data() + last * hidden_size,
                 sizeof(float) * hidden_size);
   }
   std::vector<float> logits(steps.size() * vocab);
-  Logits(last_rows.data(), static_cast<int64_t>(steps.size()), logits.data());
+  if (wanted.size() == steps.size()) {
+    Logits(last_rows.data(), static_cast<int64_t>(wanted.size()), logits.data());
+    return logits;
+  }
+  std::vector<float> wanted_logits(wanted.size() * vocab);
+  Logits(last_rows.data(), static_cast<int64_t>(wanted.size()), wanted_logits.data());
+  for (size_t i = 0; i < wanted.size(); ++i) {
+    std::memcpy(logits.data() + wanted[i] * vocab, wanted_logits.data() + i * vocab,
+                sizeof(float) * vocab);
+  }
   return logits;
 }
 

@@ -24,6 +24,9 @@ namespace moemesh::model {
 struct SequenceStep {
   LatentCache* cache = nullptr;
   std::span<const int32_t> tokens;
+  // False for a prefill chunk that does not end the prompt: nobody samples from it, so its
+  // lm_head row (the largest matrix of a step) is skipped.
+  bool wants_logits = true;
 };
 
 // Row layout of a step: sequence i owns rows [row_begin[i], row_begin[i] + row_count[i]).
@@ -57,7 +60,8 @@ class DeepseekModel {
   static constexpr int kDefaultCacheBlockSize = 64;
 
   // Runs one step. Returns logits [steps.size(), vocab]: for each sequence, at its last new token
-  // (or, with `all_positions`, [total_rows, vocab] for every new token). Appends to each cache.
+  // (zeros for a step with wants_logits false), or, with `all_positions`, [total_rows, vocab]
+  // for every new token. Appends to each cache.
   // Errors: token ids out of range, or a RoutedExperts failure (caches are rolled back then).
   absl::StatusOr<std::vector<float>> Forward(std::span<const SequenceStep> steps,
                                              RoutedExperts& routed_experts,
