@@ -217,25 +217,25 @@ std::vector<TensorSpec> CheckpointLayout(const ModelConfig& config) {
   return specs;
 }
 
-uint64_t CheckpointDataBytes(const ModelConfig& config) {
+uint64_t TensorDataBytes(const ModelConfig& config, const TensorSpec& spec) {
   const int block_rows = config.quantization ? config.quantization->block_rows : 128;
   const int block_cols = config.quantization ? config.quantization->block_cols : 128;
-  uint64_t total = 0;
-  for (const TensorSpec& spec : CheckpointLayout(config)) {
-    uint64_t elements = 1;
-    for (int64_t dim : spec.shape) elements *= static_cast<uint64_t>(dim);
-    switch (spec.kind) {
-      case TensorSpec::Kind::kLinear:
-        total += elements + 4ull * ((spec.shape[0] + block_rows - 1) / block_rows) *
-                                ((spec.shape[1] + block_cols - 1) / block_cols);
-        break;
-      case TensorSpec::Kind::kGateBias:
-        total += 4 * elements;
-        break;
-      default:
-        total += 2 * elements;
-    }
+  uint64_t elements = 1;
+  for (int64_t dim : spec.shape) elements *= static_cast<uint64_t>(dim);
+  switch (spec.kind) {
+    case TensorSpec::Kind::kLinear:
+      return elements + 4ull * ((spec.shape[0] + block_rows - 1) / block_rows) *
+                            ((spec.shape[1] + block_cols - 1) / block_cols);
+    case TensorSpec::Kind::kGateBias:
+      return 4 * elements;
+    default:
+      return 2 * elements;
   }
+}
+
+uint64_t CheckpointDataBytes(const ModelConfig& config) {
+  uint64_t total = 0;
+  for (const TensorSpec& spec : CheckpointLayout(config)) total += TensorDataBytes(config, spec);
   return total;
 }
 

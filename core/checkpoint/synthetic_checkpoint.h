@@ -51,6 +51,10 @@ std::vector<TensorSpec> CheckpointLayout(const ModelConfig& config);
 
 // Bytes of tensor data CheckpointLayout(config) takes with FP8 linear weights (scales included).
 uint64_t CheckpointDataBytes(const ModelConfig& config);
+// Bytes one TensorSpec takes as make-checkpoint stores it: a kLinear is the FP8 weight plus its
+// F32 block scales (`config.quantization`'s block size, 128x128 without it), gate biases F32,
+// everything else BF16.
+uint64_t TensorDataBytes(const ModelConfig& config, const TensorSpec& spec);
 
 // Writes a random checkpoint of `config` (which should carry quantization) to `directory`
 // (must not exist or be empty): shards of at most `shard_bytes` data, index, config.json and

@@ -29,6 +29,8 @@ const Command kCommands[] = {
     {"chat", moemesh::cli::RunChat, "stream one chat request to a server and print it"},
     {"up", moemesh::cli::RunUp,
      "start a local cluster (router, attention and expert nodes) and wait for it"},
+    {"plan", moemesh::cli::RunPlan,
+     "size a deployment on GPUs: weight and KV bytes, experts per node, a Kubernetes overlay"},
 };
 
 void PrintUsage(FILE* out) {
