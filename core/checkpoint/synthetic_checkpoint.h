@@ -20,9 +20,12 @@ struct CheckpointPreset {
   std::string name;
   ModelConfig config;
   uint64_t default_shard_bytes = 0;
+  // Too large to write with its bytes: make-checkpoint writes it only with --sparse.
+  bool sparse_only = false;
 };
 
-// "tiny" (the shape of ../shared/fixtures/tiny-r1, ~69 MB) or "bench" (~1.9 GB, see the .cc).
+// "tiny" (the shape of ../shared/fixtures/tiny-r1, ~69 MB), "bench" (~1.9 GB, see the .cc) or
+// "deepseek-v3-671b" (the released 671B shape, ~688 GB in 163 shards; sparse only).
 // Errors: InvalidArgument naming the unknown preset and the known ones.
 absl::StatusOr<CheckpointPreset> FindCheckpointPreset(absl::string_view name);
 std::vector<std::string> CheckpointPresetNames();
