@@ -225,19 +225,29 @@ std::string PlanYaml(const ClusterSizing& s, const std::string& command) {
       // node per physical expert of a layer (a node holds at least one per layer).
       "---\napiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata:\n"
       "  name: moemesh-expert-node\nspec:\n  minReplicas: ", s.min_expert_nodes,
-      "\n  maxReplicas: ", std::max(s.max_useful_expert_nodes, s.expert_nodes), "\n");
+      "\n  maxReplicas: ", std::max(s.max_useful_expert_nodes, s.expert_nodes), "\n",
+      // The attention pool starts at the planned size (the router waits for that many) and
+      // may grow to 4x on cache pressure.
+      "---\napiVersion: autoscaling/v2\nkind: HorizontalPodAutoscaler\nmetadata:\n"
+      "  name: moemesh-attention-node\nspec:\n  minReplicas: ", s.attention_nodes,
+      "\n  maxReplicas: ", 4 * s.attention_nodes, "\n");
 }
 
 // plan.env: the serving flags (keys of the moemesh-serving ConfigMap, see base/serving.env).
-std::string PlanEnv(const ClusterSizing& s, int64_t max_batch_tokens, const std::string& command) {
+std::string PlanEnv(const ClusterSizing& s, int64_t max_batch_tokens, int64_t max_position_embeddings,
+                    const std::string& command) {
   return absl::StrCat("# Written by `", command, "`.\n", "EXPERT_NODES=", s.expert_nodes, "\n",
                       "ATTENTION_NODES=", s.attention_nodes, "\n",
                       "CACHE_TOKENS=", s.cache_tokens_per_attention_node, "\n",
+                      // A sequence lives in one attention node's cache.
+                      "MAX_MODEL_LEN=", std::min<int64_t>(s.cache_tokens_per_attention_node,
+                                                          max_position_embeddings), "\n",
                       "MAX_BATCH_TOKENS=", max_batch_tokens, "\n");
 }
 
 absl::Status WriteOverlay(const fs::path& dir, const fs::path& base, const ClusterSizing& s,
-                          int64_t max_batch_tokens, const std::string& command) {
+                          int64_t max_batch_tokens, int64_t max_position_embeddings,
+                          const std::string& command) {
   std::error_code error;
   fs::create_directories(dir, error);
   if (error) return absl::InternalError(absl::StrCat("cannot create ", dir.string(), ": ",
@@ -245,7 +255,8 @@ absl::Status WriteOverlay(const fs::path& dir, const fs::path& base, const Clust
   if (absl::Status status = WriteText(dir / "plan.yaml", PlanYaml(s, command)); !status.ok()) {
     return status;
   }
-  if (absl::Status status = WriteText(dir / "plan.env", PlanEnv(s, max_batch_tokens, command));
+  if (absl::Status status = WriteText(dir / "plan.env",
+                                        PlanEnv(s, max_batch_tokens, max_position_embeddings, command));
       !status.ok()) {
     return status;
   }
@@ -352,7 +363,8 @@ int RunPlan(const Arguments& arguments) {
     }
     const std::string base = parsed->Get("k8s-base").value_or("deploy/k8s/base");
     if (absl::Status status =
-            WriteOverlay(*dir, base, *sizing, input.max_batch_tokens, command);
+            WriteOverlay(*dir, base, *sizing, input.max_batch_tokens,
+                         input.config.max_position_embeddings, command);
         !status.ok()) {
       std::fprintf(stderr, "plan: %s\n", std::string(status.message()).c_str());
       return 1;
