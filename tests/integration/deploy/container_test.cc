@@ -35,6 +35,21 @@ class ContainerClusterTest : public ::testing::Test {
       GTEST_SKIP() << "image " << kImage << " is not built: bash deploy/docker/build-image.sh";
     }
     if (FindTool("curl").empty()) GTEST_SKIP() << "curl is not installed";
+    // The runtime and rlimits containers start with here (as deploy/docker/build-image.sh
+    // probes them): crun refuses cgroups v1 with a cgroup2 mount, and without CAP_SYS_RESOURCE
+    // podman's default rlimits cannot be set.
+    bool started = false;
+    for (const char* runtime : {"", "--runtime runc "}) {
+      for (const char* limits : {"", "--ulimit nofile=16384:16384 --ulimit nproc=16384:16384 "}) {
+        if (!started && RunCommand(podman_ + " " + runtime + "run --rm " + limits + kImage + " true",
+                                   &output) == 0) {
+          runtime_ = runtime;
+          limits_ = limits;
+          started = true;
+        }
+      }
+    }
+    ASSERT_TRUE(started) << "podman cannot start " << kImage << " here: " << output;
     dir_ = TempDir("moemesh_container_test");
     fs::permissions(dir_, fs::perms::all);  // the containers' uid 10001 writes the model here
     prefix_ = "moemesh-test-" + std::to_string(::getpid()) + "-";
@@ -42,7 +57,7 @@ class ContainerClusterTest : public ::testing::Test {
   void TearDown() override {
     std::string ignored;
     for (const std::string& name : containers_) {
-      RunCommand(podman_ + " rm -f -t 2 " + name, &ignored);
+      RunCommand(podman_ + " " + runtime_ + "rm -f -t 2 " + name, &ignored);
     }
     if (!dir_.empty()) fs::remove_all(dir_);
   }
@@ -51,14 +66,16 @@ class ContainerClusterTest : public ::testing::Test {
   int Run(const std::string& name, const std::string& command, bool detach, std::string* output) {
     const std::string full_name = prefix_ + name;
     if (detach) containers_.push_back(full_name);
-    return RunCommand(podman_ + " run " + (detach ? "-d" : "--rm") + " --name " + full_name +
-                          " --network host --read-only --cap-drop ALL"
+    return RunCommand(podman_ + " " + runtime_ + "run " + limits_ + (detach ? "-d" : "--rm") +
+                          " --name " + full_name + " --network host --read-only --cap-drop ALL"
                           " --security-opt no-new-privileges -v " + dir_ + ":/models " + kImage +
                           " " + command,
                       output);
   }
 
   std::string podman_;
+  std::string runtime_;  // "" or "--runtime runc "
+  std::string limits_;   // "" or "--ulimit ... "
   std::string dir_;
   std::string prefix_;
   std::vector<std::string> containers_;
@@ -112,7 +129,7 @@ TEST_F(ContainerClusterTest, ImageServesTheToyModelLikeTheSingleProcess) {
     std::string logs;
     for (const std::string& name : containers_) {
       std::string log;
-      RunCommand(podman_ + " logs " + name, &log);
+      RunCommand(podman_ + " " + runtime_ + "logs " + name, &log);
       logs += name + ":\n" + log + "\n";
     }
     FAIL() << "the cluster did not become ready in 120 s\n" << logs;
