@@ -3,7 +3,8 @@
 // (components/monitoring/prometheus-adapter-rules.yaml) for the base HPA's metric, over expert
 // nodes scraped with the `namespace` and `pod` labels a PodMonitor gives. Idle it is 0 for every
 // pod and the HPA formula keeps the pool at minReplicas; under load every pod's value rises
-// by at least its routed rows over the rate window, and the formula asks for more nodes.
+// by at least its routed rows over the rate window, and the formula asks for more nodes; a
+// minute after the load it is 0 again and the formula asks for the minimum.
 #include <chrono>
 #include <fstream>
 #include <map>
@@ -228,6 +229,22 @@ TEST(ExpertPoolAutoscalingTest, AdapterQueryFollowsTheLoadAndTheFormulaAsksForMo
               json(rows).dump().c_str(), target,
               HpaDesiredReplicas(min_replicas, Values(loaded), target, min_replicas, max_replicas),
               small_target, desired);
+
+  // Falling load: once the window holds no rows (a minute after the last), every pod's value
+  // is back to 0 and the formula, from the scaled-up count, returns to the minimum.
+  std::map<std::string, double> after;
+  for (int i = 0; i < 60; ++i) {  // at most 90 s
+    std::this_thread::sleep_for(std::chrono::milliseconds(1500));
+    after = server.ByPod(query);
+    bool zero = after.size() == pods.size();
+    for (const auto& [pod, value] : after) zero = zero && value == 0.0;
+    if (zero) break;
+  }
+  ASSERT_EQ(after.size(), pods.size());
+  for (const auto& [pod, value] : after) EXPECT_EQ(value, 0.0) << pod;
+  std::vector<double> scaled_up(desired, 0.0);  // the new nodes idle too
+  EXPECT_EQ(HpaDesiredReplicas(desired, scaled_up, small_target, min_replicas, max_replicas),
+            min_replicas);
 }
 
 }  // namespace
