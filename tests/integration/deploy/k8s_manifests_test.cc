@@ -4,6 +4,7 @@
 // images, GPU requests = limits, labels, probes); the 671B overlay's generated part is what
 // `moemesh plan` writes today and its rendered requests are the plan's; the PrometheusRule
 // holds the same rules as deploy/prometheus/alerts.yml and passes promtool.
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -142,6 +143,53 @@ TEST_F(K8sManifestsTest, EveryOverlayRendersAndPassesSchemaValidation) {
     EXPECT_NE(Find(summary, "PodDisruptionBudget", "moemesh-expert-node"), nullptr) << name;
   }
   EXPECT_GE(overlays, 3);  // local, deepseek-r1-671b, deepseek-r1-671b-keda
+}
+
+// What `binary` accepts: absl's --helpfull of the services, the usage of a moemesh command.
+std::string FlagsText(const std::vector<std::string>& command) {
+  const std::string bin = std::string(MOEMESH_BINARY_DIR) + "/bin/";
+  std::string output;
+  if (command[0] == "moemesh") {
+    RunCommand(bin + "moemesh " + command.at(1) + " --help", &output);
+  } else {
+    RunCommand(bin + command[0] + " --helpfull", &output);
+  }
+  return output;
+}
+
+TEST_F(K8sManifestsTest, ContainerFlagsAreFlagsOfTheirBinaries) {
+  // A misspelt flag in a manifest would only show when a pod crash-loops: check every
+  // `--flag` of every moemesh container against what its binary accepts.
+  int checked = 0;
+  for (const fs::directory_entry& entry : fs::directory_iterator(kK8s + "/overlays")) {
+    if (!entry.is_directory()) continue;
+    const std::string name = entry.path().filename().string();
+    const json summary = Validate(Render(entry.path().string(), name));
+    for (const json& object : summary["objects"]) {
+      if (!object.contains("containers")) continue;
+      for (const json& container : object["containers"]) {
+        const std::vector<std::string> command = container["command"];
+        if (command.empty() || command[0].rfind("moemesh", 0) != 0) continue;
+        const std::string accepted = FlagsText(command);
+        ASSERT_FALSE(accepted.empty()) << command[0];
+        std::vector<std::string> words = command;
+        for (const json& arg : container["args"]) words.push_back(arg);
+        for (const std::string& word : words) {
+          if (word.rfind("--", 0) != 0) continue;
+          std::string flag = word.substr(0, word.find('='));
+          if (command[0] != "moemesh") {  // services: absl names, dashes read as underscores
+            std::replace(flag.begin() + 2, flag.end(), '-', '_');
+            flag += " (";
+          }
+          ++checked;
+          EXPECT_NE(accepted.find(flag), std::string::npos)
+              << name << " " << object["name"] << " " << container["name"] << ": " << command[0]
+              << " has no flag " << word;
+        }
+      }
+    }
+  }
+  EXPECT_GT(checked, 40);
 }
 
 TEST_F(K8sManifestsTest, ValidatorRejectsBrokenManifests) {

@@ -65,6 +65,7 @@ function checkPod(errors, where, podSpec) {
     image: c.image,
     requests: c.resources?.requests ?? {},
     limits: c.resources?.limits ?? {},
+    command: c.command ?? [],
     args: c.args ?? [],
     startupProbe: probe(c.startupProbe),
     livenessProbe: probe(c.livenessProbe),
