@@ -193,11 +193,13 @@ TEST_F(K8sManifestsTest, ContainerFlagsAreFlagsOfTheirBinaries) {
 }
 
 TEST_F(K8sManifestsTest, ValidatorRejectsBrokenManifests) {
-  // A wrong type, a missing container name, `latest`, root, unequal GPU request and limit.
+  // A wrong type, a missing container name, `latest`, root, unequal GPU request and limit, an
+  // undefined $(VAR).
   const std::string bad = dir_ + "/bad.yaml";
   std::ofstream(bad) << "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: bad\n"
                         "spec:\n  replicas: two\n  selector:\n    matchLabels: {a: b}\n"
                         "  template:\n    spec:\n      containers:\n        - image: x:latest\n"
+                        "          args: [\"--model=$(NOPE)\"]\n"
                         "          resources:\n            requests: {nvidia.com/gpu: 1}\n"
                         "            limits: {nvidia.com/gpu: 2}\n"
                         "---\napiVersion: keda.sh/v1alpha1\nkind: ScaledObject\nmetadata:\n"
@@ -206,7 +208,7 @@ TEST_F(K8sManifestsTest, ValidatorRejectsBrokenManifests) {
   const std::string errors = summary["errors"].dump();
   for (const char* part : {"replicas must be integer", "required property name",
                            "uses the latest tag", "runAsNonRoot", "requests 1 != limits 2",
-                           "ScaledObject/bad", "scaleTargetRef"}) {
+                           "$(NOPE) is not defined", "ScaledObject/bad", "scaleTargetRef"}) {
     EXPECT_NE(errors.find(part), std::string::npos) << part << " not in " << errors;
   }
 }

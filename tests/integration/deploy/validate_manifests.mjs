@@ -4,7 +4,8 @@
 // Every object is checked against its API schema (kubernetes-models and its KEDA and
 // prometheus-operator packages) and against moemesh's own rules: pods run as non-root with
 // seccomp RuntimeDefault, containers drop ALL capabilities and escalate no privilege, images
-// carry a tag that is not `latest`, GPU requests equal limits, workloads carry the
+// carry a tag that is not `latest`, GPU requests equal limits, every $(VAR) of a command is
+// defined by the container's env or envFrom ConfigMap, workloads carry the
 // app.kubernetes.io/* and moemesh.io/role labels. Prints one JSON object:
 //   {"objects": [{"apiVersion", "kind", "name", "replicas"?, "containers"?: [{name, image,
 //     requests, limits}], ...}], "errors": ["kind/name: message", ...]}
@@ -35,7 +36,24 @@ function modelClass(apiVersion, kind) {
 
 const WORKLOADS = new Set(["Deployment", "StatefulSet", "Job", "DaemonSet"]);
 
-function checkPod(errors, where, podSpec) {
+// $(VAR) references in a container's command and args that neither its env nor the
+// ConfigMaps of its envFrom define (Kubernetes would pass them on literally).
+function undefinedVariables(container, configMaps) {
+  const defined = new Set((container.env ?? []).map((e) => e.name));
+  for (const source of container.envFrom ?? []) {
+    const data = configMaps.get(source.configMapRef?.name);
+    for (const key of Object.keys(data ?? {})) defined.add((source.prefix ?? "") + key);
+  }
+  const missing = [];
+  for (const word of [...(container.command ?? []), ...(container.args ?? [])]) {
+    for (const match of String(word).matchAll(/\$\(([A-Za-z_][A-Za-z0-9_]*)\)/g)) {
+      if (!defined.has(match[1])) missing.push(match[1]);
+    }
+  }
+  return missing;
+}
+
+function checkPod(errors, where, podSpec, configMaps) {
   const pod = podSpec.securityContext ?? {};
   if (pod.runAsNonRoot !== true) errors.push(`${where}: pod securityContext.runAsNonRoot is not true`);
   if (pod.seccompProfile?.type !== "RuntimeDefault") {
@@ -44,6 +62,7 @@ function checkPod(errors, where, podSpec) {
   const containers = [...(podSpec.initContainers ?? []), ...(podSpec.containers ?? [])];
   for (const c of containers) {
     const at = `${where} container ${c.name}`;
+    for (const name of undefinedVariables(c, configMaps)) errors.push(`${at}: $(${name}) is not defined`);
     const sc = c.securityContext ?? {};
     if (!(sc.capabilities?.drop ?? []).includes("ALL")) errors.push(`${at}: does not drop ALL capabilities`);
     if (sc.allowPrivilegeEscalation !== false) errors.push(`${at}: allowPrivilegeEscalation is not false`);
@@ -88,6 +107,11 @@ function main() {
   const docs = parseAllDocuments(readFileSync(process.argv[2], "utf8"));
   const objects = [];
   const errors = [];
+  const configMaps = new Map();
+  for (const doc of docs) {
+    const object = doc.errors.length === 0 ? doc.toJS() : null;
+    if (object?.kind === "ConfigMap") configMaps.set(object.metadata?.name, object.data ?? {});
+  }
   for (const doc of docs) {
     if (doc.errors.length > 0) {
       console.error(`YAML parse error: ${doc.errors[0].message}`);
@@ -115,7 +139,7 @@ function main() {
       }
       const podSpec = object.spec?.template?.spec ?? {};
       summary.replicas = object.spec?.replicas;
-      summary.containers = checkPod(errors, where, podSpec);
+      summary.containers = checkPod(errors, where, podSpec, configMaps);
       summary.terminationGracePeriodSeconds = podSpec.terminationGracePeriodSeconds;
     }
     if (object.kind === "HorizontalPodAutoscaler") {
