@@ -1,19 +1,25 @@
 // The image (deploy/docker/Dockerfile, built by deploy/docker/build-image.sh) starts a cluster
-// with podman as Kubernetes would start the pods: the toy model written by an init step into a
-// shared volume, router + 1 attention node + 2 expert nodes with the manifests' flags, non-root,
-// read-only root file system, no capabilities. Its greedy tokens equal the single-process
-// engine's on the same checkpoint. Skips, naming what is missing, without podman or the image.
+// with podman as Kubernetes would start the local overlay's pods: the commands and flags of the
+// rendered manifests (deploy/k8s/overlays/local, $(VAR)s from its ConfigMap), only the
+// addresses replaced (one host instead of one IP per pod): the init container writes the toy
+// model into a shared volume, then router + 1 attention node + 2 expert nodes run non-root with
+// a read-only root file system and no capabilities. Its greedy tokens equal the single-process
+// engine's on the same checkpoint. Skips, naming what is missing, without podman, the image,
+// kubectl or the npm validators.
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "tests/integration/deploy/manifest_command.h"
 #include "tests/integration/metrics/tool_util.h"
 
 namespace moemesh::integration {
@@ -24,6 +30,13 @@ using nlohmann::json;
 
 const std::string kImage = "localhost/moemesh:0.1.0";
 const std::string kMoemesh = std::string(MOEMESH_BINARY_DIR) + "/bin/moemesh";
+const std::string kSource = MOEMESH_SOURCE_DIR;
+
+std::string Join(const std::vector<std::string>& words) {
+  std::string out;
+  for (const std::string& word : words) out += (out.empty() ? "" : " ") + word;
+  return out;
+}
 
 class ContainerClusterTest : public ::testing::Test {
  protected:
@@ -35,6 +48,11 @@ class ContainerClusterTest : public ::testing::Test {
       GTEST_SKIP() << "image " << kImage << " is not built: bash deploy/docker/build-image.sh";
     }
     if (FindTool("curl").empty()) GTEST_SKIP() << "curl is not installed";
+    if (FindTool("kubectl").empty()) GTEST_SKIP() << "kubectl is not installed";
+    if (FindTool("node").empty() ||
+        !fs::exists(kSource + "/tests/integration/deploy/node_modules/yaml")) {
+      GTEST_SKIP() << "node and the npm validators: bash scripts/install-deps.sh --with-tests";
+    }
     // The runtime and rlimits containers start with here (as deploy/docker/build-image.sh
     // probes them): crun refuses cgroups v1 with a cgroup2 mount, and without CAP_SYS_RESOURCE
     // podman's default rlimits cannot be set.
@@ -83,38 +101,58 @@ class ContainerClusterTest : public ::testing::Test {
 
 TEST_F(ContainerClusterTest, ImageServesTheToyModelLikeTheSingleProcess) {
   std::string output;
-  // The local overlay's init container.
-  ASSERT_EQ(Run("init", "moemesh make-checkpoint --preset tiny --seed 1 --tokenizer-from "
-                        "/opt/moemesh/tokenizer /models/tiny-r1",
-                false, &output),
+  const std::string rendered = dir_ + "/local.yaml";
+  ASSERT_EQ(RunCommand("kubectl kustomize " + kSource + "/deploy/k8s/overlays/local > " + rendered,
+                       &output),
             0)
       << output;
+  ASSERT_EQ(RunCommand("node " + kSource + "/tests/integration/deploy/validate_manifests.mjs " +
+                           rendered,
+                       &output, /*with_stderr=*/false),
+            0);
+  const json summary = json::parse(output, nullptr, false);
+  ASSERT_FALSE(summary.is_discarded()) << output;
+  std::string error;
+  auto command = [&](const std::string& kind, const std::string& name,
+                     const std::string& container, const std::string& pod,
+                     const std::map<std::string, std::string>& overrides) {
+    const std::vector<std::string> argv = ManifestCommand(
+        summary, kind, name, container, {{"POD_IP", "127.0.0.1"}, {"POD_NAME", pod}}, overrides,
+        &error);
+    EXPECT_FALSE(argv.empty()) << error;
+    std::printf("%s/%s: %s\n", name.c_str(), container.c_str(), Join(argv).c_str());
+    return Join(argv);
+  };
+
+  // The init container (the same in every pod of the overlay).
+  const std::string init =
+      command("Deployment", "moemesh-router", "toy-model", "moemesh-router-0", {});
+  ASSERT_NE(init.find("make-checkpoint"), std::string::npos) << init;
+  ASSERT_EQ(Run("init", init, false, &output), 0) << output;
   ASSERT_TRUE(fs::exists(dir_ + "/tiny-r1/tokenizer.json"));
 
   const int http = FreePort();
   const int control = FreePort();
   const std::string router = "127.0.0.1:" + std::to_string(control);
-  ASSERT_EQ(Run("router",
-                "moemesh-router --model=/models/tiny-r1 --served-model-name=tiny-r1 "
-                "--host=127.0.0.1 --port=" + std::to_string(http) + " --control-port=" +
-                    std::to_string(control) + " --attention-nodes=1 --expert-nodes=2 "
-                    "--max-model-len=65536",
-                true, &output),
-            0)
-      << output;
+  const std::string router_command =
+      command("Deployment", "moemesh-router", "router", "moemesh-router-0",
+              {{"--host", "127.0.0.1"}, {"--port", std::to_string(http)},
+               {"--control-port", std::to_string(control)}});
+  ASSERT_EQ(Run("router", router_command, true, &output), 0) << output;
   ASSERT_EQ(Run("attention-0",
-                "moemesh-attention-node --model=/models/tiny-r1 --router=" + router +
-                    " --host=127.0.0.1 --port=" + std::to_string(FreePort()) +
-                    " --node-name=attention-0 --cache-tokens=65536 --cache-block-size=64 "
-                    "--max-batch-tokens=512 --compute-threads=1 --metrics-port=-1",
+                command("Deployment", "moemesh-attention-node", "attention-node",
+                        "moemesh-attention-node-0",
+                        {{"--router", router}, {"--port", std::to_string(FreePort())},
+                         {"--metrics-port", "-1"}}),
                 true, &output),
             0)
       << output;
   for (int i = 0; i < 2; ++i) {
     ASSERT_EQ(Run("expert-" + std::to_string(i),
-                  "moemesh-expert-node --model=/models/tiny-r1 --router=" + router +
-                      " --host=127.0.0.1 --port=" + std::to_string(FreePort()) +
-                      " --node-name=expert-" + std::to_string(i) + " --metrics-port=-1",
+                  command("StatefulSet", "moemesh-expert-node", "expert-node",
+                          "moemesh-expert-node-" + std::to_string(i),
+                          {{"--router", router}, {"--port", std::to_string(FreePort())},
+                           {"--metrics-port", "-1"}}),
                   true, &output),
               0)
         << output;
