@@ -103,8 +103,8 @@ absl::StatusOr<Slots> ComputeSlots(const PlannerInput& input) {
   if (available < needed) {
     return absl::FailedPreconditionError(absl::StrCat(
         "placement: ", needed, " physical experts per layer needed (", experts, " experts x ",
-        input.min_replicas, " replicas) but the ", nodes, " expert nodes can hold ", available,
-        " (their capacities, at most one replica of an expert per node)"));
+        input.min_replicas, " replicas each) but the ", nodes, " expert nodes can hold ",
+        available, " (their capacities, at most one replica of an expert per node)"));
   }
   int64_t physical = std::min<int64_t>(needed + input.redundant_experts, available);
   auto filled = [&](int level) {
