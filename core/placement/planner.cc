@@ -226,9 +226,8 @@ absl::StatusOr<Candidate> Finish(const LayerAssignment& assignment, bool complet
                                  const std::vector<double>& load, int nodes,
                                  const std::vector<std::vector<int>>* previous) {
   if (!complete) {
-    // Cannot happen with slot counts from ComputeSlots and counts from ReplicaCounts (uniform
-    // counts of min_replicas always fit; extra replicas are bounded by the slots), kept as a
-    // guard against a silent partial plan.
+    // Cannot happen: the counts passed CountsFit (an assignment exists) and PlaceBest's
+    // augmenting paths find one from any partial assignment. A guard against a partial plan.
     return absl::InternalError("placement: replicas could not be packed onto the nodes");
   }
   Candidate candidate;
@@ -281,7 +280,11 @@ absl::StatusOr<LayerPlacement> PlanLayer(const PlannerInput& input, const Slots&
   // node, so a hot expert on fewer nodes sometimes packs better; keep the lowest maximum
   // (ties: the higher cap).
   std::vector<int> counts =
-      internal::ReplicaCounts(weights, slots.physical, input.min_replicas, open_nodes);
+      internal::ReplicaCounts(weights, slots.per_node, input.min_replicas, open_nodes);
+  if (!internal::CountsFit(counts, slots.per_node)) {
+    // Guard: ComputeSlots gives at least min_replicas * E slots, which always fit.
+    return absl::InternalError("placement: no assignable replica counts for the node slots");
+  }
   LayerAssignment fresh(weights, counts, slots.per_node);
   bool complete = fresh.PlaceRemaining();
   fresh.Improve(steps);
@@ -290,7 +293,8 @@ absl::StatusOr<LayerPlacement> PlanLayer(const PlannerInput& input, const Slots&
   for (int cap : CapsToTry(counts, input.min_replicas, slots.physical)) {
     if (complete && fresh.MaxLoad() <= mean * (1 + 1e-4)) break;  // balanced already
     std::vector<int> capped =
-        internal::ReplicaCounts(weights, slots.physical, input.min_replicas, cap);
+        internal::ReplicaCounts(weights, slots.per_node, input.min_replicas, cap);
+    if (!internal::CountsFit(capped, slots.per_node)) continue;
     LayerAssignment trial(weights, capped, slots.per_node);
     const bool trial_complete = trial.PlaceRemaining();
     if (!trial_complete) continue;
@@ -318,10 +322,13 @@ absl::StatusOr<LayerPlacement> PlanLayer(const PlannerInput& input, const Slots&
   for (size_t e = 0; e < counts.size(); ++e) {
     previous_counts[e] = static_cast<int>((*previous)[e].size());
   }
-  previous_counts = internal::AdjustCounts(weights, previous_counts, slots.physical,
+  previous_counts = internal::AdjustCounts(weights, previous_counts, slots.per_node,
                                            input.min_replicas, open_nodes);
   for (const std::vector<int>* keep_counts : {&counts, &previous_counts}) {
-    if (keep_counts == &previous_counts && previous_counts == counts) break;
+    if (keep_counts == &previous_counts &&
+        (previous_counts == counts || !internal::CountsFit(previous_counts, slots.per_node))) {
+      break;
+    }
     LayerAssignment sticky = Sticky(weights, *keep_counts, slots.per_node, *previous);
     complete = sticky.PlaceRemaining();
     sticky.Improve(steps);
