@@ -217,7 +217,7 @@ bool LayerAssignment::PlaceRemaining() {
   return all;
 }
 
-void LayerAssignment::Improve(int max_steps) {
+void LayerAssignment::Improve(int max_steps, double good_enough) {
   const int nodes = num_nodes();
   if (nodes < 2) return;
   const double total = std::accumulate(node_load_.begin(), node_load_.end(), 0.0);
@@ -227,6 +227,7 @@ void LayerAssignment::Improve(int max_steps) {
     const int m = static_cast<int>(std::max_element(node_load_.begin(), node_load_.end()) -
                                    node_load_.begin());
     const double max_load = node_load_[m];
+    if (max_load <= good_enough) return;
     double best = max_load - epsilon;
     int best_node = -1, best_out = -1, best_in = -1;  // best_in -1: a move, not a swap
     // Partners lightest first: a partner's load only grows, so none at or above `best` helps.

@@ -63,8 +63,9 @@ class LayerAssignment {
   // Local search: while some swap of a replica on the most loaded node with one on another node
   // (or a move to a node with a free slot) makes both nodes' loads lower than that maximum,
   // applies the best one (smallest resulting larger load; ties: first found in node, replica
-  // order). At most `max_steps` steps.
-  void Improve(int max_steps);
+  // order). At most `max_steps` steps; stops early once the maximum is at or below
+  // `good_enough` (fewer swaps: fewer replicas moved away from where they were).
+  void Improve(int max_steps, double good_enough = 0.0);
 
   double MaxLoad() const;
   const std::vector<double>& node_loads() const { return node_load_; }

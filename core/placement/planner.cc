@@ -331,7 +331,11 @@ absl::StatusOr<LayerPlacement> PlanLayer(const PlannerInput& input, const Slots&
     }
     LayerAssignment sticky = Sticky(weights, *keep_counts, slots.per_node, *previous);
     complete = sticky.PlaceRemaining();
-    sticky.Improve(steps);
+    // Balancedness within keep_tolerance of the fresh plan's is all that is asked of it.
+    const double fresh_balancedness = mean / fresh.MaxLoad();
+    sticky.Improve(steps, fresh_balancedness - input.keep_tolerance > 0
+                              ? mean / (fresh_balancedness - input.keep_tolerance)
+                              : 0.0);
     absl::StatusOr<Candidate> kept = Finish(sticky, complete, load, nodes, previous);
     if (!kept.ok()) return kept.status();
     candidates.push_back(*std::move(kept));
