@@ -269,9 +269,16 @@ absl::StatusOr<LayerPlacement> PlanLayer(const PlannerInput& input, const Slots&
                                          const std::vector<double>& load,
                                          const std::vector<std::vector<int>>* previous) {
   const int nodes = static_cast<int>(slots.per_node.size());
+  // Scaled by a power of two so that the largest load is in [0.5, 1): exact (the plan and its
+  // balancedness are those of `load`), and sums of huge counts cannot overflow.
+  const double max_load = *std::max_element(load.begin(), load.end());
+  int exponent = 0;
+  if (max_load > 0) std::frexp(max_load, &exponent);
+  std::vector<double> scaled(load.size());
+  for (size_t e = 0; e < load.size(); ++e) scaled[e] = std::ldexp(load[e], -exponent);
   // All-zero load: plan as if uniform.
-  const bool idle = std::all_of(load.begin(), load.end(), [](double v) { return v == 0; });
-  const std::vector<double> weights = idle ? std::vector<double>(load.size(), 1.0) : load;
+  const bool idle = max_load == 0;
+  const std::vector<double> weights = idle ? std::vector<double>(load.size(), 1.0) : scaled;
   const int open_nodes = static_cast<int>(
       std::count_if(slots.per_node.begin(), slots.per_node.end(), [](int s) { return s > 0; }));
   const int steps = MaxImproveSteps(slots.physical);
@@ -305,7 +312,7 @@ absl::StatusOr<LayerPlacement> PlanLayer(const PlannerInput& input, const Slots&
       complete = true;
     }
   }
-  absl::StatusOr<Candidate> best = Finish(fresh, complete, load, nodes, previous);
+  absl::StatusOr<Candidate> best = Finish(fresh, complete, scaled, nodes, previous);
   if (!best.ok()) return best.status();
   if (previous == nullptr) return LayerPlacement{best->replicas, best->balancedness, best->moved};
   std::vector<Candidate> candidates;
@@ -336,7 +343,7 @@ absl::StatusOr<LayerPlacement> PlanLayer(const PlannerInput& input, const Slots&
     sticky.Improve(steps, fresh_balancedness - input.keep_tolerance > 0
                               ? mean / (fresh_balancedness - input.keep_tolerance)
                               : 0.0);
-    absl::StatusOr<Candidate> kept = Finish(sticky, complete, load, nodes, previous);
+    absl::StatusOr<Candidate> kept = Finish(sticky, complete, scaled, nodes, previous);
     if (!kept.ok()) return kept.status();
     candidates.push_back(*std::move(kept));
   }

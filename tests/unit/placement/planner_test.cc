@@ -428,6 +428,22 @@ TEST(PlannerTest, ReplanAfterANodeLeavesMovesOnlyWhatItHeldAndABitMore) {
   EXPECT_GE(next->mean_balancedness, fresh->mean_balancedness - 0.02 - 1e-9);
 }
 
+TEST(PlannerTest, HugeLoadsPlanLikeTheirScaledDownCopies) {
+  PlannerInput input;
+  input.num_experts = 32;
+  input.nodes = Nodes(4);
+  input.redundant_experts = 4;
+  input.load = {ZipfLoad(32, 1.2, 5)};
+  PlannerInput huge = input;
+  for (double& v : huge.load[0]) v *= 0x1p1006;  // each finite, their sum is not
+  absl::StatusOr<PlacementPlan> plan = PlanPlacement(input);
+  absl::StatusOr<PlacementPlan> huge_plan = PlanPlacement(huge);
+  ASSERT_TRUE(plan.ok() && huge_plan.ok());
+  EXPECT_EQ(huge_plan->layers[0].replicas, plan->layers[0].replicas);
+  EXPECT_EQ(huge_plan->layers[0].balancedness, plan->layers[0].balancedness);
+  EXPECT_GT(huge_plan->layers[0].balancedness, 0.9);
+}
+
 TEST(PlannerTest, NodeLoadsSplitEachExpertEvenlyOverItsReplicas) {
   const std::vector<std::vector<int>> replicas = {{0, 1}, {1}, {0, 2}};
   const std::vector<double> load = {10, 3, 4};
