@@ -160,6 +160,7 @@ std::vector<int> CapsToTry(const std::vector<int>& counts, int min_replicas, int
 
 struct Candidate {
   std::vector<std::vector<int>> replicas;
+  double score = 1.0;
   double balancedness = 1.0;
   int moved = 0;
 };
@@ -222,16 +223,14 @@ std::vector<std::vector<int>> Relabel(const std::vector<std::vector<int>>& repli
   return relabelled;
 }
 
-absl::StatusOr<Candidate> Finish(const LayerAssignment& assignment, bool complete,
-                                 const std::vector<double>& load, int nodes,
-                                 const std::vector<std::vector<int>>* previous) {
-  if (!complete) {
-    // Cannot happen: the counts passed CountsFit (an assignment exists) and PlaceBest's
-    // augmenting paths find one from any partial assignment. A guard against a partial plan.
-    return absl::InternalError("placement: replicas could not be packed onto the nodes");
-  }
+// `score`: balancedness under the planning weights (uniform for an all-zero layer), which picks
+// between candidates; `balancedness`: under the real load, which is reported.
+Candidate Finish(const LayerAssignment& assignment, const std::vector<double>& weights,
+                 const std::vector<double>& load, int nodes,
+                 const std::vector<std::vector<int>>* previous) {
   Candidate candidate;
   candidate.replicas = assignment.Replicas();
+  candidate.score = LayerBalancedness(candidate.replicas, weights, nodes);
   candidate.balancedness = LayerBalancedness(candidate.replicas, load, nodes);
   candidate.moved = CountMoved(candidate.replicas, previous);
   return candidate;
@@ -312,14 +311,17 @@ absl::StatusOr<LayerPlacement> PlanLayer(const PlannerInput& input, const Slots&
       complete = true;
     }
   }
-  absl::StatusOr<Candidate> best = Finish(fresh, complete, scaled, nodes, previous);
-  if (!best.ok()) return best.status();
-  if (previous == nullptr) return LayerPlacement{best->replicas, best->balancedness, best->moved};
+  if (!complete) {
+    // Cannot happen: the counts passed CountsFit (an assignment exists) and PlaceBest's
+    // augmenting paths find one from any partial assignment. A guard against a partial plan.
+    return absl::InternalError("placement: replicas could not be packed onto the nodes");
+  }
+  const Candidate best = Finish(fresh, weights, scaled, nodes, previous);
+  if (previous == nullptr) return LayerPlacement{best.replicas, best.balancedness, best.moved};
   std::vector<Candidate> candidates;
   {
-    Candidate relabelled;
-    relabelled.replicas = Relabel(best->replicas, *previous, slots.per_node);
-    relabelled.balancedness = best->balancedness;
+    Candidate relabelled = best;
+    relabelled.replicas = Relabel(best.replicas, *previous, slots.per_node);
     relabelled.moved = CountMoved(relabelled.replicas, previous);
     candidates.push_back(std::move(relabelled));
   }
@@ -337,21 +339,19 @@ absl::StatusOr<LayerPlacement> PlanLayer(const PlannerInput& input, const Slots&
       break;
     }
     LayerAssignment sticky = Sticky(weights, *keep_counts, slots.per_node, *previous);
-    complete = sticky.PlaceRemaining();
+    if (!sticky.PlaceRemaining()) continue;  // not expected either (see above)
     // Balancedness within keep_tolerance of the fresh plan's is all that is asked of it.
     const double fresh_balancedness = mean / fresh.MaxLoad();
     sticky.Improve(steps, fresh_balancedness - input.keep_tolerance > 0
                               ? mean / (fresh_balancedness - input.keep_tolerance)
                               : 0.0);
-    absl::StatusOr<Candidate> kept = Finish(sticky, complete, scaled, nodes, previous);
-    if (!kept.ok()) return kept.status();
-    candidates.push_back(*std::move(kept));
+    candidates.push_back(Finish(sticky, weights, scaled, nodes, previous));
   }
   double top = 0;
-  for (const Candidate& c : candidates) top = std::max(top, c.balancedness);
+  for (const Candidate& c : candidates) top = std::max(top, c.score);
   const Candidate* chosen = nullptr;
   for (const Candidate& c : candidates) {
-    if (c.balancedness < top - input.keep_tolerance - 1e-12) continue;
+    if (c.score < top - input.keep_tolerance - 1e-12) continue;
     if (chosen == nullptr || c.moved < chosen->moved) chosen = &c;
   }
   return LayerPlacement{chosen->replicas, chosen->balancedness, chosen->moved};
