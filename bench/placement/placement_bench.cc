@@ -134,7 +134,8 @@ int main(int argc, char** argv) {
     settings.push_back({"very skewed 1.6-2.2", 1.6, 2.2, nodes, nodes});
   }
   std::printf("| load | nodes | R | EPLB imbalance | ours imbalance | ours worst layer | "
-              "plan CPU ms (wall), %d layers | replicas | re-plan moved (imbalance): from scratch | "
+              "plan CPU ms (wall), %d layers | replicas | "
+              "re-plan moved (imbalance): from scratch | "
               "previous, tolerance 0 | previous, tolerance 0.01 |\n",
               layers);
   std::printf("|---|---|---|---|---|---|---|---|---|---|---|\n");

@@ -113,8 +113,9 @@ absl::StatusOr<std::vector<std::vector<std::vector<std::string>>>> ParsePlacemen
   return previous;
 }
 
-nlohmann::ordered_json PlacementJson(const PlacementPlan& plan, const std::vector<int>& layer_numbers,
-                             const std::vector<PlannerNode>& nodes) {
+nlohmann::ordered_json PlacementJson(const PlacementPlan& plan,
+                                     const std::vector<int>& layer_numbers,
+                                     const std::vector<PlannerNode>& nodes) {
   nlohmann::ordered_json experts = nlohmann::ordered_json::array();
   for (size_t l = 0; l < plan.layers.size(); ++l) {
     const std::vector<std::vector<int>>& replicas = plan.layers[l].replicas;

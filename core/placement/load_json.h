@@ -39,7 +39,8 @@ absl::StatusOr<std::vector<std::vector<std::vector<std::string>>>> ParsePlacemen
 // {"experts":[{"layer":L,"expert":E,"nodes":[node_id,...]},...]}: every (layer, expert) of
 // `plan` in layer then expert order, L from `layer_numbers`, node ids from `nodes` (indices of
 // PlannerInput::nodes, as PlanPlacement returns them).
-nlohmann::ordered_json PlacementJson(const PlacementPlan& plan, const std::vector<int>& layer_numbers,
-                             const std::vector<PlannerNode>& nodes);
+nlohmann::ordered_json PlacementJson(const PlacementPlan& plan,
+                                     const std::vector<int>& layer_numbers,
+                                     const std::vector<PlannerNode>& nodes);
 
 }  // namespace moemesh::placement
