@@ -10,6 +10,9 @@
 // layer), scaled to 1,000,000 rows per layer and rounded to whole rows.
 //
 // usage: bench_placement [--seed S] [--layers L] [--experts E] [--repeats N]
+//        bench_placement --write-load FILE [--very-skewed 1] [--seed S] ...
+// The second form writes the Zipf loads (or the very skewed ones) as a /v1/experts/load body
+// (MoE layers numbered 3.. as in DeepSeek-V3) for `moemesh place --load FILE`, and exits.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -17,6 +20,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <ctime>
+#include <fstream>
 #include <numeric>
 #include <random>
 #include <string>
@@ -25,6 +29,7 @@
 #include "absl/strings/str_cat.h"
 #include "bench/placement/eplb_baseline.h"
 #include "core/placement/planner.h"
+#include "nlohmann/json.hpp"
 
 namespace {
 
@@ -105,10 +110,16 @@ struct Setting {
 int main(int argc, char** argv) {
   uint64_t seed = 1;
   int layers = 58, experts = 256, repeats = 3;
+  bool very_skewed = false;
+  std::string write_load;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string flag = argv[i];
     const long value = std::strtol(argv[i + 1], nullptr, 10);
-    if (flag == "--seed") {
+    if (flag == "--write-load") {
+      write_load = argv[i + 1];
+    } else if (flag == "--very-skewed") {
+      very_skewed = value != 0;
+    } else if (flag == "--seed") {
       seed = static_cast<uint64_t>(value);
     } else if (flag == "--layers") {
       layers = static_cast<int>(value);
@@ -118,9 +129,25 @@ int main(int argc, char** argv) {
       repeats = static_cast<int>(value);
     } else {
       std::fprintf(stderr, "usage: bench_placement [--seed S] [--layers L] [--experts E] "
-                           "[--repeats N]\n");
+                           "[--repeats N] [--write-load FILE [--very-skewed 1]]\n");
       return 2;
     }
+  }
+  if (!write_load.empty()) {
+    const Loads loads = very_skewed ? ZipfLoads(layers, experts, 1.6, 2.2, seed)
+                                    : ZipfLoads(layers, experts, 0.6, 1.4, seed);
+    nlohmann::json body;
+    body["layers"] = nlohmann::json::array();
+    for (int l = 0; l < layers; ++l) {
+      body["layers"].push_back({{"layer", 3 + l}, {"total", loads[l]}, {"recent", loads[l]}});
+    }
+    std::ofstream out(write_load);
+    out << body.dump() << "\n";
+    if (!out) {
+      std::fprintf(stderr, "cannot write %s\n", write_load.c_str());
+      return 1;
+    }
+    return 0;
   }
   std::vector<Setting> settings;
   for (int nodes : {8, 16, 32, 64}) {

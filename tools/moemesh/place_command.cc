@@ -186,9 +186,14 @@ int RunPlace(const Arguments& arguments) {
   for (size_t l = 0; l < plan->layers.size(); ++l) {
     if (plan->layers[l].balancedness < plan->layers[worst].balancedness) worst = l;
   }
+  // Slots per node, runs of equal values as "5 x 64".
   std::string slots;
-  for (size_t n = 0; n < plan->node_slots.size(); ++n) {
-    slots += (n ? "," : "") + std::to_string(plan->node_slots[n]);
+  for (size_t n = 0; n < plan->node_slots.size();) {
+    size_t end = n;
+    while (end < plan->node_slots.size() && plan->node_slots[end] == plan->node_slots[n]) ++end;
+    slots += (n ? ", " : "") + std::to_string(plan->node_slots[n]) +
+             (end - n > 1 ? " x " + std::to_string(end - n) : "");
+    n = end;
   }
   std::fprintf(stderr,
                "place: %zu layers x %d experts on %lld nodes; %d physical experts per layer "
