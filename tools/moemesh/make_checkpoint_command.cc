@@ -1,6 +1,8 @@
-// `moemesh make-checkpoint --preset NAME --seed S [--shard-bytes N] [--tokenizer-from DIR] OUT_DIR`
+// `moemesh make-checkpoint --preset NAME --seed S [--shard-bytes N] [--gate-skew G]
+//                          [--tokenizer-from DIR] OUT_DIR`
 // Writes a random DeepSeek-V3-shaped FP8 checkpoint (see core/checkpoint/synthetic_checkpoint.h).
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <system_error>
@@ -16,10 +18,14 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: moemesh make-checkpoint --preset NAME [--seed S] [--shard-bytes N]\n"
-    "                               [--tokenizer-from DIR] [--sparse] OUT_DIR\n"
+    "                               [--gate-skew G] [--tokenizer-from DIR] [--sparse] OUT_DIR\n"
     "  --preset          model shape: %s\n"
     "  --seed            random seed (default 0); the same seed writes the same bytes\n"
     "  --shard-bytes     data bytes per shard before a new one starts (default: per preset)\n"
+    "  --gate-skew       make some routed experts hot, different ones per layer (default 0 =\n"
+    "                    off): adds G / (rank + 1) to the gate bias of the expert at that rank\n"
+    "                    of a random order per layer (tiny preset: the hottest expert gets\n"
+    "                    ~45%% of rows at 0, ~65%% at 0.6, ~90%% at 1; uniform is 25%%)\n"
     "  --tokenizer-from  copy tokenizer.json and tokenizer_config.json from DIR\n"
     "  --sparse          the full layout (headers, index, real file sizes) with every tensor's\n"
     "                    data a hole reading as zeros: a few MB of disk (deepseek-v3-671b needs it)\n"
@@ -34,8 +40,8 @@ void PrintUsage(FILE* out) {
 int RunMakeCheckpoint(const Arguments& arguments) {
   namespace fs = std::filesystem;
   absl::StatusOr<ParsedArguments> parsed = ParseArguments(
-      arguments, {{"preset"}, {"seed"}, {"shard-bytes"}, {"tokenizer-from"}, {"sparse", true},
-                  {"help", true}});
+      arguments, {{"preset"}, {"seed"}, {"shard-bytes"}, {"gate-skew"}, {"tokenizer-from"},
+                  {"sparse", true}, {"help", true}});
   if (!parsed.ok()) {
     std::fprintf(stderr, "make-checkpoint: %s\n", std::string(parsed.status().message()).c_str());
     PrintUsage(stderr);
@@ -55,7 +61,9 @@ int RunMakeCheckpoint(const Arguments& arguments) {
   absl::StatusOr<int64_t> shard_bytes =
       preset.ok() ? parsed->GetInt("shard-bytes", static_cast<int64_t>(preset->default_shard_bytes))
                   : absl::StatusOr<int64_t>(0);
-  for (const absl::Status& status : {preset.status(), seed.status(), shard_bytes.status()}) {
+  absl::StatusOr<double> gate_skew = parsed->GetDouble("gate-skew", 0.0);
+  for (const absl::Status& status :
+       {preset.status(), seed.status(), shard_bytes.status(), gate_skew.status()}) {
     if (!status.ok()) {
       std::fprintf(stderr, "make-checkpoint: %s\n", std::string(status.message()).c_str());
       return 2;
@@ -65,11 +73,19 @@ int RunMakeCheckpoint(const Arguments& arguments) {
     std::fprintf(stderr, "make-checkpoint: --shard-bytes must be positive, --seed non-negative\n");
     return 2;
   }
+  if (!std::isfinite(*gate_skew) || *gate_skew < 0) {
+    std::fprintf(stderr, "make-checkpoint: --gate-skew must be a number >= 0\n");
+    return 2;
+  }
   const bool sparse = parsed->Has("sparse");
   if (preset->sparse_only && !sparse) {
     std::fprintf(stderr, "make-checkpoint: preset '%s' is %llu bytes: write it with --sparse\n",
                  preset->name.c_str(),
                  static_cast<unsigned long long>(checkpoint::CheckpointDataBytes(preset->config)));
+    return 2;
+  }
+  if (sparse && *gate_skew != 0) {
+    std::fprintf(stderr, "make-checkpoint: --gate-skew needs values; --sparse writes none\n");
     return 2;
   }
   const std::string out_dir = parsed->positionals()[0];
@@ -80,7 +96,8 @@ int RunMakeCheckpoint(const Arguments& arguments) {
   if (absl::Status status =
           sparse ? checkpoint::WriteSparseCheckpoint(preset->config, sparse_shards, out_dir)
                  : checkpoint::WriteRandomCheckpoint(preset->config, static_cast<uint64_t>(*seed),
-                                                     static_cast<uint64_t>(*shard_bytes), out_dir);
+                                                     static_cast<uint64_t>(*shard_bytes), out_dir,
+                                                     *gate_skew);
       !status.ok()) {
     std::fprintf(stderr, "make-checkpoint: %s\n", std::string(status.message()).c_str());
     return 1;

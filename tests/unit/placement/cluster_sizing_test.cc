@@ -66,6 +66,18 @@ TEST(ClusterSizingTest, DeepSeekDecodeDeploymentHoldsTwoExpertsPerGpu) {
   EXPECT_EQ(sizing->expert_pod.gpus, 1);
 }
 
+TEST(ClusterSizingTest, DeepSeekPrefillDeploymentHoldsNinePerGpu) {
+  SizingInput input = RealModel(80ull << 30);
+  input.expert_nodes = 32;  // 4 nodes x 8 GPUs
+  input.redundant_experts = 32;
+  absl::StatusOr<ClusterSizing> sizing = SizeCluster(input);
+  ASSERT_TRUE(sizing.ok()) << sizing.status();
+  EXPECT_EQ(sizing->redundant_experts, 32);
+  EXPECT_EQ(sizing->physical_experts_per_layer, 288);
+  EXPECT_EQ(sizing->experts_per_node_per_layer, 9);  // 288 / 32
+  EXPECT_EQ(sizing->expert_node_weight_bytes, 9ull * 58 * 44050944);
+}
+
 TEST(ClusterSizingTest, AttentionNodeCacheCapacity) {
   SizingInput input = RealModel(80ull << 30);
   input.max_batch_tokens = 512;
