@@ -30,8 +30,14 @@ ExpertNodeMetrics::ExpertNodeMetrics(std::shared_ptr<obs::MetricsRegistry> regis
                          .Add({});
   bytes_sent_ = &registry_
                      ->Counter("moemesh_expert_bytes_sent_total",
-                               "Bytes of dispatch replies (partial sums) sent by this node.")
+                               "Bytes of dispatch replies (expert outputs) sent by this node.")
                      .Add({});
+  weights_loaded_bytes_ =
+      &registry_
+           ->Counter("moemesh_expert_weights_loaded_bytes_total",
+                     "Bytes of expert weights read from the checkpoint (start-up and every "
+                     "placement change that gave this node new experts).")
+           .Add({});
   auto& dispatches = registry_->Counter("moemesh_expert_dispatches_total",
                                         "Dispatch requests by result (ok, not_held, invalid).");
   dispatches_ok_ = &dispatches.Add({{"result", "ok"}});
@@ -70,6 +76,10 @@ ExpertNodeMetrics::ExpertNodeMetrics(std::shared_ptr<obs::MetricsRegistry> regis
 ExpertNodeMetrics::~ExpertNodeMetrics() {
   absl::MutexLock lock(&watched_->mutex);
   watched_->service = nullptr;
+}
+
+void ExpertNodeMetrics::OnExpertsLoaded(int64_t bytes) {
+  if (bytes > 0) weights_loaded_bytes_->Increment(static_cast<double>(bytes));
 }
 
 void ExpertNodeMetrics::Watch(const ExpertService* service) {
