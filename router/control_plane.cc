@@ -379,6 +379,18 @@ void ControlPlane::PlanLocked(absl::Time now, const std::vector<std::vector<doub
     input.load.assign(moe_layers.size(), std::vector<double>(experts, 0.0));
   }
   input.redundant_experts = options_.redundant_experts;
+  // Start from the committed placement so that a re-plan moves few replicas.
+  {
+    std::map<int, size_t> layer_index;
+    for (size_t i = 0; i < moe_layers.size(); ++i) layer_index[moe_layers[i]] = i;
+    input.previous.assign(moe_layers.size(), std::vector<std::vector<std::string>>(experts));
+    for (const auto& entry : placement_.experts()) {
+      auto it = layer_index.find(static_cast<int>(entry.layer()));
+      if (it == layer_index.end() || entry.expert() >= static_cast<uint32_t>(experts)) continue;
+      input.previous[it->second][entry.expert()].assign(entry.node_ids().begin(),
+                                                        entry.node_ids().end());
+    }
+  }
   // Nodes that may hold experts: alive expert nodes; draining ones only if the others cannot
   // hold every expert (then their drain is refused).
   auto plan_over = [&](bool with_draining, std::vector<std::string>* ids) {
