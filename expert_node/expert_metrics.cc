@@ -32,6 +32,12 @@ ExpertNodeMetrics::ExpertNodeMetrics(std::shared_ptr<obs::MetricsRegistry> regis
                      ->Counter("moemesh_expert_bytes_sent_total",
                                "Bytes of dispatch replies (expert outputs) sent by this node.")
                      .Add({});
+  dispatch_rows_ = &registry_
+                        ->Counter("moemesh_expert_dispatch_rows_total",
+                                  "Distinct hidden rows received in answered dispatches (the "
+                                  "reply carries one output per (row, expert): "
+                                  "moemesh_expert_rows_total).")
+                        .Add({});
   weights_loaded_bytes_ =
       &registry_
            ->Counter("moemesh_expert_weights_loaded_bytes_total",
@@ -93,6 +99,7 @@ void ExpertNodeMetrics::OnDispatch(const DispatchObservation& observation) {
   }
   compute_seconds_->Observe(observation.compute_seconds);
   bytes_received_->Increment(static_cast<double>(observation.bytes_in));
+  dispatch_rows_->Increment(static_cast<double>(observation.rows));
   bytes_sent_->Increment(static_cast<double>(observation.bytes_out));
   dispatches_ok_->Increment();
 }

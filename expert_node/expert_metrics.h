@@ -40,6 +40,7 @@ class ExpertNodeMetrics {
   prometheus::Counter* bytes_sent_;
   prometheus::Counter* dispatches_ok_;
   prometheus::Counter* weights_loaded_bytes_;
+  prometheus::Counter* dispatch_rows_;
   std::shared_ptr<Watched> watched_;
 };
 

@@ -234,6 +234,7 @@ moemesh::v1::DispatchReply ExpertService::Handle(const moemesh::v1::DispatchRequ
       observation.expert_rows.emplace_back(slice->expert, slice->rows.size());
     }
     observation.compute_seconds = seconds;
+    observation.rows = static_cast<uint64_t>(rows);
     observation.bytes_in = request.ByteSizeLong();
     observation.bytes_out = reply.ByteSizeLong();
     observer_(observation);
@@ -387,7 +388,10 @@ void ExpertNode::Reconcile() {
       }
     }
   }
-  // Wanted: the committed versions still in use, the newest committed one, and the target.
+  // Wanted: every placement version an attention node may still use, and the target. Shares
+  // are kept by version (committed ones and targets, which become committed); the newest known
+  // version <= min_used stands for the one in use then (assignments change only at commits,
+  // and the share of a version this node missed is also that of a newer one it keeps).
   std::set<model::ExpertKey> wanted;
   std::vector<model::ExpertKey> committed_share, target_share;
   uint64_t committed_version = 0;
@@ -399,19 +403,25 @@ void ExpertNode::Reconcile() {
       committed_share = ShareOf(*committed_, node_id);
       committed_shares_[committed_version] = committed_share;
     }
-    for (auto it = committed_shares_.begin(); it != committed_shares_.end();) {
-      if (it->first < min_used_version_ && it->first != committed_version) {
-        it = committed_shares_.erase(it);
-      } else {
-        wanted.insert(it->second.begin(), it->second.end());
-        ++it;
-      }
-    }
     if (target_.has_value() && target_->version() > committed_version) {
       target_share = ShareOf(*target_, node_id);
-      wanted.insert(target_share.begin(), target_share.end());
+      committed_shares_[target_->version()] = target_share;
       target_loaded_version = target_->version();
     }
+    // A target that was abandoned (never committed) is used by no one.
+    for (auto it = committed_shares_.upper_bound(committed_version);
+         it != committed_shares_.end();) {
+      if (target_loaded_version && it->first == *target_loaded_version) {
+        ++it;
+      } else {
+        it = committed_shares_.erase(it);
+      }
+    }
+    const uint64_t min_used = std::min(min_used_version_, committed_version);
+    auto in_use = committed_shares_.upper_bound(min_used);
+    if (in_use != committed_shares_.begin()) --in_use;  // newest <= min_used
+    committed_shares_.erase(committed_shares_.begin(), in_use);
+    for (const auto& [version, share] : committed_shares_) wanted.insert(share.begin(), share.end());
   }
   if (committed_version == 0) return;
   const std::vector<model::ExpertKey> wanted_list(wanted.begin(), wanted.end());

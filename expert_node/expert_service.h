@@ -44,6 +44,7 @@ struct DispatchObservation {
   int layer = 0;
   std::vector<std::pair<int32_t, uint64_t>> expert_rows;  // (expert, rows it computed)
   double compute_seconds = 0;  // request decoded -> reply built
+  uint64_t rows = 0;           // distinct hidden rows received
   uint64_t bytes_in = 0;       // request message size
   uint64_t bytes_out = 0;      // reply message size
 };
@@ -157,7 +158,8 @@ class ExpertNode {
   std::optional<moemesh::v1::Placement> target_ ABSL_GUARDED_BY(mutex_);
   uint64_t target_version_ ABSL_GUARDED_BY(mutex_) = 0;  // named by the router; 0 = none
   uint64_t min_used_version_ ABSL_GUARDED_BY(mutex_) = 0;
-  // This node's share of each committed version that may still be in use.
+  // This node's share of each placement version (committed, or the target) that may still be in
+  // use, by version.
   std::map<uint64_t, std::vector<model::ExpertKey>> committed_shares_ ABSL_GUARDED_BY(mutex_);
   bool dirty_ ABSL_GUARDED_BY(mutex_) = false;
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;

@@ -1,6 +1,7 @@
 // In-process cluster on loopback: the router's ControlPlane served over gRPC, expert nodes with
 // the tiny-r1 fixture registering, loading their placement share and answering Dispatch over the
 // real GrpcExpertTransport.
+#include <atomic>
 #include <random>
 #include <set>
 #include <thread>
@@ -276,6 +277,64 @@ TEST_F(ExpertNodeClusterTest, KilledNodeFailsFastGoesUnhealthyAndGetsItsExpertsB
   auto again = transport.Dispatch(id, b_->address(), 0, batch()).get();
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(plane_->FirstUnservedExpert(), std::nullopt);
+}
+
+// Make-before-break on the expert side: a node joins, the router plans a target, the nodes load
+// what they gain and the router commits; while an attention node still reports the old version
+// every node keeps its old experts too, and frees them only once it reports the new one.
+TEST_F(ExpertNodeClusterTest, OldExpertsAreFreedOnlyAfterTheAttentionNodeSwitches) {
+  moemesh::v1::RegisterRequest attention;
+  attention.set_kind(moemesh::v1::NODE_KIND_ATTENTION);
+  attention.set_address("127.0.0.1:1");
+  attention.set_preferred_id("fake-attention");
+  moemesh::v1::RegisterReply registered;
+  ASSERT_TRUE(plane_->Register(nullptr, &attention, &registered).ok());
+  const moemesh::v1::Placement before = plane_->CurrentPlacement();
+  std::atomic<uint64_t> used{before.version()};
+  std::atomic<bool> stop{false};
+  std::thread heartbeats([&] {
+    while (!stop) {
+      moemesh::v1::HeartbeatRequest request;
+      request.set_node_id("fake-attention");
+      request.set_used_placement_version(used);
+      moemesh::v1::HeartbeatReply reply;
+      plane_->Heartbeat(nullptr, &request, &reply);
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  });
+  std::unique_ptr<ExpertNode> c = StartNode("ex-c");
+  ASSERT_NE(c, nullptr);
+  moemesh::v1::Placement after;
+  for (int i = 0; i < 1000; ++i) {
+    after = plane_->CurrentPlacement();
+    if (!ShareOf(after, "ex-c").empty()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_FALSE(ShareOf(after, "ex-c").empty()) << "the joining node got no experts";
+  EXPECT_GT(after.version(), before.version());
+  auto held = [](ExpertNode* node) { return node->service().shard()->HeldExperts(); };
+  auto union_of = [&](const std::string& id) {
+    std::set<model::ExpertKey> keys;
+    for (const auto& key : ShareOf(before, id)) keys.insert(key);
+    for (const auto& key : ShareOf(after, id)) keys.insert(key);
+    return std::vector<model::ExpertKey>(keys.begin(), keys.end());
+  };
+  // Committed, but the attention node still uses the old version: old and new experts held.
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(held(a_.get()), union_of("ex-a"));
+  EXPECT_EQ(held(b_.get()), union_of("ex-b"));
+  EXPECT_NE(held(a_.get()), ShareOf(after, "ex-a")) << "the re-plan moved nothing off ex-a";
+  // It switches: the old experts go.
+  used = after.version();
+  bool freed = false;
+  for (int i = 0; i < 500 && !freed; ++i) {
+    freed = held(a_.get()) == ShareOf(after, "ex-a") && held(b_.get()) == ShareOf(after, "ex-b");
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(freed);
+  EXPECT_EQ(held(c.get()), ShareOf(after, "ex-c"));
+  stop = true;
+  heartbeats.join();
 }
 
 }  // namespace
