@@ -56,7 +56,8 @@ document.querySelectorAll('input[name=mode]').forEach(function (input) {
 });
 function color(value, max) {
   if (max <= 0 || value <= 0) return "rgb(255,255,255)";
-  const t = value / max;  // white -> yellow -> red
+  // Log scale: real traffic is Zipf-like, a linear scale would leave all but the hottest white.
+  const t = Math.log(1 + value) / Math.log(1 + max);  // white -> yellow -> red
   const g = Math.round(255 * (1 - t * 0.85));
   const b = Math.round(255 * Math.max(0, 1 - 2 * t));
   return "rgb(255," + g + "," + b + ")";
