@@ -1,7 +1,11 @@
 #include "core/placement/load_json.h"
 
+#include <climits>
 #include <cmath>
+#include <cstdint>
+#include <map>
 #include <set>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 
@@ -63,8 +67,55 @@ absl::StatusOr<LayerLoads> ParseExpertLoadJson(const nlohmann::json& body,
   return out;
 }
 
-nlohmann::ordered_json PlacementJson(const PlacementPlan& plan, const std::vector<int>& layer_numbers,
-                             const std::vector<PlannerNode>& nodes) {
+absl::StatusOr<std::vector<std::vector<std::vector<std::string>>>> ParsePlacementJson(
+    const nlohmann::json& experts, const LayerLoads& loads) {
+  if (!experts.is_array()) {
+    return absl::InvalidArgumentError("placement: \"experts\" is not an array");
+  }
+  std::map<int, size_t> layer_index;
+  for (size_t i = 0; i < loads.layer_numbers.size(); ++i) layer_index[loads.layer_numbers[i]] = i;
+  std::vector<std::vector<std::vector<std::string>>> previous(
+      loads.layer_numbers.size(), std::vector<std::vector<std::string>>(loads.num_experts));
+  std::set<std::pair<int, int>> seen;
+  for (size_t i = 0; i < experts.size(); ++i) {
+    const nlohmann::json& entry = experts[i];
+    const std::string where = absl::StrCat("placement: experts[", i, "]");
+    if (!entry.is_object() || !entry.contains("layer") || !entry["layer"].is_number_integer() ||
+        !entry.contains("expert") || !entry["expert"].is_number_integer() ||
+        !entry.contains("nodes") || !entry["nodes"].is_array()) {
+      return absl::InvalidArgumentError(
+          where + " needs integer \"layer\" and \"expert\" and a \"nodes\" array");
+    }
+    const int64_t layer = entry["layer"].get<int64_t>();
+    const int64_t expert = entry["expert"].get<int64_t>();
+    auto it = layer_index.find(static_cast<int>(layer));
+    if (layer < 0 || layer > INT32_MAX || it == layer_index.end()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": layer ", layer, " has no load entry"));
+    }
+    if (expert < 0 || expert >= loads.num_experts) {
+      return absl::InvalidArgumentError(absl::StrCat(where, ": expert ", expert,
+                                                     " is out of range (", loads.num_experts,
+                                                     " experts)"));
+    }
+    if (!seen.insert({static_cast<int>(layer), static_cast<int>(expert)}).second) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(where, ": layer ", layer, " expert ", expert, " is listed twice"));
+    }
+    std::vector<std::string>& ids = previous[it->second][expert];
+    for (const nlohmann::json& id : entry["nodes"]) {
+      if (!id.is_string()) {
+        return absl::InvalidArgumentError(where + ": node ids must be strings");
+      }
+      ids.push_back(id.get<std::string>());
+    }
+  }
+  return previous;
+}
+
+nlohmann::ordered_json PlacementJson(const PlacementPlan& plan,
+                                     const std::vector<int>& layer_numbers,
+                                     const std::vector<PlannerNode>& nodes) {
   nlohmann::ordered_json experts = nlohmann::ordered_json::array();
   for (size_t l = 0; l < plan.layers.size(); ++l) {
     const std::vector<std::vector<int>>& replicas = plan.layers[l].replicas;

@@ -27,10 +27,20 @@ struct LayerLoads {
 absl::StatusOr<LayerLoads> ParseExpertLoadJson(const nlohmann::json& body,
                                                const std::string& field = "total");
 
+// The placement `experts` array ([{"layer":L,"expert":E,"nodes":[node_id,...]},...], as in
+// `body["placement"]["experts"]` of /v1/experts/load or the output of `moemesh place`) as
+// PlannerInput::previous for `loads`: previous[i][e] = node ids of expert e of layer
+// loads.layer_numbers[i] (empty where the array does not list it). Errors (INVALID_ARGUMENT):
+// not an array, an entry without integer layer / expert or string nodes, a layer not in
+// `loads`, an expert out of range, an expert listed twice.
+absl::StatusOr<std::vector<std::vector<std::vector<std::string>>>> ParsePlacementJson(
+    const nlohmann::json& experts, const LayerLoads& loads);
+
 // {"experts":[{"layer":L,"expert":E,"nodes":[node_id,...]},...]}: every (layer, expert) of
 // `plan` in layer then expert order, L from `layer_numbers`, node ids from `nodes` (indices of
 // PlannerInput::nodes, as PlanPlacement returns them).
-nlohmann::ordered_json PlacementJson(const PlacementPlan& plan, const std::vector<int>& layer_numbers,
-                             const std::vector<PlannerNode>& nodes);
+nlohmann::ordered_json PlacementJson(const PlacementPlan& plan,
+                                     const std::vector<int>& layer_numbers,
+                                     const std::vector<PlannerNode>& nodes);
 
 }  // namespace moemesh::placement

@@ -9,11 +9,64 @@
 
 namespace moemesh::placement::internal {
 
-std::vector<int> ReplicaCounts(const std::vector<double>& load, int physical, int min_replicas,
-                               int max_count) {
+namespace {
+
+// Gale-Ryser for replica counts against node slots: an assignment with at most one replica of
+// an expert per node exists iff, for every k, the k largest counts sum to at most
+// capacity_[k] = sum over nodes of min(slots, k) (and the totals match). Tracks a histogram
+// of the counts so that checks cost one pass over the distinct count values.
+class CountFeasibility {
+ public:
+  CountFeasibility(const std::vector<int>& slots, const std::vector<int>& counts)
+      : capacity_(counts.size() + 1, 0) {
+    for (size_t k = 0; k < capacity_.size(); ++k) {
+      for (int s : slots) capacity_[k] += std::min<int64_t>(s, static_cast<int64_t>(k));
+    }
+    for (int c : counts) Add(c);
+  }
+
+  // Whether the counts satisfy the condition with `extra` added to every k at or past the
+  // first position of value `from` (extra 1, from c: the effect of raising one count c to
+  // c + 1); extra 0 checks the counts as they are.
+  bool Holds(int from, int extra) const {
+    int64_t k = 0, sum = 0;
+    for (int v = static_cast<int>(histogram_.size()) - 1; v >= 0; --v) {
+      const int64_t n = histogram_[v];
+      if (n == 0) continue;
+      // Within a run of equal counts the slack (capacity - sum) is concave: check its ends.
+      const int64_t add = v <= from ? extra : 0;
+      if (sum + v + add > capacity_[k + 1] || sum + n * v + add > capacity_[k + n]) return false;
+      k += n;
+      sum += n * v;
+    }
+    return true;
+  }
+  bool CanRaise(int count) const { return Holds(count, 1); }
+  bool Feasible() const { return Holds(0, 0); }
+
+  void Add(int count) {
+    if (count >= static_cast<int>(histogram_.size())) histogram_.resize(count + 1, 0);
+    ++histogram_[count];
+  }
+  void Raise(int count) {
+    --histogram_[count];
+    Add(count + 1);
+  }
+
+ private:
+  std::vector<int64_t> capacity_;
+  std::vector<int> histogram_;
+};
+
+// Adds replicas to `counts` up to sum(slots), each to the expert with the highest load / count
+// (ties: lower index) that is below max_count and can take one more without making the counts
+// impossible to assign (an expert that cannot never can later: the other counts only grow).
+void Grow(const std::vector<double>& load, const std::vector<int>& slots, int max_count,
+          std::vector<int>& counts) {
   const int experts = static_cast<int>(load.size());
-  std::vector<int> counts(experts, min_replicas);
-  // Max-heap on load / count, lower index first among equals.
+  int64_t missing = std::accumulate(slots.begin(), slots.end(), int64_t{0}) -
+                    std::accumulate(counts.begin(), counts.end(), int64_t{0});
+  CountFeasibility feasibility(slots, counts);
   auto lower_priority = [&](int a, int b) {
     const double ra = load[a] / counts[a], rb = load[b] / counts[b];
     if (ra != rb) return ra < rb;
@@ -23,31 +76,34 @@ std::vector<int> ReplicaCounts(const std::vector<double>& load, int physical, in
   for (int e = 0; e < experts; ++e) {
     if (counts[e] < max_count) heap.push(e);
   }
-  for (int extra = physical - min_replicas * experts; extra > 0 && !heap.empty(); --extra) {
+  while (missing > 0 && !heap.empty()) {
     const int e = heap.top();
     heap.pop();
+    if (!feasibility.CanRaise(counts[e])) continue;
+    feasibility.Raise(counts[e]);
     ++counts[e];
+    --missing;
     if (counts[e] < max_count) heap.push(e);
   }
+}
+
+}  // namespace
+
+std::vector<int> ReplicaCounts(const std::vector<double>& load, const std::vector<int>& slots,
+                               int min_replicas, int max_count) {
+  std::vector<int> counts(load.size(), min_replicas);
+  Grow(load, slots, max_count, counts);
   return counts;
 }
 
 std::vector<int> AdjustCounts(const std::vector<double>& load, std::vector<int> counts,
-                              int physical, int min_replicas, int max_count) {
+                              const std::vector<int>& slots, int min_replicas, int max_count) {
   const int experts = static_cast<int>(load.size());
+  const int64_t physical = std::accumulate(slots.begin(), slots.end(), int64_t{0});
   int64_t sum = 0;
   for (int& c : counts) {
     c = std::clamp(c, min_replicas, max_count);
     sum += c;
-  }
-  for (; sum < physical; ++sum) {
-    int best = -1;
-    for (int e = 0; e < experts; ++e) {
-      if (counts[e] >= max_count) continue;
-      if (best < 0 || load[e] / counts[e] > load[best] / counts[best]) best = e;
-    }
-    if (best < 0) break;
-    ++counts[best];
   }
   for (; sum > physical; --sum) {
     int best = -1;
@@ -55,10 +111,18 @@ std::vector<int> AdjustCounts(const std::vector<double>& load, std::vector<int> 
       if (counts[e] <= min_replicas) continue;
       if (best < 0 || load[e] / (counts[e] - 1) < load[best] / (counts[best] - 1)) best = e;
     }
-    if (best < 0) break;
+    if (best < 0) return {};
     --counts[best];
   }
+  if (!CountFeasibility(slots, counts).Feasible()) return {};
+  Grow(load, slots, max_count, counts);
   return counts;
+}
+
+bool CountsFit(const std::vector<int>& counts, const std::vector<int>& slots) {
+  return std::accumulate(counts.begin(), counts.end(), int64_t{0}) ==
+             std::accumulate(slots.begin(), slots.end(), int64_t{0}) &&
+         CountFeasibility(slots, counts).Feasible();
 }
 
 LayerAssignment::LayerAssignment(const std::vector<double>& load, const std::vector<int>& counts,
@@ -153,7 +217,7 @@ bool LayerAssignment::PlaceRemaining() {
   return all;
 }
 
-void LayerAssignment::Improve(int max_steps) {
+void LayerAssignment::Improve(int max_steps, double good_enough) {
   const int nodes = num_nodes();
   if (nodes < 2) return;
   const double total = std::accumulate(node_load_.begin(), node_load_.end(), 0.0);
@@ -163,6 +227,7 @@ void LayerAssignment::Improve(int max_steps) {
     const int m = static_cast<int>(std::max_element(node_load_.begin(), node_load_.end()) -
                                    node_load_.begin());
     const double max_load = node_load_[m];
+    if (max_load <= good_enough) return;
     double best = max_load - epsilon;
     int best_node = -1, best_out = -1, best_in = -1;  // best_in -1: a move, not a swap
     // Partners lightest first: a partner's load only grows, so none at or above `best` helps.

@@ -11,18 +11,25 @@
 
 namespace moemesh::placement::internal {
 
-// Replica count per expert: min_replicas each, then each of the remaining
-// `physical - min_replicas * load.size()` replicas goes to the expert with the highest
-// load / count (ties: lower index) whose count is below max_count (EPLB's replicate_experts
-// with a cap). Requires min_replicas <= max_count and physical <= max_count * load.size().
-std::vector<int> ReplicaCounts(const std::vector<double>& load, int physical, int min_replicas,
-                               int max_count);
+// Replica count per expert for nodes with `slots` physical experts each (sum(slots) in all):
+// min_replicas each, then each further replica to the expert with the highest load / count
+// (ties: lower index) whose count is below max_count, skipping any increase that would leave no
+// assignment with at most one replica of an expert per node (Gale-Ryser; so the result always
+// packs). EPLB's replicate_experts with a cap and that rule. The counts sum to sum(slots)
+// whenever max_count * load.size() >= sum(slots) and min_replicas * load.size() <= sum(slots)
+// fits (check with CountsFit).
+std::vector<int> ReplicaCounts(const std::vector<double>& load, const std::vector<int>& slots,
+                               int min_replicas, int max_count);
 
-// `start` counts moved to sum to `physical` within [min_replicas, max_count]: while short,
-// one more replica to the highest load / count; while over, one fewer for the expert whose
-// load / (count - 1) is lowest (ties: lower index). Same requirements as ReplicaCounts.
+// `start` counts (e.g. the previous placement's) clamped to [min_replicas, max_count], brought
+// down to sum(slots) by removing replicas where load / (count - 1) is lowest, then grown as
+// ReplicaCounts does. Empty when no assignable counts near `start` were found.
 std::vector<int> AdjustCounts(const std::vector<double>& load, std::vector<int> start,
-                              int physical, int min_replicas, int max_count);
+                              const std::vector<int>& slots, int min_replicas, int max_count);
+
+// Whether `counts` sum to sum(slots) and can be assigned with at most one replica of an expert
+// per node.
+bool CountsFit(const std::vector<int>& counts, const std::vector<int>& slots);
 
 // One layer's assignment of replicas to nodes. Node n holds at most slots[n] replicas and at
 // most one replica of each expert.
@@ -56,8 +63,9 @@ class LayerAssignment {
   // Local search: while some swap of a replica on the most loaded node with one on another node
   // (or a move to a node with a free slot) makes both nodes' loads lower than that maximum,
   // applies the best one (smallest resulting larger load; ties: first found in node, replica
-  // order). At most `max_steps` steps.
-  void Improve(int max_steps);
+  // order). At most `max_steps` steps; stops early once the maximum is at or below
+  // `good_enough` (fewer swaps: fewer replicas moved away from where they were).
+  void Improve(int max_steps, double good_enough = 0.0);
 
   double MaxLoad() const;
   const std::vector<double>& node_loads() const { return node_load_; }

@@ -160,6 +160,7 @@ std::vector<int> CapsToTry(const std::vector<int>& counts, int min_replicas, int
 
 struct Candidate {
   std::vector<std::vector<int>> replicas;
+  double score = 1.0;
   double balancedness = 1.0;
   int moved = 0;
 };
@@ -222,17 +223,14 @@ std::vector<std::vector<int>> Relabel(const std::vector<std::vector<int>>& repli
   return relabelled;
 }
 
-absl::StatusOr<Candidate> Finish(const LayerAssignment& assignment, bool complete,
-                                 const std::vector<double>& load, int nodes,
-                                 const std::vector<std::vector<int>>* previous) {
-  if (!complete) {
-    // Cannot happen with slot counts from ComputeSlots and counts from ReplicaCounts (uniform
-    // counts of min_replicas always fit; extra replicas are bounded by the slots), kept as a
-    // guard against a silent partial plan.
-    return absl::InternalError("placement: replicas could not be packed onto the nodes");
-  }
+// `score`: balancedness under the planning weights (uniform for an all-zero layer), which picks
+// between candidates; `balancedness`: under the real load, which is reported.
+Candidate Finish(const LayerAssignment& assignment, const std::vector<double>& weights,
+                 const std::vector<double>& load, int nodes,
+                 const std::vector<std::vector<int>>* previous) {
   Candidate candidate;
   candidate.replicas = assignment.Replicas();
+  candidate.score = LayerBalancedness(candidate.replicas, weights, nodes);
   candidate.balancedness = LayerBalancedness(candidate.replicas, load, nodes);
   candidate.moved = CountMoved(candidate.replicas, previous);
   return candidate;
@@ -270,9 +268,16 @@ absl::StatusOr<LayerPlacement> PlanLayer(const PlannerInput& input, const Slots&
                                          const std::vector<double>& load,
                                          const std::vector<std::vector<int>>* previous) {
   const int nodes = static_cast<int>(slots.per_node.size());
+  // Scaled by a power of two so that the largest load is in [0.5, 1): exact (the plan and its
+  // balancedness are those of `load`), and sums of huge counts cannot overflow.
+  const double max_load = *std::max_element(load.begin(), load.end());
+  int exponent = 0;
+  if (max_load > 0) std::frexp(max_load, &exponent);
+  std::vector<double> scaled(load.size());
+  for (size_t e = 0; e < load.size(); ++e) scaled[e] = std::ldexp(load[e], -exponent);
   // All-zero load: plan as if uniform.
-  const bool idle = std::all_of(load.begin(), load.end(), [](double v) { return v == 0; });
-  const std::vector<double> weights = idle ? std::vector<double>(load.size(), 1.0) : load;
+  const bool idle = max_load == 0;
+  const std::vector<double> weights = idle ? std::vector<double>(load.size(), 1.0) : scaled;
   const int open_nodes = static_cast<int>(
       std::count_if(slots.per_node.begin(), slots.per_node.end(), [](int s) { return s > 0; }));
   const int steps = MaxImproveSteps(slots.physical);
@@ -281,7 +286,11 @@ absl::StatusOr<LayerPlacement> PlanLayer(const PlannerInput& input, const Slots&
   // node, so a hot expert on fewer nodes sometimes packs better; keep the lowest maximum
   // (ties: the higher cap).
   std::vector<int> counts =
-      internal::ReplicaCounts(weights, slots.physical, input.min_replicas, open_nodes);
+      internal::ReplicaCounts(weights, slots.per_node, input.min_replicas, open_nodes);
+  if (!internal::CountsFit(counts, slots.per_node)) {
+    // Guard: ComputeSlots gives at least min_replicas * E slots, which always fit.
+    return absl::InternalError("placement: no assignable replica counts for the node slots");
+  }
   LayerAssignment fresh(weights, counts, slots.per_node);
   bool complete = fresh.PlaceRemaining();
   fresh.Improve(steps);
@@ -290,7 +299,8 @@ absl::StatusOr<LayerPlacement> PlanLayer(const PlannerInput& input, const Slots&
   for (int cap : CapsToTry(counts, input.min_replicas, slots.physical)) {
     if (complete && fresh.MaxLoad() <= mean * (1 + 1e-4)) break;  // balanced already
     std::vector<int> capped =
-        internal::ReplicaCounts(weights, slots.physical, input.min_replicas, cap);
+        internal::ReplicaCounts(weights, slots.per_node, input.min_replicas, cap);
+    if (!internal::CountsFit(capped, slots.per_node)) continue;
     LayerAssignment trial(weights, capped, slots.per_node);
     const bool trial_complete = trial.PlaceRemaining();
     if (!trial_complete) continue;
@@ -301,14 +311,17 @@ absl::StatusOr<LayerPlacement> PlanLayer(const PlannerInput& input, const Slots&
       complete = true;
     }
   }
-  absl::StatusOr<Candidate> best = Finish(fresh, complete, load, nodes, previous);
-  if (!best.ok()) return best.status();
-  if (previous == nullptr) return LayerPlacement{best->replicas, best->balancedness, best->moved};
+  if (!complete) {
+    // Cannot happen: the counts passed CountsFit (an assignment exists) and PlaceBest's
+    // augmenting paths find one from any partial assignment. A guard against a partial plan.
+    return absl::InternalError("placement: replicas could not be packed onto the nodes");
+  }
+  const Candidate best = Finish(fresh, weights, scaled, nodes, previous);
+  if (previous == nullptr) return LayerPlacement{best.replicas, best.balancedness, best.moved};
   std::vector<Candidate> candidates;
   {
-    Candidate relabelled;
-    relabelled.replicas = Relabel(best->replicas, *previous, slots.per_node);
-    relabelled.balancedness = best->balancedness;
+    Candidate relabelled = best;
+    relabelled.replicas = Relabel(best.replicas, *previous, slots.per_node);
     relabelled.moved = CountMoved(relabelled.replicas, previous);
     candidates.push_back(std::move(relabelled));
   }
@@ -318,22 +331,27 @@ absl::StatusOr<LayerPlacement> PlanLayer(const PlannerInput& input, const Slots&
   for (size_t e = 0; e < counts.size(); ++e) {
     previous_counts[e] = static_cast<int>((*previous)[e].size());
   }
-  previous_counts = internal::AdjustCounts(weights, previous_counts, slots.physical,
+  previous_counts = internal::AdjustCounts(weights, previous_counts, slots.per_node,
                                            input.min_replicas, open_nodes);
   for (const std::vector<int>* keep_counts : {&counts, &previous_counts}) {
-    if (keep_counts == &previous_counts && previous_counts == counts) break;
+    if (keep_counts == &previous_counts &&
+        (previous_counts == counts || !internal::CountsFit(previous_counts, slots.per_node))) {
+      break;
+    }
     LayerAssignment sticky = Sticky(weights, *keep_counts, slots.per_node, *previous);
-    complete = sticky.PlaceRemaining();
-    sticky.Improve(steps);
-    absl::StatusOr<Candidate> kept = Finish(sticky, complete, load, nodes, previous);
-    if (!kept.ok()) return kept.status();
-    candidates.push_back(*std::move(kept));
+    if (!sticky.PlaceRemaining()) continue;  // not expected either (see above)
+    // Balancedness within keep_tolerance of the fresh plan's is all that is asked of it.
+    const double fresh_balancedness = mean / fresh.MaxLoad();
+    sticky.Improve(steps, fresh_balancedness - input.keep_tolerance > 0
+                              ? mean / (fresh_balancedness - input.keep_tolerance)
+                              : 0.0);
+    candidates.push_back(Finish(sticky, weights, scaled, nodes, previous));
   }
   double top = 0;
-  for (const Candidate& c : candidates) top = std::max(top, c.balancedness);
+  for (const Candidate& c : candidates) top = std::max(top, c.score);
   const Candidate* chosen = nullptr;
   for (const Candidate& c : candidates) {
-    if (c.balancedness < top - input.keep_tolerance - 1e-12) continue;
+    if (c.score < top - input.keep_tolerance - 1e-12) continue;
     if (chosen == nullptr || c.moved < chosen->moved) chosen = &c;
   }
   return LayerPlacement{chosen->replicas, chosen->balancedness, chosen->moved};

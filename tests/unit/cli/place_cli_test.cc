@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <fstream>
 #include <map>
+#include <regex>
 #include <set>
 #include <string>
 #include <vector>
@@ -118,6 +119,35 @@ TEST(PlaceCliTest, MinReplicasTwoPutsEveryExpertOnTwoNodes) {
   }
 }
 
+TEST(PlaceCliTest, KeepPlacementReplansWithoutMovingWhatNeedNotMove) {
+  json body = SkewedLoad();
+  const std::string load = WriteFile("place_keep0.json", body.dump());
+  PlaceResult first = RunPlace("--load " + load + " --node-ids a,b,c,d --redundant-experts 4");
+  ASSERT_EQ(first.exit_code, 0) << first.err;
+  const json plan = json::parse(first.out);
+  EXPECT_EQ(plan["experts"][0]["nodes"][0].get<std::string>().size(), 1u);  // a name, not "0"
+  // The same load with that placement current: nothing moves, the same plan comes out.
+  body["placement"]["experts"] = plan["experts"];
+  PlaceResult same = RunPlace("--load " + WriteFile("place_keep1.json", body.dump()) +
+                              " --node-ids a,b,c,d --redundant-experts 4 --keep-placement");
+  ASSERT_EQ(same.exit_code, 0) << same.err;
+  EXPECT_NE(same.err.find("place: 0 of 60 replicas move"), std::string::npos) << same.err;
+  EXPECT_EQ(json::parse(same.out), plan);
+  // Node d leaves: what it held (5 per layer) moves, and not much more.
+  PlaceResult drained = RunPlace("--load " + WriteFile("place_keep2.json", body.dump()) +
+                                 " --node-ids a,b,c --redundant-experts 3 --keep-placement");
+  ASSERT_EQ(drained.exit_code, 0) << drained.err;
+  std::smatch match;
+  ASSERT_TRUE(std::regex_search(drained.err, match, std::regex(R"(place: (\d+) of 54 replicas)")))
+      << drained.err;
+  const int moved = std::stoi(match[1]);
+  EXPECT_GE(moved, 15);
+  EXPECT_LT(moved, 30);  // of 3 x 18 (19 rounded down to 3 x 6); a fresh plan moves most
+  for (const json& entry : json::parse(drained.out)["experts"]) {
+    for (const json& node : entry["nodes"]) EXPECT_NE(node, "d");
+  }
+}
+
 TEST(PlaceCliTest, BadInputFailsWithAMessageNamingTheProblem) {
   PlaceResult result = RunPlace("--load /nonexistent/load.json --expert-nodes 2");
   EXPECT_NE(result.exit_code, 0);
@@ -145,7 +175,8 @@ TEST(PlaceCliTest, BadInputFailsWithAMessageNamingTheProblem) {
 
   result = RunPlace("--expert-nodes 2");
   EXPECT_EQ(result.exit_code, 2);
-  EXPECT_NE(result.err.find("--load and --expert-nodes are required"), std::string::npos);
+  EXPECT_NE(result.err.find("--load and --expert-nodes (or --node-ids) are required"),
+            std::string::npos);
   result = RunPlace("--load x.json --expert-nodes zero");
   EXPECT_EQ(result.exit_code, 2);
   EXPECT_NE(result.err.find("--expert-nodes: 'zero' is not an integer"), std::string::npos);

@@ -73,5 +73,36 @@ TEST(LoadJsonTest, PlacementJsonListsEveryExpertWithModelLayerAndNodeIds) {
       {"layer": 9, "expert": 0, "nodes": ["1"]}, {"layer": 9, "expert": 1, "nodes": ["0"]}]})"));
 }
 
+TEST(LoadJsonTest, PlacementBecomesThePreviousPlacementPerLoadLayer) {
+  absl::StatusOr<LayerLoads> loads = ParseExpertLoadJson(RouterBody());
+  ASSERT_TRUE(loads.ok());
+  const json experts = json::parse(R"([
+      {"layer": 3, "expert": 2, "nodes": ["b", "a"]}, {"layer": 1, "expert": 0, "nodes": ["a"]}])");
+  absl::StatusOr<std::vector<std::vector<std::vector<std::string>>>> previous =
+      ParsePlacementJson(experts, *loads);
+  ASSERT_TRUE(previous.ok()) << previous.status();
+  ASSERT_EQ(previous->size(), 2u);
+  EXPECT_EQ((*previous)[0], (std::vector<std::vector<std::string>>{{"a"}, {}, {}}));
+  EXPECT_EQ((*previous)[1], (std::vector<std::vector<std::string>>{{}, {}, {"b", "a"}}));
+
+  auto message = [&](const char* text) {
+    absl::StatusOr<std::vector<std::vector<std::vector<std::string>>>> parsed =
+        ParsePlacementJson(json::parse(text), *loads);
+    EXPECT_EQ(parsed.status().code(), absl::StatusCode::kInvalidArgument) << text;
+    return std::string(parsed.status().message());
+  };
+  EXPECT_THAT(message(R"({})"), HasSubstr("not an array"));
+  EXPECT_THAT(message(R"([{"layer": 2, "expert": 0, "nodes": []}])"),
+              HasSubstr("layer 2 has no load entry"));
+  EXPECT_THAT(message(R"([{"layer": 1, "expert": 3, "nodes": []}])"),
+              HasSubstr("expert 3 is out of range"));
+  EXPECT_THAT(message(R"([{"layer": 1, "expert": 0, "nodes": []},
+                          {"layer": 1, "expert": 0, "nodes": []}])"),
+              HasSubstr("listed twice"));
+  EXPECT_THAT(message(R"([{"layer": 1, "expert": 0, "nodes": [7]}])"),
+              HasSubstr("node ids must be strings"));
+  EXPECT_THAT(message(R"([{"layer": 1, "nodes": []}])"), HasSubstr("needs integer"));
+}
+
 }  // namespace
 }  // namespace moemesh::placement

@@ -109,13 +109,13 @@ void ExpectValidPlan(const PlannerInput& input, const PlacementPlan& plan) {
 TEST(PlannerTest, RandomInputsMeetEveryConstraint) {
   std::mt19937_64 engine(20261201);
   int planned = 0, refused = 0;
-  for (int trial = 0; trial < 150; ++trial) {
+  for (int trial = 0; trial < 300; ++trial) {
     PlannerInput input;
     input.num_experts = std::uniform_int_distribution<int>(1, 40)(engine);
     const int nodes = std::uniform_int_distribution<int>(1, 10)(engine);
     input.nodes = Nodes(nodes);
     for (PlannerNode& node : input.nodes) {
-      if (engine() % 4 == 0) {
+      if (engine() % 2 == 0) {
         node.max_experts_per_layer =
             std::uniform_int_distribution<int>(1, input.num_experts + 2)(engine);
       }
@@ -311,6 +311,28 @@ TEST(PlannerTest, CapacityOfASmallNodeIsRespectedAndTheRestShareEvenly) {
   EXPECT_EQ(plan->redundant_experts, 4);
 }
 
+TEST(PlannerTest, NodesFilledToCapacityForceTheReplicaCountsAndStillPack) {
+  // 24 slots (7, 7, 3, 7) for 7 experts: nodes 0, 1 and 3 must each hold all 7, so every
+  // expert has 3 or 4 replicas however hot it is (greedy counts by load alone do not pack).
+  PlannerInput input;
+  input.num_experts = 7;
+  input.nodes = Nodes(4);
+  input.nodes[2].max_experts_per_layer = 3;
+  input.min_replicas = 2;
+  input.redundant_experts = 14;
+  input.load = {{9000, 5000, 10, 3, 1, 1, 0}, {1, 1, 1, 1, 1, 1, 1}};
+  absl::StatusOr<PlacementPlan> plan = PlanPlacement(input);
+  ASSERT_TRUE(plan.ok()) << plan.status();
+  ExpectValidPlan(input, *plan);
+  EXPECT_EQ(plan->node_slots, (std::vector<int>{7, 7, 3, 7}));
+  for (int e = 0; e < 7; ++e) {
+    const size_t count = plan->layers[0].replicas[e].size();
+    EXPECT_TRUE(count == 3 || count == 4) << "expert " << e << ": " << count;
+  }
+  // The node with room for 3 takes the 3 hottest.
+  for (int e : {0, 1, 2}) EXPECT_EQ(plan->layers[0].replicas[e].size(), 4u) << e;
+}
+
 TEST(PlannerTest, RedundantExpertsAreRoundedDownToEqualSlots) {
   PlannerInput input;
   input.num_experts = 16;
@@ -404,6 +426,22 @@ TEST(PlannerTest, ReplanAfterANodeLeavesMovesOnlyWhatItHeldAndABitMore) {
   absl::StatusOr<PlacementPlan> fresh = PlanPlacement(scratch);
   ASSERT_TRUE(fresh.ok());
   EXPECT_GE(next->mean_balancedness, fresh->mean_balancedness - 0.02 - 1e-9);
+}
+
+TEST(PlannerTest, HugeLoadsPlanLikeTheirScaledDownCopies) {
+  PlannerInput input;
+  input.num_experts = 32;
+  input.nodes = Nodes(4);
+  input.redundant_experts = 4;
+  input.load = {ZipfLoad(32, 1.2, 5)};
+  PlannerInput huge = input;
+  for (double& v : huge.load[0]) v *= 0x1p1006;  // each finite, their sum is not
+  absl::StatusOr<PlacementPlan> plan = PlanPlacement(input);
+  absl::StatusOr<PlacementPlan> huge_plan = PlanPlacement(huge);
+  ASSERT_TRUE(plan.ok() && huge_plan.ok());
+  EXPECT_EQ(huge_plan->layers[0].replicas, plan->layers[0].replicas);
+  EXPECT_EQ(huge_plan->layers[0].balancedness, plan->layers[0].balancedness);
+  EXPECT_GT(huge_plan->layers[0].balancedness, 0.9);
 }
 
 TEST(PlannerTest, NodeLoadsSplitEachExpertEvenlyOverItsReplicas) {
