@@ -226,6 +226,7 @@ int RunUp(const Arguments& arguments) {
       return false;
     }
     children.push_back({name, *pid, log_path, expert});
+    std::fprintf(stderr, "moemesh up: started %s (pid %d)\n", name.c_str(), static_cast<int>(*pid));
     return true;
   };
   std::vector<std::string> router = {(bin_dir / "moemesh-router").string(),
