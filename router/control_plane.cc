@@ -380,6 +380,7 @@ void ControlPlane::PlanLocked(absl::Time now, const std::vector<std::vector<doub
   }
   input.redundant_experts = options_.redundant_experts;
   // Start from the committed placement so that a re-plan moves few replicas.
+  input.keep_tolerance = options_.replan_keep_tolerance;
   {
     std::map<int, size_t> layer_index;
     for (size_t i = 0; i < moe_layers.size(); ++i) layer_index[moe_layers[i]] = i;

@@ -55,6 +55,9 @@ struct ControlPlaneOptions {
   // rebalance_min_gain.
   double rebalance_interval_seconds = 0;
   double rebalance_min_gain = 0.05;
+  // A re-plan keeps a layer's current replicas when that costs at most this much balancedness
+  // (planner keep_tolerance): far fewer experts to load for almost the same balance.
+  double replan_keep_tolerance = 0.01;
   // The recent routed-token load: [MoE layer (ascending)][logical expert]. Null or empty:
   // uniform. Called without the control plane's lock held.
   std::function<std::vector<std::vector<double>>()> load_window;
