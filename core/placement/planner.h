@@ -53,7 +53,8 @@ namespace moemesh::placement {
 struct PlannerNode {
   std::string node_id;
   // Physical experts this node can hold per MoE layer; <= 0 means "no limit of its own" (the
-  // planner then gives it the even share (num_experts + redundant) / nodes).
+  // planner then gives it the even share (min_replicas * num_experts + redundant) / nodes).
+  // Never more than num_experts are used (one replica of an expert per node).
   int max_experts_per_layer = 0;
 };
 
@@ -66,9 +67,9 @@ struct PlannerInput {
   std::vector<PlannerNode> nodes;
   // Redundant physical experts per layer beyond one per logical expert (beyond min_replicas per
   // logical expert when that is > 1: load-driven replicas come on top of the failure copies,
-  // issue 9). The planner may round
-  // it down so that every node holds the same number of physical experts per layer when
-  // capacities allow; the value actually used is returned in PlacementPlan.
+  // issue 9). The planner may round it down so that every node holds the same number of
+  // physical experts per layer when capacities allow, and uses no more than the nodes can
+  // hold; the value actually used is returned in PlacementPlan.
   int redundant_experts = 0;
   // Every logical expert gets at least this many replicas on distinct nodes (failure
   // redundancy, issue 9); 1 = no failure redundancy.
@@ -79,7 +80,8 @@ struct PlannerInput {
   // plan from scratch; otherwise one entry per load layer, each with num_experts entries.
   std::vector<std::vector<std::vector<std::string>>> previous;
   // With `previous`: a layer keeps the plan that moves fewer replicas when its balancedness is
-  // at most this much below the best candidate's (0 = only when it costs no balance).
+  // at most this much below the best candidate's (0 = only when it costs no balance; ~0.01
+  // suits a live router: a few percent of the replicas move when the load drifts).
   double keep_tolerance = 0.0;
 };
 
@@ -104,13 +106,14 @@ struct PlacementPlan {
 };
 
 // Errors: INVALID_ARGUMENT for inconsistent shapes, negative or non-finite loads, min_replicas
-// < 1, redundant_experts < 0, or a `previous` of the wrong shape; FAILED_PRECONDITION when
+// < 1, redundant_experts < 0, a `previous` of the wrong shape or a node id given twice with a
+// `previous`; FAILED_PRECONDITION when
 // the nodes cannot hold every logical expert min_replicas times (message says how many physical
 // experts per layer are needed and how many the nodes can hold).
 absl::StatusOr<PlacementPlan> PlanPlacement(const PlannerInput& input);
 
 // Predicted balancedness (mean / max node load) of one layer's given replica assignment under
-// `load` (num_experts entries) over `num_nodes` nodes.
+// `load` (num_experts entries) over `num_nodes` nodes; 1.0 when no node has load.
 double LayerBalancedness(const std::vector<std::vector<int>>& replicas,
                          const std::vector<double>& load, int num_nodes);
 
