@@ -3,9 +3,14 @@
 // (components/monitoring/prometheus-adapter-rules.yaml) for the base HPA's metric, over expert
 // nodes scraped with the `namespace` and `pod` labels a PodMonitor gives. Idle it is 0 for every
 // pod and the HPA formula keeps the pool at minReplicas; under load every pod's value rises
-// by at least its routed rows over the rate window, and the formula asks for more nodes; a
-// minute after the load it is 0 again and the formula asks for the minimum.
+// by at least its routed rows over the rate window, and the formula asks for more nodes: the
+// test starts them with the local overlay's flags and they join while clients keep getting the
+// goldens' tokens; a minute after the load the value is 0 again, the formula asks for the
+// minimum, and the added nodes get SIGTERM, drain and exit, again without a failed request.
+#include <atomic>
 #include <chrono>
+#include <csignal>
+#include <mutex>
 #include <fstream>
 #include <map>
 #include <string>
@@ -17,6 +22,7 @@
 #include "nlohmann/json.hpp"
 #include "tests/integration/cluster_harness.h"
 #include "tests/integration/deploy/autoscaling.h"
+#include "tests/integration/deploy/manifest_command.h"
 #include "tests/integration/metrics/tool_util.h"
 
 namespace moemesh::integration {
@@ -117,6 +123,114 @@ std::vector<double> Values(const std::map<std::string, double>& by_pod) {
   return values;
 }
 
+// Clients sending the goldens' prompts (greedy, their 24-token continuations) in a loop until
+// stopped; every answer must be a 200 with the goldens' tokens (the single process's).
+class GoldenClients {
+ public:
+  GoldenClients(Cluster& cluster, int count) {
+    for (int c = 0; c < count; ++c) {
+      threads_.emplace_back([this, &cluster, c] {
+        const json& prompts = TinyR1Goldens()["results"];
+        for (size_t i = c; !stop_; ++i) {
+          const json& prompt = prompts[i % prompts.size()];
+          const json body = {{"model", "tiny-r1"},   {"prompt", prompt["ids"]},
+                             {"max_tokens", 24},     {"temperature", 0},
+                             {"ignore_eos", true},   {"return_token_ids", true}};
+          const HttpResult result = cluster.Post("/v1/completions", body.dump());
+          std::string failure;
+          if (result.status != 200) {
+            failure = "status " + std::to_string(result.status) + ": " + result.body + result.error;
+          } else {
+            failure = CompareGreedy(
+                prompt, result.Json()["choices"][0]["token_ids"].get<std::vector<int64_t>>());
+          }
+          std::lock_guard<std::mutex> lock(mutex_);
+          if (!failure.empty()) failures_.push_back(failure);
+          ++completed_;
+        }
+      });
+    }
+  }
+  ~GoldenClients() { Stop(); }
+  void Stop() {
+    stop_ = true;
+    for (std::thread& thread : threads_) {
+      if (thread.joinable()) thread.join();
+    }
+  }
+  // Waits (at most 60 s) until `more` further requests completed.
+  void WaitCompleted(int more) {
+    const int goal = completed() + more;
+    const auto deadline = Clock::now() + std::chrono::seconds(60);
+    while (completed() < goal && Clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  }
+  int completed() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return completed_;
+  }
+  std::vector<std::string> failures() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return failures_;
+  }
+
+ private:
+  std::atomic<bool> stop_{false};
+  std::mutex mutex_;
+  int completed_ = 0;
+  std::vector<std::string> failures_;
+  std::vector<std::thread> threads_;
+};
+
+// True when expert node `id` holds a replica in the router's committed placement.
+bool HoldsReplicas(Cluster& cluster, const std::string& id) {
+  const json placement = cluster.Get("/v1/placement").Json();
+  if (!placement.is_object()) return false;
+  for (const json& entry : placement["committed"]["experts"]) {
+    for (const json& node : entry["nodes"]) {
+      if (node == id) return true;
+    }
+  }
+  return false;
+}
+
+bool WaitHolds(Cluster& cluster, const std::string& id, bool holds, double seconds) {
+  const auto deadline = Clock::now() + std::chrono::duration<double>(seconds);
+  while (Clock::now() < deadline) {
+    if (HoldsReplicas(cluster, id) == holds) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  return false;
+}
+
+// The flags the local overlay gives an expert node beyond those the harness sets itself
+// (model, router, address, name, metrics port), with its ConfigMap's values.
+std::vector<std::string> ManifestExpertFlags(std::string* error) {
+  const std::string dir = TempDir("moemesh-autoscaling-render-");
+  std::string output;
+  if (RunCommand("kubectl kustomize " + kSource + "/deploy/k8s/overlays/local > " + dir +
+                     "/local.yaml",
+                 &output) != 0 ||
+      RunCommand("node " + kValidator + " " + dir + "/local.yaml", &output, false) != 0) {
+    *error = "cannot render the local overlay: " + output;
+    return {};
+  }
+  const json summary = json::parse(output, nullptr, false);
+  const std::vector<std::string> argv =
+      ManifestCommand(summary, "StatefulSet", "moemesh-expert-node", "expert-node",
+                      {{"POD_IP", "127.0.0.1"}, {"POD_NAME", "x"}}, {}, error);
+  std::vector<std::string> flags;
+  for (size_t i = 1; i < argv.size(); ++i) {
+    const std::string flag = argv[i].substr(0, argv[i].find('='));
+    if (flag != "--model" && flag != "--router" && flag != "--host" && flag != "--port" &&
+        flag != "--node-name" && flag != "--metrics-port") {
+      flags.push_back(argv[i]);
+    }
+  }
+  return flags;
+}
+
 TEST(ExpertPoolAutoscalingTest, AdapterQueryFollowsTheLoadAndTheFormulaAsksForMoreNodes) {
   const std::string prometheus = FindTool("prometheus");
   if (prometheus.empty()) GTEST_SKIP() << "prometheus is not installed (Debian package prometheus)";
@@ -124,6 +238,10 @@ TEST(ExpertPoolAutoscalingTest, AdapterQueryFollowsTheLoadAndTheFormulaAsksForMo
       !std::ifstream(kSource + "/tests/integration/deploy/node_modules/yaml/package.json")) {
     GTEST_SKIP() << "node and the npm yaml package: bash scripts/install-deps.sh --with-tests";
   }
+  if (FindTool("kubectl").empty()) GTEST_SKIP() << "kubectl is not installed";
+  std::string manifest_error;
+  const std::vector<std::string> expert_flags = ManifestExpertFlags(&manifest_error);
+  ASSERT_FALSE(expert_flags.empty()) << manifest_error;
   // The base HPA of the expert pool and the adapter rule that serves its metric.
   const json base = YamlToJson(kSource + "/deploy/k8s/base/autoscaling.yaml");
   ASSERT_TRUE(base.is_array());
@@ -230,6 +348,30 @@ TEST(ExpertPoolAutoscalingTest, AdapterQueryFollowsTheLoadAndTheFormulaAsksForMo
               HpaDesiredReplicas(min_replicas, Values(loaded), target, min_replicas, max_replicas),
               small_target, desired);
 
+  // Kubernetes now adds expert nodes: start them with the local overlay's flags (at most 2
+  // more: the test machines have 2 cores) while clients keep sending; they join the placement
+  // and every answer stays the goldens'.
+  const int scale_to = std::min(desired, min_replicas + 2);
+  std::vector<int> added;
+  {
+    GoldenClients clients(cluster, 4);
+    clients.WaitCompleted(4);
+    for (int n = min_replicas; n < scale_to; ++n) {
+      std::string error;
+      const int index = cluster.AddExpert(&error, expert_flags);
+      ASSERT_GE(index, 0) << error;
+      added.push_back(index);
+    }
+    for (int index : added) {
+      EXPECT_TRUE(WaitHolds(cluster, "expert-" + std::to_string(index), true, 60))
+          << "expert-" << index << " did not join: " << cluster.Get("/v1/placement").body;
+    }
+    clients.WaitCompleted(8);
+    clients.Stop();
+    EXPECT_GE(clients.completed(), 12);
+    for (const std::string& failure : clients.failures()) ADD_FAILURE() << "scale-up: " << failure;
+  }
+
   // Falling load: once the window holds no rows (a minute after the last), every pod's value
   // is back to 0 and the formula, from the scaled-up count, returns to the minimum.
   std::map<std::string, double> after;
@@ -242,9 +384,23 @@ TEST(ExpertPoolAutoscalingTest, AdapterQueryFollowsTheLoadAndTheFormulaAsksForMo
   }
   ASSERT_EQ(after.size(), pods.size());
   for (const auto& [pod, value] : after) EXPECT_EQ(value, 0.0) << pod;
-  std::vector<double> scaled_up(desired, 0.0);  // the new nodes idle too
-  EXPECT_EQ(HpaDesiredReplicas(desired, scaled_up, small_target, min_replicas, max_replicas),
+  std::vector<double> scaled_up(scale_to, 0.0);  // the new nodes idle too
+  EXPECT_EQ(HpaDesiredReplicas(scale_to, scaled_up, small_target, min_replicas, max_replicas),
             min_replicas);
+
+  // Kubernetes removes the highest ordinals with SIGTERM: each drains (its experts move to the
+  // others first) and exits 0, while clients keep sending and get the goldens' tokens.
+  GoldenClients clients(cluster, 4);
+  clients.WaitCompleted(4);
+  for (auto it = added.rbegin(); it != added.rend(); ++it) {
+    cluster.SignalExpert(*it, SIGTERM);
+    EXPECT_EQ(cluster.WaitExpertExit(*it, 60), 0) << cluster.ExpertLog(*it);
+    EXPECT_FALSE(HoldsReplicas(cluster, "expert-" + std::to_string(*it)));
+  }
+  clients.WaitCompleted(8);
+  clients.Stop();
+  EXPECT_GE(clients.completed(), 12);
+  for (const std::string& failure : clients.failures()) ADD_FAILURE() << "scale-down: " << failure;
 }
 
 }  // namespace
