@@ -34,6 +34,7 @@ constexpr char kUsage[] =
     "usage: moemesh up --model DIR [--attention-nodes A] [--expert-nodes E] [--port P]\n"
     "                  [--host 127.0.0.1] [--log-dir DIR] [--cache-tokens N]\n"
     "                  [--ready-timeout-seconds S] [--served-model-name NAME]\n"
+    "                  [--chat-template FILE]\n"
     "Starts moemesh-router, A moemesh-attention-node and E moemesh-expert-node processes\n"
     "(found beside this binary), waits until GET /ready answers 200, prints the URL, and runs\n"
     "until Ctrl-C or until one of the processes exits; then it stops them all.\n";
@@ -152,6 +153,7 @@ int RunUp(const Arguments& arguments) {
                                            {"cache-tokens"},
                                            {"ready-timeout-seconds"},
                                            {"served-model-name"},
+                                           {"chat-template"},
                                            {"help", true}});
   if (!parsed.ok()) {
     std::fprintf(stderr, "moemesh up: %s\n%s", std::string(parsed.status().message()).c_str(), kUsage);
@@ -225,6 +227,11 @@ int RunUp(const Arguments& arguments) {
   if (auto name = parsed->Get("served-model-name")) {
     router.push_back("--served-model-name");
     router.push_back(*name);
+  }
+  if (auto chat_template = parsed->Get("chat-template")) {
+    // The router reads it; an absolute path survives its working directory.
+    router.push_back("--chat-template");
+    router.push_back(fs::absolute(*chat_template).string());
   }
   bool started = start("router", router);
   for (int64_t i = 0; started && i < *expert_nodes; ++i) {
