@@ -294,9 +294,17 @@ Value Format(Interpreter& in, const std::string& format, const Value& arguments)
   return Value(std::move(out));
 }
 
+// Bytes a list holds directly: its strings' sizes (a list of long strings must not be copied
+// past the output limit either), 64 per other item.
+size_t ShallowBytes(const List& list) {
+  size_t bytes = 0;
+  for (const Value& item : list) bytes += item.is_string() ? item.str().size() + 1 : 64;
+  return bytes;
+}
+
 Value Repeat(Interpreter& in, const Value& sequence, int64_t times) {
   if (times <= 0) return sequence.is_string() ? Value(std::string()) : Value::FromList({});
-  const size_t unit = sequence.is_string() ? sequence.str().size() : sequence.list().size();
+  const size_t unit = sequence.is_string() ? sequence.str().size() : ShallowBytes(sequence.list());
   if (unit > 0 && static_cast<uint64_t>(times) > in.options().limits.max_output_bytes / unit) {
     in.CheckSize(in.options().limits.max_output_bytes + 1);
   }
@@ -625,7 +633,7 @@ Value BinaryOp(Interpreter& in, const std::string& op, const Value& a, const Val
       return Value(a.str() + b.str());
     }
     if (a.is_list() && b.is_list()) {
-      in.CheckSize(a.list().size() + b.list().size());
+      in.CheckSize(ShallowBytes(a.list()) + ShallowBytes(b.list()));
       List out = a.list();
       out.insert(out.end(), b.list().begin(), b.list().end());
       return Value::FromList(std::move(out));

@@ -209,6 +209,13 @@ TEST(JinjaTest, LimitsStopHostileTemplates) {
                 .find("nests too deeply"),
             std::string::npos);
   EXPECT_NE(Failure("{{ range(1000000) }}").find("MAX_RANGE"), std::string::npos);
+  // Lists of long strings count their bytes: no quadratic copies of a big string.
+  EXPECT_NE(Failure("{% set s = 'a' * 500000 %}{{ ([s] * 1000) | length }}", Json::object(), small)
+                .find("limit"),
+            std::string::npos);
+  EXPECT_NE(Failure("{% set s = 'a' * 500000 %}{% set ns = namespace(l=[]) %}{% for i in range(100) %}"
+                    "{% set ns.l = ns.l + [s] %}{% endfor %}", Json::object(), small).find("limit"),
+            std::string::npos);
   EXPECT_NE(Failure("{% set ns = namespace(x=[]) %}{% for i in range(1000) %}{% set ns.x = [ns.x] %}"
                     "{% endfor %}").find("nest"),
             std::string::npos);
