@@ -179,7 +179,7 @@ ModelCosts ComputeCosts(const DeepseekModel& model, const ExpertShard& experts) 
   const auto& w = model.weights();
   ModelCosts costs;
   const int64_t hidden = config.hidden_size;
-  costs.dense_bytes += hidden * 4;  // one embedding row
+  costs.dense_bytes += w.embed_tokens.StorageBytes() / std::max<int64_t>(1, w.embed_tokens.rows);  // one row
   for (const auto& layer : w.layers) {
     const auto& a = layer.attention;
     costs.dense_bytes += FloatBytes(a.input_norm) + MatrixBytes(a.q_a_proj) + FloatBytes(a.q_a_norm) +
@@ -193,9 +193,9 @@ ModelCosts ComputeCosts(const DeepseekModel& model, const ExpertShard& experts) 
                             (config.qk_nope_head_dim + config.v_head_dim);
     if (layer.is_moe) {
       ++costs.moe_layers;
-      costs.dense_bytes += FloatBytes(layer.gate.weight) + FloatBytes(layer.gate.correction_bias) +
+      costs.dense_bytes += layer.gate.weight.StorageBytes() + FloatBytes(layer.gate.correction_bias) +
                            layer.shared_expert.StorageBytes();
-      costs.macs_per_token += static_cast<double>(layer.gate.weight.size()) +
+      costs.macs_per_token += static_cast<double>(MatrixMacs(layer.gate.weight)) +
                               FfnMacs(layer.shared_expert);
     } else {
       costs.dense_bytes += layer.dense_mlp.StorageBytes();
