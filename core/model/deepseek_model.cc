@@ -1,7 +1,5 @@
 #include "core/model/deepseek_model.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -151,6 +149,7 @@ absl::Status DeepseekModel::AttentionBlock(int layer, const StepLayout& layout,
                                                  rope_.SoftmaxScaleMultiplier());
   std::vector<float> context(static_cast<size_t>(rows * heads * kv_rank));
   std::vector<float> scores;
+  std::vector<float> rope_scratch;
   for (size_t s = 0; s < layout.caches.size(); ++s) {
     const LatentCache& cache = *layout.caches[s];
     const int64_t count = layout.row_count[s];
@@ -164,12 +163,20 @@ absl::Status DeepseekModel::AttentionBlock(int layer, const StepLayout& layout,
     for (int64_t block = 0; block * block_size < positions; ++block) {
       const int64_t first = block * block_size;
       const int64_t width = std::min(block_size, positions - first);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, query_rows, width, kv_rank, 1.0f,
-                  sequence_query_latent, kv_rank, cache.block_latent(block, layer), kv_rank, 0.0f,
-                  scores.data() + first, positions);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, query_rows, width, rope, 1.0f,
-                  sequence_query_rope, qk_head, cache.block_rope_key(block, layer), rope, 1.0f,
-                  scores.data() + first, positions);
+      // Batch-invariant products (kernels/cpu/gemm.h): a row's scores do not depend on how
+      // many query rows share the step, so chunked prefill gives the same bits.
+      kernels::MatMulTransposed(sequence_query_latent, kv_rank, query_rows,
+                                cache.block_latent(block, layer), kv_rank, width, kv_rank,
+                                scores.data() + first, positions);
+      std::vector<float>& rope_scores = rope_scratch;
+      rope_scores.resize(static_cast<size_t>(query_rows * width));
+      kernels::MatMulTransposed(sequence_query_rope, qk_head, query_rows,
+                                cache.block_rope_key(block, layer), rope, width, rope,
+                                rope_scores.data(), width);
+      for (int64_t r = 0; r < query_rows; ++r) {
+        float* row = scores.data() + r * positions + first;
+        for (int64_t t = 0; t < width; ++t) row[t] += rope_scores[r * width + t];
+      }
     }
     for (int64_t i = 0; i < count; ++i) {
       const int64_t visible = layout.start_position[s] + i + 1;
@@ -184,9 +191,9 @@ absl::Status DeepseekModel::AttentionBlock(int layer, const StepLayout& layout,
     for (int64_t block = 0; block * block_size < positions; ++block) {
       const int64_t first = block * block_size;
       const int64_t width = std::min(block_size, positions - first);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, query_rows, kv_rank, width, 1.0f,
-                  scores.data() + first, positions, cache.block_latent(block, layer), kv_rank,
-                  block == 0 ? 0.0f : 1.0f, sequence_context, kv_rank);
+      kernels::MatMul(scores.data() + first, positions, query_rows,
+                      cache.block_latent(block, layer), kv_rank, width, kv_rank, sequence_context,
+                      kv_rank, /*accumulate=*/block != 0);
     }
   }
 
