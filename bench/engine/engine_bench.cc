@@ -13,6 +13,8 @@
 #include <cblas.h>
 #include <omp.h>
 
+#include <time.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -30,6 +32,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
 #include "core/checkpoint/checkpoint.h"
+#include "core/kernels/cpu/simd_path.h"
 #include "core/kernels/cpu/threading.h"
 #include "core/model/deepseek_model.h"
 #include "core/model/expert_shard.h"
@@ -48,6 +51,14 @@ using Clock = std::chrono::steady_clock;
 
 double Seconds(Clock::time_point begin) {
   return std::chrono::duration<double>(Clock::now() - begin).count();
+}
+
+// CPU seconds of the whole process (all threads; spinning OpenMP threads count too). On a shared
+// machine wall time also counts the time other processes held the cores; CPU time does not.
+double ProcessCpuSeconds() {
+  timespec now;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now);
+  return static_cast<double>(now.tv_sec) + 1e-9 * static_cast<double>(now.tv_nsec);
 }
 
 double Median(std::vector<double> values) {
@@ -296,11 +307,19 @@ int main(int argc, char** argv) {
               model_dir.c_str(), static_cast<long long>(hidden), config.num_hidden_layers,
               static_cast<long long>(costs.moe_layers), config.n_routed_experts,
               config.num_experts_per_tok, static_cast<long long>(vocab), load_seconds);
+  const char* lm_head_format =
+      (*model)->weights().lm_head.format == WeightMatrix::Format::kBFloat16 ? "BF16"
+      : (*model)->weights().lm_head.format == WeightMatrix::Format::kFp8Block ? "FP8"
+                                                                              : "float32";
   std::printf("weights: dense (attention, dense MLP, shared experts, gates, lm_head) %.1f MB of "
-              "which lm_head %.1f MB (float32); one routed expert %.2f MB; all experts %.1f MB\n",
-              costs.dense_bytes / 1e6, costs.lm_head_bytes / 1e6, costs.expert_bytes / 1e6,
-              (*shard)->StorageBytes() / 1e6);
-  std::printf("threads %d (OpenMP max %d)\n", threads, moemesh::kernels::ComputeThreads());
+              "which lm_head %.1f MB (%s); one routed expert %.2f MB; all experts %.1f MB\n",
+              costs.dense_bytes / 1e6, costs.lm_head_bytes / 1e6, lm_head_format,
+              costs.expert_bytes / 1e6, (*shard)->StorageBytes() / 1e6);
+  std::printf("threads %d (OpenMP max %d), kernels: %s (best on this CPU: %s)\n", threads,
+              moemesh::kernels::ComputeThreads(),
+              std::string(moemesh::kernels::SimdPathName(moemesh::kernels::ActiveSimdPath())).c_str(),
+              std::string(moemesh::kernels::SimdPathName(moemesh::kernels::BestSupportedSimdPath()))
+                  .c_str());
   std::printf("memory read bandwidth: 1 thread %.2f GB/s, %d threads %.2f GB/s; memcpy (%d "
               "threads, read+write) %.2f GB/s\n",
               read_1 / 1e9, threads, read_n / 1e9, threads, copy_n / 1e9);
@@ -310,10 +329,10 @@ int main(int argc, char** argv) {
 
   std::mt19937 rng(1);
   // --- Decode ---
-  std::printf("\n| decode | context | tokens/s (median of %d) | step ms | bytes/step (MB) | "
-              "experts read/MoE layer | bound tokens/s | measured/bound |\n",
+  std::printf("\n| decode | context | tokens/s (median of %d) | step ms | CPU ms/step | "
+              "bytes/step (MB) | experts read/MoE layer | bound tokens/s | measured/bound |\n",
               repetitions);
-  std::printf("|---|---|---|---|---|---|---|---|\n");
+  std::printf("|---|---|---|---|---|---|---|---|---|\n");
   for (int batch : batches) {
     std::vector<LatentCache> caches;
     std::vector<std::vector<int32_t>> prompts;
@@ -329,12 +348,13 @@ int main(int argc, char** argv) {
       if (!logits.ok()) Die(logits.status().ToString());
       for (int b = 0; b < batch; ++b) next[b] = Argmax(logits->data() + b * vocab, vocab);
     }
-    std::vector<double> rates;
+    std::vector<double> rates, cpu_per_step;
     double bytes_per_step = 0, experts_per_layer = 0;
     for (int rep = 0; rep <= repetitions; ++rep) {  // rep 0 warms up
       for (auto& cache : caches) cache.Truncate(context);
       experts.Reset();
       int64_t kv_positions = 0;
+      const double cpu_begin = ProcessCpuSeconds();
       const auto begin = Clock::now();
       for (int step = 0; step < decode_steps; ++step) {
         std::vector<SequenceStep> steps;
@@ -347,8 +367,10 @@ int main(int argc, char** argv) {
         for (int b = 0; b < batch; ++b) next[b] = Argmax(logits->data() + b * vocab, vocab);
       }
       const double seconds = Seconds(begin);
+      const double cpu_seconds = ProcessCpuSeconds() - cpu_begin;
       if (rep == 0) continue;
       rates.push_back(static_cast<double>(batch) * decode_steps / seconds);
+      cpu_per_step.push_back(cpu_seconds / decode_steps);
       bytes_per_step = (static_cast<double>(costs.dense_bytes) * decode_steps + experts.bytes() +
                         static_cast<double>(kv_positions) * costs.kv_bytes_per_position) /
                        decode_steps;
@@ -356,17 +378,17 @@ int main(int argc, char** argv) {
     }
     const double rate = Median(rates);
     const double bound = batch * bandwidth / bytes_per_step;
-    std::printf("| batch %d | %d+%d | %.2f | %.1f | %.1f | %.1f | %.2f | %.2f |\n", batch, context,
-                decode_steps, rate, 1e3 * batch / rate, bytes_per_step / 1e6, experts_per_layer,
-                bound, rate / bound);
+    std::printf("| batch %d | %d+%d | %.2f | %.1f | %.1f | %.1f | %.1f | %.2f | %.2f |\n", batch,
+                context, decode_steps, rate, 1e3 * batch / rate, 1e3 * Median(cpu_per_step),
+                bytes_per_step / 1e6, experts_per_layer, bound, rate / bound);
     std::fflush(stdout);
   }
 
   // --- Prefill ---
-  std::printf("\n| prefill | tokens/s (median of %d) | ms | GFLOP/token | bound tokens/s | "
-              "measured/bound |\n",
+  std::printf("\n| prefill | tokens/s (median of %d) | ms | CPU ms | GFLOP/token | "
+              "bound tokens/s | measured/bound |\n",
               repetitions);
-  std::printf("|---|---|---|---|---|---|\n");
+  std::printf("|---|---|---|---|---|---|---|\n");
   struct PrefillShape {
     int sequences;
     int length;
@@ -376,17 +398,21 @@ int main(int argc, char** argv) {
     for (int s = 0; s < shape.sequences; ++s) {
       prompts.push_back(RandomTokens(rng, static_cast<int>(vocab), shape.length));
     }
-    std::vector<double> rates;
+    std::vector<double> rates, cpu_times;
     for (int rep = 0; rep <= repetitions; ++rep) {
       std::vector<LatentCache> caches;
       for (int s = 0; s < shape.sequences; ++s) caches.push_back((*model)->NewCache());
       std::vector<SequenceStep> steps;
       for (int s = 0; s < shape.sequences; ++s) steps.push_back({&caches[s], prompts[s]});
+      const double cpu_begin = ProcessCpuSeconds();
       const auto begin = Clock::now();
       auto logits = (*model)->Forward(steps, experts);
       if (!logits.ok()) Die(logits.status().ToString());
       const double seconds = Seconds(begin);
-      if (rep > 0) rates.push_back(static_cast<double>(shape.sequences) * shape.length / seconds);
+      if (rep > 0) {
+        rates.push_back(static_cast<double>(shape.sequences) * shape.length / seconds);
+        cpu_times.push_back(ProcessCpuSeconds() - cpu_begin);
+      }
     }
     // Per token: weights, causal attention over (length + 1) / 2 positions on average, and
     // lm_head once per sequence (logits only at the last position).
@@ -395,9 +421,9 @@ int main(int argc, char** argv) {
                costs.lm_head_macs / shape.length);
     const double rate = Median(rates);
     const double bound = sgemm_flops / flops_per_token;
-    std::printf("| %d x %d tokens | %.1f | %.0f | %.3f | %.1f | %.2f |\n", shape.sequences,
+    std::printf("| %d x %d tokens | %.1f | %.0f | %.0f | %.3f | %.1f | %.2f |\n", shape.sequences,
                 shape.length, rate, 1e3 * shape.sequences * shape.length / rate,
-                flops_per_token / 1e9, bound, rate / bound);
+                1e3 * Median(cpu_times), flops_per_token / 1e9, bound, rate / bound);
     std::fflush(stdout);
   }
   return 0;

@@ -52,6 +52,9 @@ inline V16 VLoadFp8(const uint8_t* p) {
 inline V16 VFma(V16 a, V16 b, V16 c) {
   return V16{_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)};
 }
+inline V16 VMul(V16 a, V16 b) {
+  return V16{_mm256_mul_ps(a.lo, b.lo), _mm256_mul_ps(a.hi, b.hi)};
+}
 inline float VSum(V16 v) {
   const __m256 a = _mm256_add_ps(v.lo, v.hi);
   const __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));

@@ -39,6 +39,7 @@ inline V16 VLoadFp8(const uint8_t* p) {
   return V16{_mm512_cvtph_ps(half)};
 }
 inline V16 VFma(V16 a, V16 b, V16 c) { return V16{_mm512_fmadd_ps(a.v, b.v, c.v)}; }
+inline V16 VMul(V16 a, V16 b) { return V16{_mm512_mul_ps(a.v, b.v)}; }
 inline float VSum(V16 v) {
   const __m256 a =
       _mm256_add_ps(_mm512_castps512_ps256(v.v), _mm512_extractf32x8_ps(v.v, 1));

@@ -5,11 +5,11 @@
 // The arithmetic every kernel performs for one output y[m, n] (so that every path, tile shape,
 // row count and thread split gives the same bits):
 //  - x W^T ("NT"): 16 float32 lanes; lane l accumulates, by fused multiply-add in ascending k,
-//    x[m, k] * w[n, k] for the k of each block with (k - block start) % 16 == l (a partial last
-//    vector reads zeros beyond the end). Without block scales the whole row is one block and the
-//    lanes are the result; with FP8 block scales each block's lanes are folded into running lanes
-//    by total = fma(block_lanes, scale * 2^8, total) (weights are decoded as e4m3 * 2^-8).
-//    Finally the 16 lanes are summed by a fixed tree: s[i] + s[i + 8], then + 4, + 2, + 1.
+//    x[m, k] * w[n, k] for the k of each FP8 block (or of the whole row) with
+//    (k - block start) % 16 == l (a partial last vector reads zeros beyond the end). FP8 weights
+//    enter as their float32 dequantized value (e4m3 * block scale, rounded once, exactly as
+//    WeightMatrix::Dequantize); BF16 weights widened exactly. Finally the 16 lanes are summed by
+//    a fixed tree: s[i] + s[i + 8], then + 4, + 2, + 1.
 //  - x B ("NN"): each output is one fused multiply-add chain over k ascending, starting from 0
 //    (or from y's value when accumulating).
 #pragma once

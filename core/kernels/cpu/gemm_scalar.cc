@@ -76,6 +76,11 @@ inline V16 VFma(V16 a, V16 b, V16 c) {
   for (int i = 0; i < 16; ++i) v.lane[i] = std::fma(a.lane[i], b.lane[i], c.lane[i]);
   return v;
 }
+inline V16 VMul(V16 a, V16 b) {
+  V16 v;
+  for (int i = 0; i < 16; ++i) v.lane[i] = a.lane[i] * b.lane[i];
+  return v;
+}
 inline float VSum(V16 v) {
   float a[8], b[4], c[2];
   for (int i = 0; i < 8; ++i) a[i] = v.lane[i] + v.lane[i + 8];
