@@ -1,7 +1,5 @@
 #include "core/kernels/cpu/gemm.h"
 
-#include <omp.h>
-
 #include <algorithm>
 #include <vector>
 
@@ -29,12 +27,11 @@ const IsaKernels& Active() {
 // Below this many multiply-adds a product is not worth waking other threads for.
 constexpr int64_t kParallelMinimumWork = int64_t{1} << 18;
 
-// [begin, end) of part `part` of `parts` over [0, count), boundaries multiples of `align`.
-std::pair<int64_t, int64_t> Share(int64_t count, int parts, int part, int64_t align) {
-  const int64_t units = (count + align - 1) / align;
-  const int64_t begin = std::min(count, units * part / parts * align);
-  const int64_t end = std::min(count, units * (part + 1) / parts * align);
-  return {begin, end};
+// Outputs per work item: about four items per thread, so that a thread the OS deschedules (a
+// shared machine) holds up at most a small share; multiples of `align`.
+int64_t ItemSize(int64_t count, int threads, int64_t align) {
+  const int64_t target = (count + 4 * threads - 1) / (4 * threads);
+  return std::max(align, (target + align - 1) / align * align);
 }
 
 }  // namespace
@@ -48,19 +45,20 @@ void RunNtThreaded(const NtTask& task) {
       threads > 1 && task.rows * outputs * task.w.cols >= kParallelMinimumWork &&
       outputs >= 2 * kPanelOutputs;
   const bool wants_panel = task.w.kind == WeightOperand::Kind::kFp8;
-#pragma omp parallel num_threads(threads) if (parallel)
-  {
+  const int64_t item = parallel ? ItemSize(outputs, threads, kPanelOutputs) : outputs;
+  const int64_t items = (outputs + item - 1) / item;
+  // Items are taken dynamically: which thread computes an output never changes its value.
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (parallel)
+  for (int64_t i = 0; i < items; ++i) {
     thread_local std::vector<float> panel;
     NtTask part = task;
-    const auto [begin, end] =
-        Share(outputs, omp_get_num_threads(), omp_get_thread_num(), kPanelOutputs);
-    part.out_begin = task.out_begin + begin;
-    part.out_end = task.out_begin + end;
+    part.out_begin = task.out_begin + i * item;
+    part.out_end = std::min(task.out_end, part.out_begin + item);
     if (wants_panel) {
       panel.resize(static_cast<size_t>(kPanelOutputs * task.w.cols));
       part.panel = panel.data();
     }
-    if (part.out_begin < part.out_end) kernels.nt(part);
+    kernels.nt(part);
   }
 }
 
@@ -71,13 +69,14 @@ void RunNnThreaded(const NnTask& task) {
   const int threads = ComputeThreads();
   const bool parallel =
       threads > 1 && task.rows * columns * task.depth >= kParallelMinimumWork && columns >= 128;
-#pragma omp parallel num_threads(threads) if (parallel)
-  {
+  const int64_t item = parallel ? ItemSize(columns, threads, 64) : columns;
+  const int64_t items = (columns + item - 1) / item;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (parallel)
+  for (int64_t i = 0; i < items; ++i) {
     NnTask part = task;
-    const auto [begin, end] = Share(columns, omp_get_num_threads(), omp_get_thread_num(), 64);
-    part.col_begin = task.col_begin + begin;
-    part.col_end = task.col_begin + end;
-    if (part.col_begin < part.col_end) kernels.nn(part);
+    part.col_begin = task.col_begin + i * item;
+    part.col_end = std::min(task.col_end, part.col_begin + item);
+    kernels.nn(part);
   }
 }
 
