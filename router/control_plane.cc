@@ -1,5 +1,6 @@
 #include "router/control_plane.h"
 
+#include <algorithm>
 #include <map>
 
 #include "absl/strings/str_cat.h"
@@ -108,6 +109,7 @@ grpc::Status ControlPlane::Register(grpc::ServerContext*, const moemesh::v1::Reg
   node->cache_free_tokens = request->cache_capacity_tokens();
   node->running_sequences = 0;
   node->waiting_sequences = 0;
+  node->draining = false;
   const std::string id = node->id;
   if (expert) {
     if (node->in_placement) {
@@ -147,6 +149,7 @@ grpc::Status ControlPlane::Heartbeat(grpc::ServerContext*,
     node->cache_capacity_tokens = request->cache_capacity_tokens();
     node->running_sequences = request->running_sequences();
     node->waiting_sequences = request->waiting_sequences();
+    node->draining = request->draining();
   }
   RefreshLocked(now);
   reply->set_known(true);
@@ -249,12 +252,17 @@ bool ControlPlane::Ready(std::string* why) {
   return reasons.empty();
 }
 
-std::optional<AttentionNodeInfo> ControlPlane::PickAttentionNode(uint64_t reserve_tokens) {
+std::optional<AttentionNodeInfo> ControlPlane::PickAttentionNode(
+    uint64_t reserve_tokens, const std::vector<std::string>& avoid_addresses) {
   absl::MutexLock lock(&mutex_);
   RefreshLocked(absl::Now());
   Node* best = nullptr;
   for (Node& node : nodes_) {
-    if (node.kind != moemesh::v1::NODE_KIND_ATTENTION || !node.alive) continue;
+    if (node.kind != moemesh::v1::NODE_KIND_ATTENTION || !node.alive || node.draining) continue;
+    if (std::find(avoid_addresses.begin(), avoid_addresses.end(), node.address) !=
+        avoid_addresses.end()) {
+      continue;
+    }
     if (best == nullptr || node.cache_free_tokens > best->cache_free_tokens) best = &node;
   }
   if (best == nullptr) return std::nullopt;
@@ -265,7 +273,8 @@ std::optional<AttentionNodeInfo> ControlPlane::PickAttentionNode(uint64_t reserv
                          best->cache_free_tokens,
                          best->cache_capacity_tokens,
                          best->running_sequences,
-                         best->waiting_sequences};
+                         best->waiting_sequences,
+                         best->draining};
   best->cache_free_tokens -= std::min(best->cache_free_tokens, reserve_tokens);
   return info;
 }
@@ -278,7 +287,8 @@ std::vector<AttentionNodeInfo> ControlPlane::AttentionNodes() {
     if (node.kind != moemesh::v1::NODE_KIND_ATTENTION) continue;
     result.push_back(AttentionNodeInfo{node.id, node.address, node.metrics_address, node.alive,
                                        node.cache_free_tokens, node.cache_capacity_tokens,
-                                       node.running_sequences, node.waiting_sequences});
+                                       node.running_sequences, node.waiting_sequences,
+                                       node.draining});
   }
   return result;
 }

@@ -52,6 +52,7 @@ struct AttentionNodeInfo {
   uint64_t cache_capacity_tokens = 0;
   uint32_t running_sequences = 0;
   uint32_t waiting_sequences = 0;
+  bool draining = false;  // admits no new sequences (its heartbeat says so)
 };
 
 // Counters for the metrics issue.
@@ -87,8 +88,10 @@ class ControlPlane final : public moemesh::v1::ControlPlane::Service {
   bool Ready(std::string* why);
   // The healthy attention node with the most free cache tokens (first registered on ties), or
   // nullopt. `reserve_tokens` is subtracted from its free estimate until its next heartbeat, so a
-  // burst of sequences spreads over the nodes.
-  std::optional<AttentionNodeInfo> PickAttentionNode(uint64_t reserve_tokens = 0);
+  // burst of sequences spreads over the nodes. Draining nodes and nodes whose address is in
+  // `avoid_addresses` (they just failed the sequence) are never picked.
+  std::optional<AttentionNodeInfo> PickAttentionNode(
+      uint64_t reserve_tokens = 0, const std::vector<std::string>& avoid_addresses = {});
   // Every registered attention node, in registration order.
   std::vector<AttentionNodeInfo> AttentionNodes();
   // The current placement (version 0 and no experts before enough expert nodes registered).
@@ -116,6 +119,7 @@ class ControlPlane final : public moemesh::v1::ControlPlane::Service {
     uint64_t cache_capacity_tokens = 0;
     uint32_t running_sequences = 0;
     uint32_t waiting_sequences = 0;
+    bool draining = false;
   };
 
   // An expert node serves its experts: alive and has loaded the version that assigned them.
