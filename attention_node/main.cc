@@ -33,7 +33,8 @@ int main(int argc, char** argv) {
   moemesh::comm::ParseServiceFlags(
       argc, argv,
       "moemesh-attention-node --model DIR --router HOST:PORT [--host H] [--port P] "
-      "[--node-name NAME] [--cache-tokens N] [--max-batch-tokens N] [--micro-batches M]");
+      "[--node-name NAME] [--cache-tokens N] [--max-batch-tokens N] [--micro-batches M] "
+      "[--drain-timeout S]");
   if (absl::GetFlag(FLAGS_model).empty()) {
     std::fprintf(stderr, "moemesh-attention-node: --model is required\n");
     return 2;
