@@ -282,6 +282,26 @@ TEST(AttentionFailover, SigtermPastDrainTimeoutHandsSequencesBack) {
   EXPECT_EQ(Metric(cluster, "moemesh_failover_exhausted_total"), 0);
 }
 
+TEST(AttentionFailover, SigintStopsAtOnceAndHandsSequencesBack) {
+  // SIGINT is no drain: the node stops now, aborting its sequences with "shutting down" (503),
+  // which the router takes as handed back.
+  Cluster cluster({.attention_nodes = 2, .expert_nodes = 2});
+  ASSERT_TRUE(cluster.ok()) << cluster.error();
+  int exit_code = -2;
+  ExpectFaultChangesNothing(cluster, [&] {
+    cluster.SignalAttention(0, SIGINT);
+    exit_code = cluster.WaitAttentionExit(0);
+  });
+  EXPECT_EQ(exit_code, 0);
+  const double drained =
+      Metric(cluster, "moemesh_sequence_resubmissions_total{reason=\"node_drained\"}");
+  const double failed =
+      Metric(cluster, "moemesh_sequence_resubmissions_total{reason=\"node_failed\"}");
+  std::printf("resubmitted on SIGINT: %.0f handed back, %.0f failed streams\n", drained, failed);
+  EXPECT_GT(drained + failed, 0);
+  EXPECT_EQ(Metric(cluster, "moemesh_failover_exhausted_total"), 0);
+}
+
 // A seeded sampled stream alone on the node that dies continues exactly: the new node draws
 // each token at the same (seed, position). `sampling` picks how sensitive the draw is to the
 // recompute prefill's logits (see below).
