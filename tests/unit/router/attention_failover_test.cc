@@ -14,6 +14,9 @@
 #include "grpcpp/grpcpp.h"
 #include "gtest/gtest.h"
 #include "router/attention_client.h"
+#include "router/http_server.h"
+#include "httplib.h"
+#include "tests/unit/router/router_fixture.h"
 
 namespace moemesh::router {
 namespace {
@@ -43,6 +46,10 @@ class ScriptedNode : public moemesh::v1::AttentionService::Service {
   std::atomic<bool> saw_cancel{false};
   // Calls after the first fail at once, as a node that died would.
   std::atomic<bool> refuse_after_first_{false};
+  // When set: the token at position p is script[p - script_start] (instead of 1000 + p), with
+  // logprob -0.01 * (p - script_start + 1); set before the first call.
+  std::vector<uint32_t> script;
+  uint32_t script_start = 0;
 
   grpc::Status AddSequence(grpc::ServerContext* context,
                            const moemesh::v1::AddSequenceRequest* request,
@@ -80,7 +87,14 @@ class ScriptedNode : public moemesh::v1::AttentionService::Service {
         }
       }
       SequenceEvent event;
-      event.add_tokens()->set_token_id(1000 + prompt + i);
+      moemesh::v1::GeneratedToken* token = event.add_tokens();
+      if (script.empty()) {
+        token->set_token_id(1000 + prompt + i);
+      } else {
+        const uint32_t index = prompt + i - script_start;
+        token->set_token_id(script.at(index));
+        token->set_logprob(-0.01f * static_cast<float>(index + 1));
+      }
       const bool last = i + 1 == request->max_new_tokens();
       if (last) {
         event.set_finish_reason(SequenceEvent::LENGTH);
@@ -321,6 +335,61 @@ TEST(AttentionFailoverTest, CancelDuringFailoverEndsCancelled) {
   ASSERT_TRUE(c.done.WaitForNotificationWithTimeout(absl::Seconds(10)));
   EXPECT_EQ(c.end.code(), absl::StatusCode::kCancelled) << c.end;
   handle->reset();
+}
+
+// Through the HTTP layer: a stop string whose text spans the last token of the failed node and
+// the first of the next one still ends the completion there, and the response (text, finish
+// reason, logprobs, usage) equals the one of a run without the failure.
+TEST(AttentionFailoverTest, HttpResponseAcrossTheSpliceEqualsTheUninterruptedOne) {
+  const std::vector<text::TokenId> ids =
+      Model().tokenizer->Encode(" alpha beta gamma delta epsilon zeta eta theta iota kappa");
+  ASSERT_GE(ids.size(), 8u);
+  const std::vector<text::TokenId> prompt = Model().tokenizer->Encode("Count:");
+  const std::string gamma_delta = Model().tokenizer->Decode(std::vector<text::TokenId>{ids[2], ids[3]});
+  auto response = [&](bool fail) {
+    ScriptedNode first(fail ? Failure::kUnavailable : Failure::kNone, /*fail_after=*/3);
+    ScriptedNode second(Failure::kNone, -1);
+    for (ScriptedNode* node : {&first, &second}) {
+      node->script.assign(ids.begin(), ids.end());
+      node->script_start = static_cast<uint32_t>(prompt.size());
+    }
+    Cluster cluster;
+    cluster.nodes = {first.address(), second.address()};
+    GrpcAttentionBackend backend(cluster.Options());
+    HttpServerOptions options;
+    options.threads = 4;
+    HttpServer server(Model().info, &backend, options);
+    EXPECT_TRUE(server.Start().ok());
+    httplib::Client client("127.0.0.1", server.port());
+    client.set_read_timeout(30, 0);
+    const nlohmann::json body = {{"model", Model().info.served_name},
+                                 {"prompt", prompt},
+                                 {"max_tokens", ids.size()},
+                                 {"stop", {gamma_delta.substr(1)}},  // "gamma delta"
+                                 {"logprobs", 0},
+                                 {"ignore_eos", true}};
+    auto result = client.Post("/v1/completions", body.dump(), "application/json");
+    server.Stop();
+    EXPECT_TRUE(result) << "no HTTP answer";
+    EXPECT_EQ(second.requests().size(), fail ? 1u : 0u);
+    std::lock_guard<std::mutex> lock(cluster.mutex);
+    EXPECT_EQ(cluster.reasons.size(), fail ? 1u : 0u);
+    return result ? nlohmann::json::parse(result->body, nullptr, false) : nlohmann::json();
+  };
+  const nlohmann::json uninterrupted = response(false);
+  const nlohmann::json spliced = response(true);
+  ASSERT_TRUE(uninterrupted.contains("choices")) << uninterrupted.dump();
+  ASSERT_TRUE(spliced.contains("choices")) << spliced.dump();
+  EXPECT_EQ(spliced["choices"], uninterrupted["choices"]);
+  EXPECT_EQ(spliced["usage"], uninterrupted["usage"]);
+  EXPECT_EQ(spliced["choices"][0]["finish_reason"], "stop");
+  EXPECT_EQ(spliced["choices"][0]["text"], Model().tokenizer->Decode(std::vector<text::TokenId>{ids[0], ids[1]}) + " ");
+  // Logprobs continue: one per token consumed, the failed node's first then the next node's.
+  const nlohmann::json& logprobs = spliced["choices"][0]["logprobs"]["token_logprobs"];
+  ASSERT_GE(logprobs.size(), 4u) << spliced.dump();
+  for (size_t i = 0; i < logprobs.size(); ++i) {
+    EXPECT_NEAR(logprobs[i].get<double>(), -0.01 * static_cast<double>(i + 1), 1e-6) << i;
+  }
 }
 
 }  // namespace
