@@ -182,7 +182,7 @@ class GrpcAttentionBackend::Sequence : public SequenceHandle {
         return observer_.on_end(absl::OkStatus());
       }
       if (++resubmissions > options.max_resubmissions) {
-        return Exhausted(outcome.status, resubmissions - 1);
+        return Exhausted(outcome.status, outcome.status, resubmissions - 1);
       }
       if (options.on_resubmit) options.on_resubmit(outcome.reason, replay_.delivered_tokens());
       request = replay_.NextAttempt();
@@ -192,7 +192,7 @@ class GrpcAttentionBackend::Sequence : public SequenceHandle {
           return observer_.on_end(absl::CancelledError("cancelled by the router"));
         }
         backoff = std::min(std::max(2 * backoff, absl::Milliseconds(50)), absl::Seconds(1));
-        if (absl::Now() >= give_up) return Exhausted(last_failure, resubmissions);
+        if (absl::Now() >= give_up) return Exhausted(outcome.status, last_failure, resubmissions);
         absl::StatusOr<std::string> picked = options.pick_node(ReserveTokens(request), avoid);
         // Only nodes that failed this sequence are left: try them again (one may be back).
         if (!picked.ok() && !avoid.empty()) picked = options.pick_node(ReserveTokens(request), {});
@@ -205,13 +205,20 @@ class GrpcAttentionBackend::Sequence : public SequenceHandle {
     }
   }
 
-  void Exhausted(const absl::Status& last_failure, int resubmissions) {
+  // No node continued the sequence: Unavailable naming the node failure and the last problem
+  // (a node failing again, or none to pick).
+  void Exhausted(const absl::Status& node_failure, const absl::Status& last_failure,
+                 int resubmissions) {
     const GrpcAttentionBackendOptions& options = backend_->options_;
     if (options.on_failover_exhausted) options.on_failover_exhausted();
-    observer_.on_end(absl::UnavailableError(absl::StrCat(
-        "the sequence lost its attention node and no other one continued it within ",
-        absl::FormatDuration(options.failover_timeout), " (", resubmissions,
-        " resubmissions since its last token); last failure: ", last_failure.message())));
+    std::string message = absl::StrCat(
+        "the sequence lost its attention node (", node_failure.message(),
+        ") and no other one continued it within ", absl::FormatDuration(options.failover_timeout),
+        " (", resubmissions, " resubmissions since its last token)");
+    if (last_failure.message() != node_failure.message()) {
+      absl::StrAppend(&message, "; last failure: ", last_failure.message());
+    }
+    observer_.on_end(absl::UnavailableError(message));
   }
 
   GrpcAttentionBackend* const backend_;

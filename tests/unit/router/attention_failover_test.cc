@@ -318,6 +318,30 @@ TEST(AttentionFailoverTest, NoNodeLeftFailsWithUnavailableAfterTheTimeout) {
   EXPECT_EQ(cluster.exhausted.load(), 1);
 }
 
+TEST(AttentionFailoverTest, NodeGoneFromTheRegistryFailsNamingItAndWhyNoneIsLeft) {
+  ScriptedNode only(Failure::kUnavailable, 2);
+  Cluster cluster;
+  cluster.nodes = {only.address()};
+  GrpcAttentionBackendOptions options = cluster.Options();
+  // After its first pick the control plane knows no attention node any more.
+  auto picks = std::make_shared<std::atomic<int>>(0);
+  options.pick_node = [address = only.address(), picks](
+                          uint64_t, const std::vector<std::string>&) -> absl::StatusOr<std::string> {
+    if ((*picks)++ == 0) return address;
+    return absl::UnavailableError("no healthy attention node");
+  };
+  GrpcAttentionBackend backend(std::move(options));
+  Collected c;
+  auto handle = backend.AddSequence(Request(6), Observer(&c));
+  ASSERT_TRUE(handle.ok());
+  ASSERT_TRUE(c.done.WaitForNotificationWithTimeout(absl::Seconds(20)));
+  EXPECT_EQ(c.end.code(), absl::StatusCode::kUnavailable) << c.end;
+  EXPECT_NE(c.end.message().find(only.address()), absl::string_view::npos) << c.end;
+  EXPECT_NE(c.end.message().find("no healthy attention node"), absl::string_view::npos) << c.end;
+  EXPECT_EQ(only.requests().size(), 1u);
+  EXPECT_EQ(c.Tokens(), Expected(4, 2));
+}
+
 TEST(AttentionFailoverTest, CancelDuringFailoverEndsCancelled) {
   ScriptedNode only(Failure::kUnavailable, 1);
   Cluster cluster;
