@@ -3,6 +3,7 @@
 //   moemesh-router --model DIR [--host 127.0.0.1] [--port 0] [--control-port 0]
 //                  [--attention-nodes 1] [--expert-nodes 1] [--served-model-name NAME]
 //                  [--max-model-len N] [--request-timeout-seconds 600]
+//                  [--failover-timeout-seconds 30]
 //
 // Prints (and flushes) "moemesh-router control listening on HOST:PORT" and
 // "moemesh-router http listening on HOST:PORT" once both servers accept; runs until SIGINT or
