@@ -3,6 +3,7 @@
 //   moemesh-router --model DIR [--host 127.0.0.1] [--port 0] [--control-port 0]
 //                  [--attention-nodes 1] [--expert-nodes 1] [--served-model-name NAME]
 //                  [--max-model-len N] [--request-timeout-seconds 600]
+//                  [--redundant-experts R] [--rebalance-interval S] [--rebalance-min-gain G]
 //                  [--failover-timeout-seconds 30]
 //
 // Prints (and flushes) "moemesh-router control listening on HOST:PORT" and
@@ -25,6 +26,7 @@
 #include "router/control_plane.h"
 #include "router/http_server.h"
 #include "router/openai_api.h"
+#include "router/placement_routes.h"
 #include "router/router_metrics.h"
 
 ABSL_FLAG(std::string, model, "", "model directory (config.json, tokenizer.json, tokenizer_config.json)");
@@ -41,6 +43,13 @@ ABSL_FLAG(double, failover_timeout_seconds, 30,
           "a sequence whose attention node is lost waits this long for another one to continue it");
 ABSL_FLAG(double, load_window_seconds, 60,
           "window of the 'recent' expert load and of moemesh_layer_balancedness");
+ABSL_FLAG(int, redundant_experts, 0,
+          "redundant physical experts per MoE layer beyond one per logical expert");
+ABSL_FLAG(double, rebalance_interval, 0,
+          "re-plan the placement from the recent load every this many seconds (0 = never on a "
+          "timer; joins, drains and POST /v1/placement/rebalance still re-plan)");
+ABSL_FLAG(double, rebalance_min_gain, 0.05,
+          "a timer re-plan is applied only when it raises the predicted mean balancedness by this");
 
 int main(int argc, char** argv) {
   moemesh::comm::ParseServiceFlags(
@@ -76,6 +85,10 @@ int main(int argc, char** argv) {
   control_options.on_heartbeat = [&expert_load](const moemesh::v1::HeartbeatRequest& heartbeat) {
     expert_load.OnHeartbeat(heartbeat);
   };
+  control_options.redundant_experts = absl::GetFlag(FLAGS_redundant_experts);
+  control_options.rebalance_interval_seconds = absl::GetFlag(FLAGS_rebalance_interval);
+  control_options.rebalance_min_gain = absl::GetFlag(FLAGS_rebalance_min_gain);
+  control_options.load_window = [&expert_load] { return expert_load.RecentLoad(); };
   moemesh::router::ControlPlane control(*config, control_options);
   moemesh::router::RouterMetrics metrics(&control, &expert_load);
 
@@ -131,8 +144,9 @@ int main(int argc, char** argv) {
   http_options.request_timeout_seconds = absl::GetFlag(FLAGS_request_timeout_seconds);
   http_options.threads = absl::GetFlag(FLAGS_http_threads);
   http_options.observer = &metrics;
-  http_options.install_routes = [&metrics](httplib::Server& server) {
+  http_options.install_routes = [&metrics, &control](httplib::Server& server) {
     metrics.InstallRoutes(server);
+    moemesh::router::InstallPlacementRoutes(server, &control);
   };
   moemesh::router::HttpServer http((*model)->info, &backend, http_options);
   if (absl::Status status = http.Start(); !status.ok()) {
