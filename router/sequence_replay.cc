@@ -20,6 +20,9 @@ moemesh::v1::AddSequenceRequest SequenceReplay::NextAttempt() {
   for (uint32_t token : delivered_) request.add_prompt_token_ids(token);
   const int64_t remaining = static_cast<int64_t>(original_.max_new_tokens()) - delivered_tokens();
   request.set_max_new_tokens(static_cast<uint32_t>(remaining > 0 ? remaining : 0));
+  // min_tokens counts from the first generated token: the delivered ones already count.
+  const int64_t min_left = static_cast<int64_t>(original_.sampling().min_tokens()) - delivered_tokens();
+  request.mutable_sampling()->set_min_tokens(static_cast<uint32_t>(min_left > 0 ? min_left : 0));
   return request;
 }
 

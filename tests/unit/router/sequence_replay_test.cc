@@ -18,6 +18,7 @@ moemesh::v1::AddSequenceRequest Original() {
   request.mutable_sampling()->set_top_p(0.9);
   request.mutable_sampling()->set_has_seed(true);
   request.mutable_sampling()->set_seed(99);
+  request.mutable_sampling()->set_min_tokens(5);
   request.add_stop_token_ids(42);
   request.set_top_logprobs(3);
   return request;
@@ -47,7 +48,10 @@ TEST(SequenceReplayTest, ResubmissionCarriesDeliveredTokensAndRemainingBudget) {
   EXPECT_EQ(std::vector<uint32_t>(next.prompt_token_ids().begin(), next.prompt_token_ids().end()),
             (std::vector<uint32_t>{5, 6, 7, 100, 101, 102}));
   EXPECT_EQ(next.max_new_tokens(), 7u);
-  EXPECT_EQ(next.sampling().SerializeAsString(), Original().sampling().SerializeAsString());
+  // Same sampling, min_tokens less the 3 delivered.
+  moemesh::v1::SamplingOptions sampling = Original().sampling();
+  sampling.set_min_tokens(2);
+  EXPECT_EQ(next.sampling().SerializeAsString(), sampling.SerializeAsString());
   EXPECT_EQ(next.stop_token_ids_size(), 1);
   EXPECT_EQ(next.top_logprobs(), 3u);
   // The second attempt delivers 2 more and finishes: counts are the whole sequence's.
@@ -66,6 +70,7 @@ TEST(SequenceReplayTest, ResubmissionCarriesDeliveredTokensAndRemainingBudget) {
   EXPECT_EQ(third.sequence_id(), "cmpl-1-0/replay-2");
   EXPECT_EQ(third.prompt_token_ids_size(), 8);
   EXPECT_EQ(third.max_new_tokens(), 5u);
+  EXPECT_EQ(third.sampling().min_tokens(), 0u);
 }
 
 TEST(SequenceReplayTest, HandBackIsResubmitNotAFinish) {
