@@ -6,6 +6,7 @@
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "core/model/counter_rng.h"
 
 namespace moemesh::model {
 namespace {
@@ -66,7 +67,9 @@ absl::Status ValidateSamplingParams(const SamplingParams& params, int64_t vocab)
 
 Sampler::Sampler(const SamplingParams& params)
     : params_(params),
-      generator_(params.seed.has_value() ? *params.seed : std::random_device{}()) {}
+      seed_(params.seed.has_value()
+                ? *params.seed
+                : (static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}()) {}
 
 int32_t Argmax(const float* logits, int64_t vocab) {
   return static_cast<int32_t>(std::max_element(logits, logits + vocab) - logits);
@@ -89,7 +92,8 @@ const float* Sampler::Adjusted(const float* logits, int64_t vocab) {
   return scratch_.data();
 }
 
-int32_t Sampler::Sample(const float* raw_logits, int64_t vocab) {
+int32_t Sampler::Sample(const float* raw_logits, int64_t vocab, int64_t position) {
+  next_position_ = position + 1;
   const float* logits = Adjusted(raw_logits, vocab);
   ++sampled_;
   if (params_.temperature == 0.0) return Argmax(logits, vocab);
@@ -145,8 +149,7 @@ int32_t Sampler::Sample(const float* raw_logits, int64_t vocab) {
   } else {
     for (size_t i = 0; i < nucleus; ++i) mass += probability(i);
   }
-  // A uniform double from the 53 high bits: identical across standard libraries.
-  const double draw = static_cast<double>(generator_() >> 11) * 0x1.0p-53 * mass;
+  const double draw = CounterUniform(seed_, static_cast<uint64_t>(position)) * mass;
   double running = 0.0;
   for (size_t i = 0; i < nucleus; ++i) {
     running += probability(i);

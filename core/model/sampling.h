@@ -32,14 +32,19 @@ struct SamplingParams {
 // token outside [0, vocab)).
 absl::Status ValidateSamplingParams(const SamplingParams& params, int64_t vocab = 0);
 
-// One sequence's sampler (it owns the sequence's random stream and counts its tokens).
+// One sequence's sampler (it counts its tokens for min_tokens). Its random draw for a token
+// depends only on (seed, position) (counter_rng.h), so a replayed or rescheduled sequence
+// samples the same tokens; without a seed, one is chosen at construction.
 class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);
-  // Picks a token from logits [vocab] after logit_bias and min_tokens. Greedy takes the first
-  // maximum. Candidates are selected partially (never a sort of the whole vocabulary): top-k
-  // keeps k, top-p walks the candidates in descending order only as far as the nucleus.
-  int32_t Sample(const float* logits, int64_t vocab);
+  // Picks a token from logits [vocab] after logit_bias and min_tokens, as the token at absolute
+  // `position` of the sequence (prompt tokens count). Greedy takes the first maximum.
+  // Candidates are selected partially (never a sort of the whole vocabulary): top-k keeps k,
+  // top-p walks the candidates in descending order only as far as the nucleus.
+  int32_t Sample(const float* logits, int64_t vocab, int64_t position);
+  // The same at the position after the previous call's (0 for the first call).
+  int32_t Sample(const float* logits, int64_t vocab) { return Sample(logits, vocab, next_position_); }
   // Tokens sampled so far.
   int64_t sampled() const { return sampled_; }
 
@@ -48,7 +53,8 @@ class Sampler {
   const float* Adjusted(const float* logits, int64_t vocab);
 
   SamplingParams params_;
-  std::mt19937_64 generator_;
+  uint64_t seed_;
+  int64_t next_position_ = 0;
   int64_t sampled_ = 0;
   std::vector<float> scratch_;
   std::vector<int32_t> order_;

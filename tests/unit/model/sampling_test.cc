@@ -1,5 +1,7 @@
 #include "core/model/sampling.h"
 
+#include "core/model/counter_rng.h"
+
 #include <algorithm>
 #include <cmath>
 #include <map>
@@ -88,7 +90,7 @@ TEST(SamplingTest, TopLogitsAndLogProbability) {
 
 // The sampler as it was before partial selection (a full sort per token): the new one must pick
 // the same tokens from the same random stream.
-int32_t ReferenceSample(const SamplingParams& params, std::mt19937_64& generator,
+int32_t ReferenceSample(const SamplingParams& params, uint64_t position,
                         const float* logits, int64_t vocab) {
   std::vector<int32_t> order(static_cast<size_t>(vocab));
   std::iota(order.begin(), order.end(), 0);
@@ -115,7 +117,7 @@ int32_t ReferenceSample(const SamplingParams& params, std::mt19937_64& generator
   }
   double mass = 0.0;
   for (size_t i = 0; i < nucleus; ++i) mass += p[i];
-  const double draw = static_cast<double>(generator() >> 11) * 0x1.0p-53 * mass;
+  const double draw = CounterUniform(*params.seed, position) * mass;
   double running = 0.0;
   for (size_t i = 0; i < nucleus; ++i) {
     running += p[i];
@@ -138,12 +140,11 @@ TEST(SamplingTest, PartialSelectionPicksWhatAFullSortPicked) {
   };
   for (const SamplingParams& params : cases) {
     Sampler sampler(params);
-    std::mt19937_64 reference_stream(*params.seed);
     for (int step = 0; step < 200; ++step) {
       for (float& x : logits) x = normal(random);
       logits[static_cast<size_t>(step) % 7] = logits[3];  // ties
       EXPECT_EQ(sampler.Sample(logits.data(), vocab),
-                ReferenceSample(params, reference_stream, logits.data(), vocab))
+                ReferenceSample(params, static_cast<uint64_t>(step), logits.data(), vocab))
           << "top_k " << params.top_k << " top_p " << params.top_p << " step " << step;
     }
   }
