@@ -12,6 +12,7 @@
 #include "core/kernels/cpu/elementwise.h"
 #include "core/kernels/cpu/linear.h"
 #include "core/model/expert_shard.h"
+#include "core/model/mla_attention.h"
 #include "core/status_macros.h"
 
 namespace moemesh::model {
@@ -126,69 +127,23 @@ absl::Status DeepseekModel::AttentionBlock(int layer, const StepLayout& layout,
                                              layout.row_count[s]));
   }
 
-  // Absorb kv_b_proj's key half into the queries: q_latent[r, h] = q_nope[r, h] · W_uk[h],
-  // W_uk[h] = kv_b_proj rows [h * (nope + v), h * (nope + v) + nope), shape [nope, kv_rank].
-  const float* kv_b = weights.kv_b_proj.data();
-  std::vector<float> query_latent(static_cast<size_t>(rows * heads * kv_rank));
-  for (int64_t h = 0; h < heads; ++h) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, kv_rank, nope, 1.0f,
-                query.data() + h * qk_head, heads * qk_head, kv_b + h * (nope + value_dim) * kv_rank,
-                kv_rank, 0.0f, query_latent.data() + h * kv_rank, heads * kv_rank);
-  }
-
-  // Scores against every cached position, causal within the step, softmax, then the weighted
-  // sum of latents: context [rows, heads, kv_rank]. The cache is paged, so each product runs
-  // block by block into the matching columns.
-  const float softmax_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(qk_head)) *
-                                                 rope_.SoftmaxScaleMultiplier());
-  std::vector<float> context(static_cast<size_t>(rows * heads * kv_rank));
-  std::vector<float> scores;
-  for (size_t s = 0; s < layout.caches.size(); ++s) {
-    const LatentCache& cache = *layout.caches[s];
-    const int64_t count = layout.row_count[s];
-    if (count == 0) continue;
-    const int64_t positions = cache.positions(layer);
-    const int64_t query_rows = count * heads;
-    const int64_t block_size = cache.block_size();
-    const float* sequence_query_latent = query_latent.data() + layout.row_begin[s] * heads * kv_rank;
-    const float* sequence_query_rope = query.data() + layout.row_begin[s] * heads * qk_head + nope;
-    scores.assign(static_cast<size_t>(query_rows * positions), 0.0f);
-    for (int64_t block = 0; block * block_size < positions; ++block) {
-      const int64_t first = block * block_size;
-      const int64_t width = std::min(block_size, positions - first);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, query_rows, width, kv_rank, 1.0f,
-                  sequence_query_latent, kv_rank, cache.block_latent(block, layer), kv_rank, 0.0f,
-                  scores.data() + first, positions);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, query_rows, width, rope, 1.0f,
-                  sequence_query_rope, qk_head, cache.block_rope_key(block, layer), rope, 1.0f,
-                  scores.data() + first, positions);
-    }
-    for (int64_t i = 0; i < count; ++i) {
-      const int64_t visible = layout.start_position[s] + i + 1;
-      for (int64_t h = 0; h < heads; ++h) {
-        float* row_scores = scores.data() + (i * heads + h) * positions;
-        for (int64_t t = 0; t < visible; ++t) row_scores[t] *= softmax_scale;
-        kernels::Softmax(row_scores, visible);
-        std::fill(row_scores + visible, row_scores + positions, 0.0f);
-      }
-    }
-    float* sequence_context = context.data() + layout.row_begin[s] * heads * kv_rank;
-    for (int64_t block = 0; block * block_size < positions; ++block) {
-      const int64_t first = block * block_size;
-      const int64_t width = std::min(block_size, positions - first);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, query_rows, kv_rank, width, 1.0f,
-                  scores.data() + first, positions, cache.block_latent(block, layer), kv_rank,
-                  block == 0 ? 0.0f : 1.0f, sequence_context, kv_rank);
-    }
-  }
-
-  // Absorb the value half: out[r, h] = context[r, h] · W_uv[h]^T, W_uv[h] [v, kv_rank].
+  // Attention per sequence, in the latent space (core/model/mla_attention.h):
+  // attention_out [rows, heads, value_dim].
+  const MlaDims dims{heads, nope, rope, value_dim, kv_rank,
+                     static_cast<float>(1.0 / std::sqrt(static_cast<double>(qk_head)) *
+                                        rope_.SoftmaxScaleMultiplier())};
   std::vector<float> attention_out(static_cast<size_t>(rows * heads * value_dim));
-  for (int64_t h = 0; h < heads; ++h) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, value_dim, kv_rank, 1.0f,
-                context.data() + h * kv_rank, heads * kv_rank,
-                kv_b + (h * (nope + value_dim) + nope) * kv_rank, kv_rank, 0.0f,
-                attention_out.data() + h * value_dim, heads * value_dim);
+  for (size_t s = 0; s < layout.caches.size(); ++s) {
+    if (layout.row_count[s] == 0) continue;
+    const float* sequence_query = query.data() + layout.row_begin[s] * heads * qk_head;
+    float* sequence_out = attention_out.data() + layout.row_begin[s] * heads * value_dim;
+    if (attention_kernel_ == AttentionKernel::kNaive) {
+      MlaAttentionNaive(dims, *layout.caches[s], layer, weights.kv_b_proj.data(), sequence_query,
+                        layout.row_count[s], layout.start_position[s], sequence_out);
+    } else {
+      MlaAttentionTiled(dims, *layout.caches[s], layer, weights.kv_b_proj.data(), sequence_query,
+                        layout.row_count[s], layout.start_position[s], sequence_out);
+    }
   }
   std::vector<float> projected(static_cast<size_t>(rows * hidden_size));
   kernels::Linear(attention_out.data(), rows, weights.o_proj, projected.data());

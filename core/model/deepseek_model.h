@@ -88,6 +88,11 @@ class DeepseekModel {
 
   const DenseWeights& weights() const { return weights_; }
 
+  // Which attention core AttentionBlock runs: the tiled online-softmax kernel (the default;
+  // memory independent of context length) or the untiled reference (tests compare the two).
+  enum class AttentionKernel { kTiled, kNaive };
+  void set_attention_kernel(AttentionKernel kernel) { attention_kernel_ = kernel; }
+
  private:
   DeepseekModel(const checkpoint::ModelConfig& config, DenseWeights weights)
       : config_(config),
@@ -99,6 +104,7 @@ class DeepseekModel {
   DenseWeights weights_;
   RotaryEmbedding rope_;
   std::shared_ptr<LatentBlockPool> default_pool_;
+  AttentionKernel attention_kernel_ = AttentionKernel::kTiled;
 };
 
 }  // namespace moemesh::model
