@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <new>
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
@@ -238,6 +239,26 @@ absl::StatusOr<std::vector<float>> DeepseekModel::Forward(std::span<const Sequen
                                                           RoutedExperts& routed_experts,
                                                           ForwardTrace* trace,
                                                           bool all_positions) {
+  // An allocation that fails anywhere in the step (activations, cache blocks, a RoutedExperts
+  // buffer) becomes an error of this step: the caches are rolled back to where they were.
+  std::vector<int64_t> lengths;
+  lengths.reserve(steps.size());
+  for (const SequenceStep& step : steps) lengths.push_back(step.cache->length());
+  try {
+    return ForwardUnchecked(steps, routed_experts, trace, all_positions);
+  } catch (const std::bad_alloc&) {
+    for (size_t s = 0; s < steps.size(); ++s) steps[s].cache->Truncate(lengths[s]);
+    int64_t rows = 0;
+    for (const SequenceStep& step : steps) rows += static_cast<int64_t>(step.tokens.size());
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "out of memory: a step of ", rows, " tokens over ", steps.size(),
+        " sequences could not allocate its buffers"));
+  }
+}
+
+absl::StatusOr<std::vector<float>> DeepseekModel::ForwardUnchecked(
+    std::span<const SequenceStep> steps, RoutedExperts& routed_experts, ForwardTrace* trace,
+    bool all_positions) {
   const StepLayout layout = StepLayout::From(steps);
   const int64_t rows = layout.total_rows;
   const int64_t hidden_size = config_.hidden_size;

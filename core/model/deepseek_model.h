@@ -62,7 +62,8 @@ class DeepseekModel {
   // Runs one step. Returns logits [steps.size(), vocab]: for each sequence, at its last new token
   // (zeros for a step with wants_logits false), or, with `all_positions`, [total_rows, vocab]
   // for every new token. Appends to each cache.
-  // Errors: token ids out of range, or a RoutedExperts failure (caches are rolled back then).
+  // Errors: token ids out of range, a RoutedExperts failure, or ResourceExhausted when memory
+  // for the step cannot be allocated (std::bad_alloc anywhere inside); caches are rolled back.
   absl::StatusOr<std::vector<float>> Forward(std::span<const SequenceStep> steps,
                                              RoutedExperts& routed_experts,
                                              ForwardTrace* trace = nullptr,
@@ -99,6 +100,11 @@ class DeepseekModel {
         weights_(std::move(weights)),
         rope_(config),
         default_pool_(NewBlockPool(/*capacity_blocks=*/0)) {}
+
+  // Forward without the allocation-failure boundary.
+  absl::StatusOr<std::vector<float>> ForwardUnchecked(std::span<const SequenceStep> steps,
+                                                      RoutedExperts& routed_experts,
+                                                      ForwardTrace* trace, bool all_positions);
 
   checkpoint::ModelConfig config_;
   DenseWeights weights_;

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <new>
 
 #include "absl/strings/str_cat.h"
 
@@ -36,7 +37,19 @@ absl::Status LatentBlockPool::Allocate(int64_t count, std::vector<int32_t>* bloc
   }
   for (int64_t i = 0; i < count; ++i) {
     if (free_list_.empty()) {
-      storage_.push_back(std::make_unique<float[]>(static_cast<size_t>(block_floats_)));
+      // Growing an unbounded pool can fail: give back what this call took, then report it.
+      std::unique_ptr<float[]> block(new (std::nothrow) float[static_cast<size_t>(block_floats_)]);
+      if (block == nullptr) {
+        for (int64_t j = 0; j < i; ++j) {
+          free_list_.push_back(blocks->back());
+          blocks->pop_back();
+          if (storage != nullptr) storage->pop_back();
+        }
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "out of memory: cannot allocate a latent cache block of ", block_floats_ * 4,
+            " bytes"));
+      }
+      storage_.push_back(std::move(block));
       free_list_.push_back(static_cast<int32_t>(storage_.size() - 1));
     }
     blocks->push_back(free_list_.back());
