@@ -260,23 +260,28 @@ bool Cluster::Spawn(Process& process, const std::string& marker, double timeout_
   return false;
 }
 
-std::string Cluster::Stop(Process& process) {
-  if (process.pid <= 0) return "";
-  const pid_t pid = process.pid;
-  process.pid = -1;
+std::string StopProcess(pid_t pid, const std::string& name, std::chrono::milliseconds grace) {
+  if (pid <= 0) return "";
   int status = 0;
   // Still running? A process that already exited died on its own: that is a failure too.
   if (::waitpid(pid, &status, WNOHANG) == pid) {
-    return process.name + " had exited before it was stopped (" + DescribeExit(status) + ")\n";
+    return name + " had exited before it was stopped (" + DescribeExit(status) + ")\n";
   }
   ::kill(pid, SIGTERM);
-  if (!WaitExit(pid, std::chrono::seconds(10), &status)) {
+  if (!WaitExit(pid, grace, &status)) {
     ::kill(pid, SIGKILL);
     ::waitpid(pid, &status, 0);
-    return process.name + " did not exit within 10 s of SIGTERM (killed)\n";
+    return name + " did not exit within " + std::to_string(grace.count()) +
+           " ms of SIGTERM (killed)\n";
   }
   if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return "";
-  return process.name + " ended badly after SIGTERM (" + DescribeExit(status) + ")\n";
+  return name + " ended badly after SIGTERM (" + DescribeExit(status) + ")\n";
+}
+
+std::string Cluster::Stop(Process& process) {
+  const pid_t pid = process.pid;
+  process.pid = -1;
+  return StopProcess(pid, process.name, std::chrono::seconds(10));
 }
 
 bool Cluster::WaitReady(double seconds, std::string* last) {

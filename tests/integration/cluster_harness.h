@@ -16,6 +16,7 @@
 #include <signal.h>
 #include <sys/types.h>
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -106,8 +107,7 @@ class Cluster {
   };
 
   bool Spawn(Process& process, const std::string& marker, double timeout_seconds);
-  // SIGTERM, wait up to 10 s, SIGKILL. Returns "" for a clean exit (status 0 after SIGTERM),
-  // else what went wrong.
+  // StopProcess with a 10 s grace; the process is marked stopped.
   std::string Stop(Process& process);
 
   ClusterOptions options_;
@@ -119,6 +119,11 @@ class Cluster {
   std::vector<Process> attention_;
   std::vector<Process> experts_;
 };
+
+// Stops child `pid` (of this process): SIGTERM, up to `grace` for it to exit, then SIGKILL; reaps
+// it. Returns "" when it exited with status 0 after SIGTERM, else a line saying what went wrong
+// (it had already exited, ended by a signal or a non-zero status, or had to be killed).
+std::string StopProcess(pid_t pid, const std::string& name, std::chrono::milliseconds grace);
 
 // Greedy tokens against a golden prompt's continuation (the near-tie rule of ../shared/README.md):
 // a differing token is accepted only where the reference's top-2 margin is below 1e-3, and later
