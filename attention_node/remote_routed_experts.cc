@@ -5,6 +5,7 @@
 #include <map>
 #include <vector>
 
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 
 namespace moemesh::attention_node {
@@ -13,17 +14,25 @@ namespace {
 // Rows of the step one node receives, and where its partial sums go back to.
 struct NodeShare {
   std::string address;
-  std::vector<int64_t> rows;             // step rows, ascending; position = compact row index
-  std::map<int64_t, uint32_t> compact;   // step row -> compact row
+  std::vector<int64_t> rows;  // step rows, ascending; position = compact row index
   std::map<int32_t, comm::ExpertSliceRows> slices;  // by expert id, ascending
 };
 
 // Groups the step's rows by the expert node serving each chosen expert, keyed (and so ordered)
 // by node id: the combine order. Unavailable when an expert has no healthy holder.
+// Per (row, expert) choice the work is index lookups only: nodes are told apart by the address
+// of their id in the snapshot (a handful per step), a row's compact index is an array entry, and
+// the slices of a node sit in a small hash map; the ordered result is built once at the end.
 absl::StatusOr<std::map<std::string, NodeShare>> ShareRows(const PlacementSnapshot& snapshot,
                                                            int layer, int64_t rows,
                                                            const model::GateDecision& decision) {
-  std::map<std::string, NodeShare> shares;
+  struct Building {
+    const std::string* node;
+    std::vector<int64_t> rows;
+    std::vector<int32_t> compact;  // step row -> compact row, -1 if not sent to this node
+    absl::flat_hash_map<int32_t, comm::ExpertSliceRows> slices;
+  };
+  std::vector<Building> building;
   for (int64_t row = 0; row < rows; ++row) {
     for (int k = 0; k < decision.top_k; ++k) {
       const int32_t expert = decision.experts[row * decision.top_k + k];
@@ -33,18 +42,28 @@ absl::StatusOr<std::map<std::string, NodeShare>> ShareRows(const PlacementSnapsh
             "no healthy expert node holds expert ", expert, " of layer ", layer,
             " (placement version ", snapshot.version, ")"));
       }
-      NodeShare& share = shares[*node];
-      share.address = snapshot.addresses.at(*node);
-      auto [it, inserted] = share.compact.emplace(row, 0);
-      if (inserted) {
-        it->second = static_cast<uint32_t>(share.rows.size());
+      size_t index = 0;
+      while (index < building.size() && building[index].node != node) ++index;
+      if (index == building.size()) {
+        building.push_back(Building{node, {}, std::vector<int32_t>(rows, -1), {}});
+      }
+      Building& share = building[index];
+      if (share.compact[row] < 0) {
+        share.compact[row] = static_cast<int32_t>(share.rows.size());
         share.rows.push_back(row);
       }
       comm::ExpertSliceRows& slice = share.slices[expert];
       slice.expert = expert;
-      slice.rows.push_back(it->second);
+      slice.rows.push_back(static_cast<uint32_t>(share.compact[row]));
       slice.gate_weights.push_back(decision.weights[row * decision.top_k + k]);
     }
+  }
+  std::map<std::string, NodeShare> shares;
+  for (Building& share : building) {
+    NodeShare& out = shares[*share.node];
+    out.address = snapshot.addresses.at(*share.node);
+    out.rows = std::move(share.rows);
+    for (auto& [expert, slice] : share.slices) out.slices.emplace(expert, std::move(slice));
   }
   return shares;
 }

@@ -130,6 +130,7 @@ Scheduler::Scheduler(model::DeepseekModel* model, std::shared_ptr<model::LatentB
       lane_threads_(std::max(1, options.micro_batches)) {
   options_.micro_batches = std::max(1, options_.micro_batches);
   for (int lane = 0; lane < options_.micro_batches; ++lane) lanes_.push_back(routed_experts(lane));
+  lane_logits_.resize(static_cast<size_t>(options_.micro_batches));
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -383,7 +384,8 @@ void Scheduler::RunStep() {
     groups[lane].push_back(i);
     rows_so_far += static_cast<int64_t>(work[i].tokens.size());
   }
-  std::vector<absl::StatusOr<std::vector<float>>> results(lanes, std::vector<float>());
+  // Each lane's logits go to its own buffer, kept between steps.
+  std::vector<absl::Status> results(lanes);
   auto run_lane = [&](int lane) {
     std::vector<model::SequenceStep> steps;
     for (size_t index : groups[lane]) {
@@ -391,13 +393,13 @@ void Scheduler::RunStep() {
     }
     if (steps.empty()) return;
     if (options_.observer == nullptr) {
-      results[lane] = model_->Forward(steps, *lanes_[lane]);
+      results[lane] = model_->ForwardInto(steps, *lanes_[lane], &lane_logits_[lane]);
       return;
     }
     model::ForwardTrace trace;
     trace.record_layer_outputs = false;
     const auto forward_start = std::chrono::steady_clock::now();
-    results[lane] = model_->Forward(steps, *lanes_[lane], &trace);
+    results[lane] = model_->ForwardInto(steps, *lanes_[lane], &lane_logits_[lane], &trace);
     if (results[lane].ok()) {
       options_.observer->OnForward(
           lane, trace,
@@ -430,7 +432,7 @@ void Scheduler::RunStep() {
   const uint32_t eos = static_cast<uint32_t>(model_->config().eos_token_id);
   for (int lane = 0; lane < lanes; ++lane) {
     if (!results[lane].ok()) {
-      const absl::Status& status = results[lane].status();
+      const absl::Status& status = results[lane];
       for (size_t index : groups[lane]) {
         Finish(*work[index].sequence, SequenceEvent::ERROR, std::string(status.message()),
                HttpStatusFor(status));
@@ -442,7 +444,7 @@ void Scheduler::RunStep() {
       Sequence& sequence = *item.sequence;
       sequence.cached += static_cast<int64_t>(item.tokens.size());
       if (!item.samples) continue;
-      const float* logits = results[lane]->data() + g * vocab;
+      const float* logits = lane_logits_[lane].data() + g * vocab;
       const int32_t token = sequence.sampler.Sample(logits, vocab);
       sequence.generated.push_back(token);
       sequence.tokens.push_back(token);

@@ -134,6 +134,7 @@ class Scheduler {
   std::shared_ptr<model::LatentBlockPool> pool_;
   SchedulerOptions options_;
   std::vector<std::unique_ptr<model::RoutedExperts>> lanes_;
+  std::vector<std::vector<float>> lane_logits_;  // [lane]: its step's logits (reused)
 
   LaneThreads lane_threads_;
   mutable absl::Mutex mutex_;

@@ -239,13 +239,21 @@ absl::StatusOr<std::vector<float>> DeepseekModel::Forward(std::span<const Sequen
                                                           RoutedExperts& routed_experts,
                                                           ForwardTrace* trace,
                                                           bool all_positions) {
+  std::vector<float> logits;
+  RETURN_IF_ERROR(ForwardInto(steps, routed_experts, &logits, trace, all_positions));
+  return logits;
+}
+
+absl::Status DeepseekModel::ForwardInto(std::span<const SequenceStep> steps,
+                                        RoutedExperts& routed_experts, std::vector<float>* logits,
+                                        ForwardTrace* trace, bool all_positions) {
   // An allocation that fails anywhere in the step (activations, cache blocks, a RoutedExperts
   // buffer) becomes an error of this step: the caches are rolled back to where they were.
   std::vector<int64_t> lengths;
   lengths.reserve(steps.size());
   for (const SequenceStep& step : steps) lengths.push_back(step.cache->length());
   try {
-    return ForwardUnchecked(steps, routed_experts, trace, all_positions);
+    return ForwardUnchecked(steps, routed_experts, logits, trace, all_positions);
   } catch (const std::bad_alloc&) {
     for (size_t s = 0; s < steps.size(); ++s) steps[s].cache->Truncate(lengths[s]);
     int64_t rows = 0;
@@ -256,13 +264,21 @@ absl::StatusOr<std::vector<float>> DeepseekModel::Forward(std::span<const Sequen
   }
 }
 
-absl::StatusOr<std::vector<float>> DeepseekModel::ForwardUnchecked(
-    std::span<const SequenceStep> steps, RoutedExperts& routed_experts, ForwardTrace* trace,
-    bool all_positions) {
+absl::Status DeepseekModel::ForwardUnchecked(std::span<const SequenceStep> steps,
+                                             RoutedExperts& routed_experts,
+                                             std::vector<float>* logits, ForwardTrace* trace,
+                                             bool all_positions) {
   const StepLayout layout = StepLayout::From(steps);
   const int64_t rows = layout.total_rows;
   const int64_t hidden_size = config_.hidden_size;
-  std::vector<float> hidden(static_cast<size_t>(rows * hidden_size));
+  // Activations live in per-thread buffers kept from step to step (each is fully written before
+  // it is read), so a step allocates only when it is larger than every earlier one.
+  struct Workspace {
+    std::vector<float> hidden, normed, routed, dense, last_rows;
+  };
+  thread_local Workspace workspace;
+  std::vector<float>& hidden = workspace.hidden;
+  hidden.resize(static_cast<size_t>(rows * hidden_size));
   for (size_t s = 0; s < steps.size(); ++s) {
     RETURN_IF_ERROR(Embed(steps[s].tokens, hidden.data() + layout.row_begin[s] * hidden_size));
   }
@@ -271,9 +287,12 @@ absl::StatusOr<std::vector<float>> DeepseekModel::ForwardUnchecked(
       layout.caches[s]->Truncate(layout.start_position[s]);
     }
   };
-  std::vector<float> normed(static_cast<size_t>(rows * hidden_size));
-  std::vector<float> routed(static_cast<size_t>(rows * hidden_size));
-  std::vector<float> dense(static_cast<size_t>(rows * hidden_size));
+  std::vector<float>& normed = workspace.normed;
+  std::vector<float>& routed = workspace.routed;
+  std::vector<float>& dense = workspace.dense;
+  normed.resize(static_cast<size_t>(rows * hidden_size));
+  routed.resize(static_cast<size_t>(rows * hidden_size));
+  dense.resize(static_cast<size_t>(rows * hidden_size));
   for (int layer = 0; layer < config_.num_hidden_layers; ++layer) {
     if (absl::Status status = AttentionBlock(layer, layout, hidden.data()); !status.ok()) {
       roll_back();
@@ -307,32 +326,38 @@ absl::StatusOr<std::vector<float>> DeepseekModel::ForwardUnchecked(
 
   const int64_t vocab = config_.vocab_size;
   if (all_positions) {
-    std::vector<float> logits(static_cast<size_t>(rows * vocab));
-    Logits(hidden.data(), rows, logits.data());
-    return logits;
+    logits->resize(static_cast<size_t>(rows * vocab));
+    Logits(hidden.data(), rows, logits->data());
+    return absl::OkStatus();
   }
   std::vector<size_t> wanted;
   for (size_t s = 0; s < steps.size(); ++s) {
     if (steps[s].wants_logits) wanted.push_back(s);
   }
-  std::vector<float> last_rows(wanted.size() * hidden_size);
+  std::vector<float>& last_rows = workspace.last_rows;
+  last_rows.resize(wanted.size() * hidden_size);
   for (size_t i = 0; i < wanted.size(); ++i) {
     const int64_t last = layout.row_begin[wanted[i]] + layout.row_count[wanted[i]] - 1;
     std::memcpy(last_rows.data() + i * hidden_size, hidden.data() + last * hidden_size,
                 sizeof(float) * hidden_size);
   }
-  std::vector<float> logits(steps.size() * vocab);
-  if (wanted.size() == steps.size()) {
-    Logits(last_rows.data(), static_cast<int64_t>(wanted.size()), logits.data());
-    return logits;
+  // The wanted rows are computed into the front of the buffer, then moved to their sequences'
+  // rows (back to front: wanted[i] >= i) and the others zeroed.
+  logits->resize(steps.size() * vocab);
+  float* out = logits->data();
+  Logits(last_rows.data(), static_cast<int64_t>(wanted.size()), out);
+  if (wanted.size() == steps.size()) return absl::OkStatus();
+  std::vector<bool> has_row(steps.size(), false);
+  for (size_t i = wanted.size(); i-- > 0;) {
+    has_row[wanted[i]] = true;
+    if (wanted[i] != i) {
+      std::memmove(out + wanted[i] * vocab, out + i * vocab, sizeof(float) * vocab);
+    }
   }
-  std::vector<float> wanted_logits(wanted.size() * vocab);
-  Logits(last_rows.data(), static_cast<int64_t>(wanted.size()), wanted_logits.data());
-  for (size_t i = 0; i < wanted.size(); ++i) {
-    std::memcpy(logits.data() + wanted[i] * vocab, wanted_logits.data() + i * vocab,
-                sizeof(float) * vocab);
+  for (size_t s = 0; s < steps.size(); ++s) {
+    if (!has_row[s]) std::fill(out + s * vocab, out + (s + 1) * vocab, 0.0f);
   }
-  return logits;
+  return absl::OkStatus();
 }
 
 }  // namespace moemesh::model

@@ -68,6 +68,11 @@ class DeepseekModel {
                                              RoutedExperts& routed_experts,
                                              ForwardTrace* trace = nullptr,
                                              bool all_positions = false);
+  // The same into a caller's buffer (resized to fit; kept between steps, it is not reallocated
+  // once large enough).
+  absl::Status ForwardInto(std::span<const SequenceStep> steps, RoutedExperts& routed_experts,
+                           std::vector<float>* logits, ForwardTrace* trace = nullptr,
+                           bool all_positions = false);
 
   // --- The pieces Forward is made of, for callers that schedule layers themselves. ---
   // hidden [rows, hidden] = embed_tokens[tokens]. Errors: an id outside [0, vocab).
@@ -102,9 +107,9 @@ class DeepseekModel {
         default_pool_(NewBlockPool(/*capacity_blocks=*/0)) {}
 
   // Forward without the allocation-failure boundary.
-  absl::StatusOr<std::vector<float>> ForwardUnchecked(std::span<const SequenceStep> steps,
-                                                      RoutedExperts& routed_experts,
-                                                      ForwardTrace* trace, bool all_positions);
+  absl::Status ForwardUnchecked(std::span<const SequenceStep> steps,
+                                RoutedExperts& routed_experts, std::vector<float>* logits,
+                                ForwardTrace* trace, bool all_positions);
 
   checkpoint::ModelConfig config_;
   DenseWeights weights_;

@@ -63,6 +63,7 @@ absl::StatusOr<std::vector<GenerationResult>> Generate(
       first_pending = i + 1;
     }
   }
+  std::vector<float> step_logits;  // reused by every decode step
   while (true) {
     std::vector<SequenceStep> decode;
     std::vector<size_t> which;
@@ -72,7 +73,7 @@ absl::StatusOr<std::vector<GenerationResult>> Generate(
       which.push_back(i);
     }
     if (decode.empty()) break;
-    ASSIGN_OR_RETURN(std::vector<float> step_logits, model.Forward(decode, routed_experts));
+    RETURN_IF_ERROR(model.ForwardInto(decode, routed_experts, &step_logits));
     for (size_t j = 0; j < which.size(); ++j) take(which[j], step_logits.data() + j * vocab);
   }
   return results;
