@@ -20,9 +20,9 @@ struct NodeShare {
 
 // Groups the step's rows by the expert node serving each chosen expert, keyed (and so ordered)
 // by node id: the combine order. Unavailable when an expert has no healthy holder.
-// Per (row, expert) choice the work is index lookups only: nodes are told apart by the address
-// of their id in the snapshot (a handful per step), a row's compact index is an array entry, and
-// the slices of a node sit in a small hash map; the ordered result is built once at the end.
+// Per (row, expert) choice the work is hash and array lookups only: the node by the address of
+// the id string the snapshot returned, a row's compact index by an array entry, the slice by a
+// small hash map; the ordered result is built once at the end.
 absl::StatusOr<std::map<std::string, NodeShare>> ShareRows(const PlacementSnapshot& snapshot,
                                                            int layer, int64_t rows,
                                                            const model::GateDecision& decision) {
@@ -33,6 +33,7 @@ absl::StatusOr<std::map<std::string, NodeShare>> ShareRows(const PlacementSnapsh
     absl::flat_hash_map<int32_t, comm::ExpertSliceRows> slices;
   };
   std::vector<Building> building;
+  absl::flat_hash_map<const std::string*, size_t> node_index;  // into building
   for (int64_t row = 0; row < rows; ++row) {
     for (int k = 0; k < decision.top_k; ++k) {
       const int32_t expert = decision.experts[row * decision.top_k + k];
@@ -42,12 +43,18 @@ absl::StatusOr<std::map<std::string, NodeShare>> ShareRows(const PlacementSnapsh
             "no healthy expert node holds expert ", expert, " of layer ", layer,
             " (placement version ", snapshot.version, ")"));
       }
-      size_t index = 0;
-      while (index < building.size() && building[index].node != node) ++index;
-      if (index == building.size()) {
-        building.push_back(Building{node, {}, std::vector<int32_t>(rows, -1), {}});
+      // Replica lists hold their own copies of a node id: the pointer finds the node fast, the
+      // id decides which node it is.
+      auto [cached, is_new] = node_index.try_emplace(node, 0);
+      if (is_new) {
+        size_t index = 0;
+        while (index < building.size() && *building[index].node != *node) ++index;
+        if (index == building.size()) {
+          building.push_back(Building{node, {}, std::vector<int32_t>(rows, -1), {}});
+        }
+        cached->second = index;
       }
-      Building& share = building[index];
+      Building& share = building[cached->second];
       if (share.compact[row] < 0) {
         share.compact[row] = static_cast<int32_t>(share.rows.size());
         share.rows.push_back(row);
