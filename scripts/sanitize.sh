@@ -14,8 +14,8 @@
 #
 # Each sanitizer build has its own directory (the TSan one builds only what its tests need). The
 # Debian abseil libraries are not instrumented, so TSan cannot see absl::Mutex on its own:
-# tests/support/tsan_absl_mutex.cc (built with -DMOEMESH_TSAN=ON, LD_PRELOADed into the runs)
-# tells it about every lock, unlock and wait.
+# tests/support/tsan_absl_mutex.cc (linked first into every target with -DMOEMESH_TSAN=ON) tells
+# it about every lock, unlock and wait.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE=${1:?usage: sanitize.sh thread-safety|asan|tsan}
@@ -105,10 +105,9 @@ EOF
     cmake -S . -B "$BUILD_DIR" "${SHARED_FLAGS[@]}" -DCMAKE_BUILD_TYPE=Debug \
       -DMOEMESH_TSAN=ON -DCMAKE_CXX_FLAGS="$FLAGS" -DCMAKE_C_FLAGS="$FLAGS" \
       -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=thread" > /dev/null
-    cmake --build "$BUILD_DIR" -j "$JOBS" --target moemesh_tsan_absl attention_node_tests \
+    cmake --build "$BUILD_DIR" -j "$JOBS" --target attention_node_tests \
       comm_tests integration_tests moemesh-router moemesh-attention-node moemesh-expert-node
     export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$PWD/tests/support/tsan.supp"
-    export LD_PRELOAD="$PWD/$BUILD_DIR/tests/libmoemesh_tsan_absl.so"
     ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS" \
       -R '^(SchedulerTest|ControlPlane|GrpcExpertTransport|Cluster)\.'
     ;;

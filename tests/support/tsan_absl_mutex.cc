@@ -1,7 +1,8 @@
 // ThreadSanitizer support for an uninstrumented abseil (Debian's libabsl_synchronization): TSan
 // cannot see absl::Mutex's own atomics and futex waits, so without help every ABSL_GUARDED_BY
-// field looks racy. This library, LD_PRELOADed into the TSan test runs (scripts/sanitize.sh
-// tsan), interposes absl::Mutex, CondVar and Notification and tells TSan about each hand-off:
+// field looks racy. This library, linked first into every target of a -DMOEMESH_TSAN=ON build
+// (scripts/sanitize.sh tsan), interposes absl::Mutex, CondVar and Notification (its definitions
+// come before libabsl_synchronization's in symbol lookup) and tells TSan about each hand-off:
 // release on the mutex's address before unlocking or waiting, acquire after locking or waking.
 // A Condition is evaluated by whichever thread holds or releases the mutex, so each evaluation
 // is bracketed the same way. (The annotations are __tsan_acquire/__tsan_release, which only
