@@ -154,7 +154,9 @@ void RunLongContext(int64_t capacity, bool with_naive_reference) {
   ClusterOptions options;
   options.model_dir = dir.string();
   options.cache_tokens = capacity;
-  options.router_flags = {"--max-model-len", std::to_string(capacity)};
+  // A 16K prefill takes minutes on two busy cores: more than the router's default deadline.
+  options.router_flags = {"--max-model-len", std::to_string(capacity),
+                          "--request-timeout-seconds", "3000"};
   Cluster cluster(options);
   ASSERT_TRUE(cluster.ok()) << cluster.error();
   json body = {{"model", dir.filename().string()}, {"prompt", prompt},
