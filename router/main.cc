@@ -2,7 +2,8 @@
 //
 //   moemesh-router --model DIR [--host 127.0.0.1] [--port 0] [--control-port 0]
 //                  [--attention-nodes 1] [--expert-nodes 1] [--served-model-name NAME]
-//                  [--max-model-len N] [--request-timeout-seconds 600]
+//                  [--max-model-len N] [--request-timeout-seconds 600] [--chat-template FILE]
+//                  [--redundant-experts R] [--rebalance-interval S] [--rebalance-min-gain G]
 //
 // Prints (and flushes) "moemesh-router control listening on HOST:PORT" and
 // "moemesh-router http listening on HOST:PORT" once both servers accept; runs until SIGINT or
@@ -24,6 +25,7 @@
 #include "router/control_plane.h"
 #include "router/http_server.h"
 #include "router/openai_api.h"
+#include "router/placement_routes.h"
 #include "router/router_metrics.h"
 
 ABSL_FLAG(std::string, model, "", "model directory (config.json, tokenizer.json, tokenizer_config.json)");
@@ -34,23 +36,35 @@ ABSL_FLAG(int, attention_nodes, 1, "attention nodes expected before /ready");
 ABSL_FLAG(int, expert_nodes, 1, "expert nodes the placement spreads the experts over");
 ABSL_FLAG(std::string, served_model_name, "", "model name in the API (default: the model dir's basename)");
 ABSL_FLAG(int64_t, max_model_len, 0, "context length, prompt plus completion (default: max_position_embeddings)");
+ABSL_FLAG(std::string, chat_template, "",
+          "Jinja chat template file to use instead of tokenizer_config.json's chat_template "
+          "(e.g. deploy/templates/deepseek-r1-tools.jinja)");
 ABSL_FLAG(double, request_timeout_seconds, 600, "a request still running after this fails (504)");
 ABSL_FLAG(int, http_threads, 64, "HTTP connections served at once");
 ABSL_FLAG(double, load_window_seconds, 60,
           "window of the 'recent' expert load and of moemesh_layer_balancedness");
+ABSL_FLAG(int, redundant_experts, 0,
+          "redundant physical experts per MoE layer beyond one per logical expert");
+ABSL_FLAG(double, rebalance_interval, 0,
+          "re-plan the placement from the recent load every this many seconds (0 = never on a "
+          "timer; joins, drains and POST /v1/placement/rebalance still re-plan)");
+ABSL_FLAG(double, rebalance_min_gain, 0.05,
+          "a timer re-plan is applied only when it raises the predicted mean balancedness by this");
 
 int main(int argc, char** argv) {
   moemesh::comm::ParseServiceFlags(
       argc, argv,
       "moemesh-router --model DIR [--host H] [--port P] [--control-port C] "
-      "[--attention-nodes A] [--expert-nodes E] [--served-model-name NAME] [--max-model-len N]");
+      "[--attention-nodes A] [--expert-nodes E] [--served-model-name NAME] [--max-model-len N] "
+      "[--chat-template FILE]");
   const std::string model_dir = absl::GetFlag(FLAGS_model);
   if (model_dir.empty()) {
     std::cerr << "moemesh-router: --model DIR is required\n";
     return 2;
   }
   auto model = moemesh::router::LoadModel(model_dir, absl::GetFlag(FLAGS_served_model_name),
-                                          absl::GetFlag(FLAGS_max_model_len));
+                                          absl::GetFlag(FLAGS_max_model_len),
+                                          absl::GetFlag(FLAGS_chat_template));
   if (!model.ok()) {
     std::cerr << "moemesh-router: " << model.status() << "\n";
     return 1;
@@ -73,6 +87,10 @@ int main(int argc, char** argv) {
   control_options.on_heartbeat = [&expert_load](const moemesh::v1::HeartbeatRequest& heartbeat) {
     expert_load.OnHeartbeat(heartbeat);
   };
+  control_options.redundant_experts = absl::GetFlag(FLAGS_redundant_experts);
+  control_options.rebalance_interval_seconds = absl::GetFlag(FLAGS_rebalance_interval);
+  control_options.rebalance_min_gain = absl::GetFlag(FLAGS_rebalance_min_gain);
+  control_options.load_window = [&expert_load] { return expert_load.RecentLoad(); };
   moemesh::router::ControlPlane control(*config, control_options);
   moemesh::router::RouterMetrics metrics(&control, &expert_load);
 
@@ -113,8 +131,9 @@ int main(int argc, char** argv) {
   http_options.request_timeout_seconds = absl::GetFlag(FLAGS_request_timeout_seconds);
   http_options.threads = absl::GetFlag(FLAGS_http_threads);
   http_options.observer = &metrics;
-  http_options.install_routes = [&metrics](httplib::Server& server) {
+  http_options.install_routes = [&metrics, &control](httplib::Server& server) {
     metrics.InstallRoutes(server);
+    moemesh::router::InstallPlacementRoutes(server, &control);
   };
   moemesh::router::HttpServer http((*model)->info, &backend, http_options);
   if (absl::Status status = http.Start(); !status.ok()) {

@@ -155,13 +155,7 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
     return;
   }
 
-  for (int i = 0; i < options_.expert_nodes; ++i) {
-    Process process;
-    process.name = "expert-" + std::to_string(i);
-    process.argv = {Binary("moemesh-expert-node"), "--model", model, "--router", control_address_,
-                    "--host", "127.0.0.1", "--port", "0", "--node-name", process.name};
-    experts_.push_back(std::move(process));
-  }
+  for (int i = 0; i < options_.expert_nodes; ++i) experts_.push_back(ExpertProcess(i));
   for (int i = 0; i < options_.attention_nodes; ++i) {
     Process process;
     process.name = "attention-" + std::to_string(i);
@@ -193,7 +187,7 @@ Cluster::~Cluster() {
   }
   std::string problems;
   for (Process& process : attention_) problems += Stop(process);
-  for (Process& process : experts_) problems += Stop(process);
+  for (Process& process : experts_) problems += Stop(process, SIGINT);
   problems += Stop(router_);
   if (!problems.empty()) {
     ADD_FAILURE() << "cluster processes did not shut down cleanly:\n" << problems << LogTails();
@@ -260,28 +254,78 @@ bool Cluster::Spawn(Process& process, const std::string& marker, double timeout_
   return false;
 }
 
-std::string StopProcess(pid_t pid, const std::string& name, std::chrono::milliseconds grace) {
+Cluster::Process Cluster::ExpertProcess(int index) const {
+  Process process;
+  process.name = "expert-" + std::to_string(index);
+  process.argv = {Binary("moemesh-expert-node"), "--model",
+                  options_.model_dir.empty() ? FixtureDir() : options_.model_dir, "--router",
+                  control_address_, "--host", "127.0.0.1", "--port", "0", "--node-name",
+                  process.name};
+  process.argv.insert(process.argv.end(), options_.expert_flags.begin(),
+                      options_.expert_flags.end());
+  return process;
+}
+
+int Cluster::AddExpert(std::string* error, const std::vector<std::string>& extra_flags) {
+  Process process = ExpertProcess(static_cast<int>(experts_.size()));
+  process.argv.insert(process.argv.end(), extra_flags.begin(), extra_flags.end());
+  experts_.push_back(std::move(process));
+  error_.clear();
+  if (!Spawn(experts_.back(), "moemesh-expert-node listening on ", 60)) {
+    if (error != nullptr) *error = error_;
+    error_.clear();
+    return -1;
+  }
+  return static_cast<int>(experts_.size()) - 1;
+}
+
+void Cluster::SignalExpert(int i, int signal) {
+  const Process& process = experts_.at(i);
+  if (process.pid > 0) ::kill(process.pid, signal);
+}
+
+int Cluster::WaitExpertExit(int i, double seconds) {
+  Process& process = experts_.at(i);
+  if (process.pid <= 0) return -1;
+  const auto deadline = Clock::now() + std::chrono::milliseconds(int64_t(seconds * 1000));
+  while (true) {
+    int status = 0;
+    if (::waitpid(process.pid, &status, WNOHANG) == process.pid) {
+      process.pid = -1;
+      if (WIFSIGNALED(status)) return -100 - WTERMSIG(status);
+      return WEXITSTATUS(status);
+    }
+    if (Clock::now() > deadline) return -1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+std::string Cluster::ExpertLog(int i) const { return ReadFile(experts_.at(i).log_path); }
+
+std::string StopProcess(pid_t pid, const std::string& name, std::chrono::milliseconds grace,
+                        int signal) {
   if (pid <= 0) return "";
   int status = 0;
   // Still running? A process that already exited died on its own: that is a failure too.
   if (::waitpid(pid, &status, WNOHANG) == pid) {
     return name + " had exited before it was stopped (" + DescribeExit(status) + ")\n";
   }
-  ::kill(pid, SIGTERM);
+  ::kill(pid, signal);
+  const std::string sent = signal == SIGTERM ? "SIGTERM" : ::strsignal(signal);
   if (!WaitExit(pid, grace, &status)) {
     ::kill(pid, SIGKILL);
     ::waitpid(pid, &status, 0);
-    return name + " did not exit within " + std::to_string(grace.count()) +
-           " ms of SIGTERM (killed)\n";
+    return name + " did not exit within " + std::to_string(grace.count()) + " ms of " + sent +
+           " (killed)\n";
   }
   if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return "";
-  return name + " ended badly after SIGTERM (" + DescribeExit(status) + ")\n";
+  return name + " ended badly after " + sent + " (" + DescribeExit(status) + ")\n";
 }
 
-std::string Cluster::Stop(Process& process) {
+std::string Cluster::Stop(Process& process, int signal) {
   const pid_t pid = process.pid;
   process.pid = -1;
-  return StopProcess(pid, process.name, std::chrono::seconds(10));
+  return StopProcess(pid, process.name, std::chrono::seconds(10), signal);
 }
 
 bool Cluster::WaitReady(double seconds, std::string* last) {
@@ -306,7 +350,7 @@ void Cluster::KillExpert(int i, int signal) {
 
 bool Cluster::RestartExpert(int i, std::string* error, bool same_port) {
   Process& process = experts_.at(i);
-  if (std::string problem = Stop(process); !problem.empty()) {
+  if (std::string problem = Stop(process, SIGINT); !problem.empty()) {
     ADD_FAILURE() << "restarting " << problem;
   }
   for (size_t a = 0; a + 1 < process.argv.size(); ++a) {

@@ -42,6 +42,7 @@ struct ClusterOptions {
   int micro_batches = 2;
   std::vector<std::string> router_flags = {};   // extra flags for moemesh-router
   std::vector<std::string> attention_flags = {};  // extra flags for every attention node
+  std::vector<std::string> expert_flags = {};     // extra flags for every expert node
   double ready_timeout_seconds = 120;
 };
 
@@ -78,6 +79,16 @@ class Cluster {
   // port or (same_port) on the one it had, as a restarted pod would.
   void KillExpert(int i, int signal = SIGKILL);
   bool RestartExpert(int i, std::string* error, bool same_port = false);
+  // Starts one more expert node ("expert-N", N = its index) while the cluster serves, with
+  // `extra_flags` after the usual ones; returns its index, or -1 (`error` says why).
+  int AddExpert(std::string* error, const std::vector<std::string>& extra_flags = {});
+  // Sends `signal` to expert node i without waiting (SIGTERM drains it).
+  void SignalExpert(int i, int signal);
+  // Waits up to `seconds` for expert node i to exit and reaps it: its exit code, or -1 if it
+  // is still running (or was killed by a signal: -100 - signal).
+  int WaitExpertExit(int i, double seconds);
+  int expert_count() const { return static_cast<int>(experts_.size()); }
+  std::string ExpertLog(int i) const;
 
   // AttentionService.GetStatus of attention node i (all -1 on RPC failure).
   struct NodeStatus {
@@ -107,8 +118,10 @@ class Cluster {
   };
 
   bool Spawn(Process& process, const std::string& marker, double timeout_seconds);
-  // StopProcess with a 10 s grace; the process is marked stopped.
-  std::string Stop(Process& process);
+  // StopProcess with `signal` (SIGINT for expert nodes: SIGTERM would drain them) and a 10 s
+  // grace; the process is marked stopped.
+  std::string Stop(Process& process, int signal = SIGTERM);
+  Process ExpertProcess(int index) const;
 
   ClusterOptions options_;
   std::string error_;
@@ -120,10 +133,11 @@ class Cluster {
   std::vector<Process> experts_;
 };
 
-// Stops child `pid` (of this process): SIGTERM, up to `grace` for it to exit, then SIGKILL; reaps
-// it. Returns "" when it exited with status 0 after SIGTERM, else a line saying what went wrong
+// Stops child `pid` (of this process): `signal` (SIGTERM), up to `grace` for it to exit, then
+// SIGKILL; reaps it. Returns "" when it exited with status 0, else a line saying what went wrong
 // (it had already exited, ended by a signal or a non-zero status, or had to be killed).
-std::string StopProcess(pid_t pid, const std::string& name, std::chrono::milliseconds grace);
+std::string StopProcess(pid_t pid, const std::string& name, std::chrono::milliseconds grace,
+                        int signal = SIGTERM);
 
 // Greedy tokens against a golden prompt's continuation (the near-tie rule of ../shared/README.md):
 // a differing token is accepted only where the reference's top-2 margin is below 1e-3, and later
