@@ -150,7 +150,12 @@ absl::StatusOr<std::unique_ptr<AttentionNode>> AttentionNode::Start(AttentionNod
   return node;
 }
 
-AttentionNode::~AttentionNode() { Shutdown(); }
+AttentionNode::~AttentionNode() {
+  Shutdown();
+  // The metrics (and their registry's refresh callback, which a scrape can run at any time)
+  // outlive the scheduler and transport destroyed next: stop them reading both first.
+  if (metrics_ != nullptr) metrics_->Watch(nullptr, nullptr);
+}
 
 void AttentionNode::RefreshPlacement() {
   comm::ControlClient* control = control_for_refresh_.load();

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <new>
 #include <span>
 
 #include "absl/strings/str_cat.h"
@@ -12,22 +13,67 @@ namespace moemesh::attention_node {
 using moemesh::v1::SequenceEvent;
 
 void EventQueue::Push(SequenceEvent event) {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    events_.push_back(std::move(event));
-  }
-  ready_.notify_one();
+  absl::MutexLock lock(&mutex_);
+  events_.push_back(std::move(event));
 }
 
 std::optional<SequenceEvent> EventQueue::Pop(int timeout_ms) {
-  std::unique_lock<std::mutex> lock(mutex_);
-  if (!ready_.wait_for(lock, std::chrono::milliseconds(timeout_ms),
-                       [&] { return !events_.empty(); })) {
+  absl::MutexLock lock(&mutex_);
+  auto has_event = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) { return !events_.empty(); };
+  if (!mutex_.AwaitWithTimeout(absl::Condition(&has_event), absl::Milliseconds(timeout_ms))) {
     return std::nullopt;
   }
   SequenceEvent event = std::move(events_.front());
   events_.pop_front();
   return event;
+}
+
+LaneThreads::LaneThreads(int max_lanes) {
+  for (int lane = 1; lane < max_lanes; ++lane) threads_.emplace_back([this, lane] { Work(lane); });
+}
+
+LaneThreads::~LaneThreads() {
+  {
+    absl::MutexLock lock(&mutex_);
+    stopping_ = true;
+  }
+  for (std::thread& thread : threads_) thread.join();
+}
+
+void LaneThreads::Run(int lanes, const std::function<void(int)>& task) {
+  {
+    absl::MutexLock lock(&mutex_);
+    task_ = &task;
+    lanes_ = lanes;
+    pending_ = std::max(0, lanes - 1);
+    ++generation_;
+  }
+  task(0);
+  absl::MutexLock lock(&mutex_);
+  auto all_done = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) { return pending_ == 0; };
+  mutex_.Await(absl::Condition(&all_done));
+  task_ = nullptr;
+}
+
+void LaneThreads::Work(int lane) {
+  int64_t seen = 0;
+  while (true) {
+    const std::function<void(int)>* task = nullptr;
+    {
+      absl::MutexLock lock(&mutex_);
+      auto woken = [&]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+        return stopping_ || generation_ != seen;
+      };
+      mutex_.Await(absl::Condition(&woken));
+      if (stopping_) return;
+      seen = generation_;
+      if (lane >= lanes_) continue;
+      task = task_;
+    }
+    (*task)(lane);
+    absl::MutexLock lock(&mutex_);
+    --pending_;
+  }
 }
 
 struct Scheduler::Sequence {
@@ -82,9 +128,13 @@ uint32_t HttpStatusFor(const absl::Status& status) {
 
 Scheduler::Scheduler(model::DeepseekModel* model, std::shared_ptr<model::LatentBlockPool> pool,
                      RoutedExpertsFactory routed_experts, SchedulerOptions options)
-    : model_(model), pool_(std::move(pool)), options_(options) {
+    : model_(model),
+      pool_(std::move(pool)),
+      options_(options),
+      lane_threads_(std::max(1, options.micro_batches)) {
   options_.micro_batches = std::max(1, options_.micro_batches);
   for (int lane = 0; lane < options_.micro_batches; ++lane) lanes_.push_back(routed_experts(lane));
+  lane_logits_.resize(static_cast<size_t>(options_.micro_batches));
   thread_ = std::thread([this] { Loop(); });
 }
 
@@ -92,14 +142,13 @@ Scheduler::~Scheduler() { Stop(); }
 
 void Scheduler::Stop() {
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    absl::MutexLock lock(&mutex_);
     if (stopping_) return;
     stopping_ = true;
   }
-  work_.notify_all();
   if (thread_.joinable()) thread_.join();
   for (auto& sequence : running_) Finish(*sequence, SequenceEvent::ABORTED, "node shutting down", 503);
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   for (auto& sequence : waiting_) {
     SequenceEvent event;
     event.set_finish_reason(SequenceEvent::ABORTED);
@@ -143,7 +192,7 @@ absl::Status Scheduler::Add(const moemesh::v1::AddSequenceRequest& request,
       std::move(events), std::nullopt, model::Sampler(params)});
   sequence->tokens = sequence->prompt;
   {
-    std::lock_guard<std::mutex> lock(mutex_);
+    absl::MutexLock lock(&mutex_);
     if (stopping_) return absl::UnavailableError("node shutting down");
     if (aborted_.count(request.sequence_id()) > 0) {
       return absl::AlreadyExistsError(absl::StrCat("sequence ", request.sequence_id(), " exists"));
@@ -151,18 +200,14 @@ absl::Status Scheduler::Add(const moemesh::v1::AddSequenceRequest& request,
     aborted_[request.sequence_id()] = false;
     waiting_.push_back(std::move(sequence));
   }
-  work_.notify_all();
   return absl::OkStatus();
 }
 
 bool Scheduler::Abort(const std::string& sequence_id) {
-  {
-    std::lock_guard<std::mutex> lock(mutex_);
-    auto it = aborted_.find(sequence_id);
-    if (it == aborted_.end()) return false;
-    it->second = true;
-  }
-  work_.notify_all();
+  absl::MutexLock lock(&mutex_);
+  auto it = aborted_.find(sequence_id);
+  if (it == aborted_.end()) return false;
+  it->second = true;
   return true;
 }
 
@@ -170,7 +215,7 @@ SchedulerStatus Scheduler::Status() const {
   SchedulerStatus status;
   status.cache_capacity_tokens = pool_->capacity_blocks() * pool_->block_size();
   status.cache_used_tokens = pool_->used_blocks() * pool_->block_size();
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   status.running = running_count_;
   status.waiting = static_cast<int>(waiting_.size());
   status.preemptions = preemptions_;
@@ -194,18 +239,29 @@ void Scheduler::Finish(Sequence& sequence, SequenceEvent::FinishReason reason,
 void Scheduler::Loop() {
   while (true) {
     {
-      std::unique_lock<std::mutex> lock(mutex_);
-      work_.wait_for(lock, std::chrono::milliseconds(100),
-                     [&] { return stopping_ || !waiting_.empty() || running_count_ > 0; });
+      absl::MutexLock lock(&mutex_);
+      // Level-triggered: a timeout only re-checks (aborts of running sequences need no wake-up
+      // because running_count_ > 0 keeps the loop stepping).
+      mutex_.AwaitWithTimeout(absl::Condition(this, &Scheduler::HasWork), absl::Milliseconds(100));
       if (stopping_) return;
     }
-    Admit();
-    RunStep();
+    // Out of memory outside the model's own boundary (admission, sampling, events): the
+    // sequences of this node fail with an error and free their cache; the node keeps serving.
+    try {
+      Admit();
+      RunStep();
+    } catch (const std::bad_alloc&) {
+      FailRunning("out of memory on the attention node during a step", 503);
+    }
   }
 }
 
+void Scheduler::FailRunning(const std::string& error, uint32_t error_code) {
+  for (auto& sequence : running_) Finish(*sequence, SequenceEvent::ERROR, error, error_code);
+}
+
 void Scheduler::Admit() {
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   // Aborted sequences leave first, so their blocks can go to the next in line.
   for (auto& sequence : running_) {
     if (aborted_[sequence->id]) Finish(*sequence, SequenceEvent::ABORTED);
@@ -282,7 +338,7 @@ void Scheduler::ReserveOrPreempt(std::vector<StepWork>& work) {
   }
   running_ = std::move(kept);
   if (preempted.empty()) return;
-  std::lock_guard<std::mutex> lock(mutex_);
+  absl::MutexLock lock(&mutex_);
   preemptions_ += static_cast<int64_t>(preempted.size());
   // Back to the head of the queue, in their admission order.
   for (auto it = preempted.rbegin(); it != preempted.rend(); ++it) {
@@ -337,32 +393,38 @@ void Scheduler::RunStep() {
     groups[lane].push_back(i);
     rows_so_far += static_cast<int64_t>(work[i].tokens.size());
   }
-  std::vector<absl::StatusOr<std::vector<float>>> results(lanes, std::vector<float>());
-  auto run_group = [&](int lane) {
+  // Each lane's logits go to its own buffer, kept between steps.
+  std::vector<absl::Status> results(lanes);
+  auto run_lane = [&](int lane) {
     std::vector<model::SequenceStep> steps;
     for (size_t index : groups[lane]) {
       steps.push_back({&*work[index].sequence->cache, work[index].tokens, work[index].samples});
     }
     if (steps.empty()) return;
     if (options_.observer == nullptr) {
-      results[lane] = model_->Forward(steps, *lanes_[lane]);
+      results[lane] = model_->ForwardInto(steps, *lanes_[lane], &lane_logits_[lane]);
       return;
     }
     model::ForwardTrace trace;
     trace.record_layer_outputs = false;
     const auto forward_start = std::chrono::steady_clock::now();
-    results[lane] = model_->Forward(steps, *lanes_[lane], &trace);
+    results[lane] = model_->ForwardInto(steps, *lanes_[lane], &lane_logits_[lane], &trace);
     if (results[lane].ok()) {
       options_.observer->OnForward(
           lane, trace,
           std::chrono::duration<double>(std::chrono::steady_clock::now() - forward_start).count());
     }
   };
+  std::function<void(int)> run_group = [&](int lane) {
+    // The lane's own allocations can fail too (Forward reports its own as ResourceExhausted).
+    try {
+      run_lane(lane);
+    } catch (const std::bad_alloc&) {
+      results[lane] = absl::ResourceExhaustedError("out of memory preparing the step");
+    }
+  };
   const auto step_start = std::chrono::steady_clock::now();
-  std::vector<std::thread> helpers;
-  for (int lane = 1; lane < lanes; ++lane) helpers.emplace_back(run_group, lane);
-  run_group(0);
-  for (std::thread& helper : helpers) helper.join();
+  lane_threads_.Run(lanes, run_group);
   const auto sampling_start = std::chrono::steady_clock::now();
   struct StepReport {  // reports the step when RunStep returns
     SchedulerObserver* observer;
@@ -379,7 +441,7 @@ void Scheduler::RunStep() {
   const uint32_t eos = static_cast<uint32_t>(model_->config().eos_token_id);
   for (int lane = 0; lane < lanes; ++lane) {
     if (!results[lane].ok()) {
-      const absl::Status& status = results[lane].status();
+      const absl::Status& status = results[lane];
       for (size_t index : groups[lane]) {
         Finish(*work[index].sequence, SequenceEvent::ERROR, std::string(status.message()),
                HttpStatusFor(status));
@@ -391,7 +453,7 @@ void Scheduler::RunStep() {
       Sequence& sequence = *item.sequence;
       sequence.cached += static_cast<int64_t>(item.tokens.size());
       if (!item.samples) continue;
-      const float* logits = results[lane]->data() + g * vocab;
+      const float* logits = lane_logits_[lane].data() + g * vocab;
       // The token's absolute position: prompt plus the tokens before it (a replayed sequence,
       // whose prompt carries its earlier output, draws at the same positions).
       const int32_t token =

@@ -5,20 +5,20 @@
 // attention overlaps the other's expert round trip, samples, and streams tokens out.
 #pragma once
 
-#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "core/model/deepseek_model.h"
 #include "core/model/latent_cache.h"
 #include "core/model/routed_experts.h"
@@ -35,9 +35,29 @@ class EventQueue {
   std::optional<moemesh::v1::SequenceEvent> Pop(int timeout_ms);
 
  private:
-  std::mutex mutex_;
-  std::condition_variable ready_;
-  std::deque<moemesh::v1::SequenceEvent> events_;
+  absl::Mutex mutex_;
+  std::deque<moemesh::v1::SequenceEvent> events_ ABSL_GUARDED_BY(mutex_);
+};
+
+// Persistent threads for micro-batch lanes 1 .. lanes-1 (lane 0 runs on the calling thread), so
+// a step does not start threads. Run is called from one thread at a time.
+class LaneThreads {
+ public:
+  explicit LaneThreads(int max_lanes);
+  ~LaneThreads();
+  // Runs task(lane) for every lane in [0, lanes) (lanes <= max_lanes) and returns when all
+  // have returned. `task` must not throw.
+  void Run(int lanes, const std::function<void(int lane)>& task);
+
+ private:
+  void Work(int lane);
+  absl::Mutex mutex_;
+  const std::function<void(int)>* task_ ABSL_GUARDED_BY(mutex_) = nullptr;
+  int lanes_ ABSL_GUARDED_BY(mutex_) = 0;
+  int pending_ ABSL_GUARDED_BY(mutex_) = 0;
+  int64_t generation_ ABSL_GUARDED_BY(mutex_) = 0;
+  bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
+  std::vector<std::thread> threads_;
 };
 
 // Optional metrics hooks of the scheduler (called on its threads; must be thread-safe).
@@ -95,12 +115,18 @@ class Scheduler {
     bool samples;  // the step reaches the sequence's last known token: sample from its logits
   };
   void Loop();
+  bool HasWork() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    return stopping_ || !waiting_.empty() || running_count_ > 0;
+  }
+  // Ends every running sequence with an error (a step failed outside the model's own error
+  // handling, e.g. out of memory while sampling); their cache blocks go back to the pool.
+  void FailRunning(const std::string& error, uint32_t error_code);
   // Reserves cache room for every item of the step; preempts the newest other sequences when the
   // pool is full (they wait at the head of the queue and later recompute their tokens). Drops
   // the work of preempted sequences.
   void ReserveOrPreempt(std::vector<StepWork>& work);
-  void Admit();
-  void RunStep();
+  void Admit() ABSL_LOCKS_EXCLUDED(mutex_);
+  void RunStep() ABSL_LOCKS_EXCLUDED(mutex_);
   void Finish(Sequence& sequence, moemesh::v1::SequenceEvent::FinishReason reason,
               const std::string& error = "", uint32_t error_code = 0);
 
@@ -108,15 +134,16 @@ class Scheduler {
   std::shared_ptr<model::LatentBlockPool> pool_;
   SchedulerOptions options_;
   std::vector<std::unique_ptr<model::RoutedExperts>> lanes_;
+  std::vector<std::vector<float>> lane_logits_;  // [lane]: its step's logits (reused)
 
-  mutable std::mutex mutex_;
-  std::condition_variable work_;
-  bool stopping_ = false;
-  std::deque<std::unique_ptr<Sequence>> waiting_;    // guarded by mutex_
-  std::map<std::string, bool> aborted_;              // guarded by mutex_: id -> abort requested
-  std::vector<std::unique_ptr<Sequence>> running_;   // scheduler thread only
-  int running_count_ = 0;                            // guarded by mutex_ (for Status)
-  int64_t preemptions_ = 0;                          // guarded by mutex_
+  LaneThreads lane_threads_;
+  mutable absl::Mutex mutex_;
+  bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
+  std::deque<std::unique_ptr<Sequence>> waiting_ ABSL_GUARDED_BY(mutex_);
+  std::map<std::string, bool> aborted_ ABSL_GUARDED_BY(mutex_);  // id -> abort requested
+  int running_count_ ABSL_GUARDED_BY(mutex_) = 0;                // running_.size(), for Status
+  int64_t preemptions_ ABSL_GUARDED_BY(mutex_) = 0;
+  std::vector<std::unique_ptr<Sequence>> running_;  // the scheduler thread's only
   std::thread thread_;
 };
 

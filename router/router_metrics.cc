@@ -96,8 +96,11 @@ RouterMetrics::RouterMetrics(ControlPlane* control, ExpertLoadTracker* load)
   min_used_version_ = &r.Gauge("moemesh_placement_min_used_version",
                                "Oldest placement version an attention node may still use.")
                            .Add({});
-  for (const char* reason : {"stop", "length"}) {
-    Labeled(*success_family_, success_, "finished_reason", reason);
+  {
+    absl::MutexLock lock(&mutex_);
+    for (const char* reason : {"stop", "length"}) {
+      Labeled(*success_family_, success_, "finished_reason", reason);
+    }
   }
   for (const char* reason : {"node_failed", "node_unhealthy", "node_drained"}) {
     Labeled(*resubmissions_family_, resubmissions_, "reason", reason);
@@ -108,7 +111,6 @@ RouterMetrics::RouterMetrics(ControlPlane* control, ExpertLoadTracker* load)
 prometheus::Counter& RouterMetrics::Labeled(prometheus::Family<prometheus::Counter>& family,
                                             std::map<std::string, prometheus::Counter*>& cache,
                                             const std::string& label, const std::string& value) {
-  absl::MutexLock lock(&mutex_);
   auto it = cache.find(value);
   if (it == cache.end()) it = cache.emplace(value, &family.Add({{label, value}})).first;
   return *it->second;
@@ -132,8 +134,10 @@ void RouterMetrics::OnRequestEnd(const RequestOutcome& outcome) {
         outcome.finish_reasons.empty() || outcome.finish_reasons[0].empty()
             ? std::string("unknown")
             : outcome.finish_reasons[0];
+    absl::MutexLock lock(&mutex_);
     Labeled(*success_family_, success_, "finished_reason", reason).Increment();
   } else {
+    absl::MutexLock lock(&mutex_);
     Labeled(*errors_family_, errors_, "code", absl::StrCat(outcome.http_status)).Increment();
   }
 }

@@ -45,9 +45,11 @@ class RouterMetrics : public HttpServerObserver {
   obs::MetricsRegistry& registry() { return *registry_; }
 
  private:
+  // The counter of `family` with label=value, made once and kept in `cache` (a guarded map).
   prometheus::Counter& Labeled(prometheus::Family<prometheus::Counter>& family,
                                std::map<std::string, prometheus::Counter*>& cache,
-                               const std::string& label, const std::string& value);
+                               const std::string& label, const std::string& value)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void Refresh();
 
   ControlPlane* control_;

@@ -114,6 +114,18 @@ ModelConfig DeepSeekV3Config() {
 // DeepSeek's release has 163 shards.
 constexpr uint64_t kDeepSeekV3Shards = 163;
 
+// "heads128": DeepSeek-V3's 128 attention heads on the tiny shape, for long-context tests: the
+// attention core's work and scratch grow with heads x positions while everything else stays
+// small. 2 layers (0 dense, 1 MoE) + 1 MTP layer, kv_lora_rank 32; otherwise as "tiny"
+// (hidden 64, 16 routed experts, vocab 129280). ~135 MB of float32 weights once loaded.
+ModelConfig Heads128Config() {
+  ModelConfig config = TinyConfig();
+  config.num_attention_heads = 128;
+  config.num_hidden_layers = 2;
+  config.kv_lora_rank = 32;
+  return config;
+}
+
 // FNV-1a of the tensor name, mixed with the seed by splitmix64: each tensor gets its own
 // stream, so its values do not depend on which other tensors exist or their order.
 uint64_t TensorSeed(uint64_t seed, const std::string& name) {
@@ -218,11 +230,14 @@ absl::StatusOr<CheckpointPreset> FindCheckpointPreset(absl::string_view name) {
                             (total + kDeepSeekV3Shards - 1) / kDeepSeekV3Shards,
                             /*sparse_only=*/true};
   }
+  if (name == "heads128") return CheckpointPreset{"heads128", Heads128Config(), 64ull << 20};
   return absl::InvalidArgumentError(absl::StrCat(
       "unknown preset '", name, "' (known: ", absl::StrJoin(CheckpointPresetNames(), ", "), ")"));
 }
 
-std::vector<std::string> CheckpointPresetNames() { return {"tiny", "bench", "deepseek-v3-671b"}; }
+std::vector<std::string> CheckpointPresetNames() {
+  return {"tiny", "bench", "heads128", "deepseek-v3-671b"};
+}
 
 std::vector<TensorSpec> CheckpointLayout(const ModelConfig& config) {
   std::vector<TensorSpec> specs;

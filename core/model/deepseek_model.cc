@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <new>
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
@@ -12,6 +13,7 @@
 #include "core/kernels/cpu/gemm.h"
 #include "core/kernels/cpu/linear.h"
 #include "core/model/expert_shard.h"
+#include "core/model/mla_attention.h"
 #include "core/status_macros.h"
 
 namespace moemesh::model {
@@ -132,77 +134,23 @@ absl::Status DeepseekModel::AttentionBlock(int layer, const StepLayout& layout,
                                              layout.row_count[s]));
   }
 
-  // Absorb kv_b_proj's key half into the queries: q_latent[r, h] = q_nope[r, h] · W_uk[h],
-  // W_uk[h] = kv_b_proj rows [h * (nope + v), h * (nope + v) + nope), shape [nope, kv_rank].
-  const float* kv_b = weights.kv_b_proj.data();
-  std::vector<float> query_latent(static_cast<size_t>(rows * heads * kv_rank));
-  for (int64_t h = 0; h < heads; ++h) {
-    kernels::MatMul(query.data() + h * qk_head, heads * qk_head, rows,
-                    kv_b + h * (nope + value_dim) * kv_rank, kv_rank, nope, kv_rank,
-                    query_latent.data() + h * kv_rank, heads * kv_rank);
-  }
-
-  // Scores against every cached position, causal within the step, softmax, then the weighted
-  // sum of latents: context [rows, heads, kv_rank]. The cache is paged, so each product runs
-  // block by block into the matching columns.
-  const float softmax_scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(qk_head)) *
-                                                 rope_.SoftmaxScaleMultiplier());
-  std::vector<float> context(static_cast<size_t>(rows * heads * kv_rank));
-  std::vector<float> scores;
-  std::vector<float> rope_scratch;
-  for (size_t s = 0; s < layout.caches.size(); ++s) {
-    const LatentCache& cache = *layout.caches[s];
-    const int64_t count = layout.row_count[s];
-    if (count == 0) continue;
-    const int64_t positions = cache.positions(layer);
-    const int64_t query_rows = count * heads;
-    const int64_t block_size = cache.block_size();
-    const float* sequence_query_latent = query_latent.data() + layout.row_begin[s] * heads * kv_rank;
-    const float* sequence_query_rope = query.data() + layout.row_begin[s] * heads * qk_head + nope;
-    scores.assign(static_cast<size_t>(query_rows * positions), 0.0f);
-    for (int64_t block = 0; block * block_size < positions; ++block) {
-      const int64_t first = block * block_size;
-      const int64_t width = std::min(block_size, positions - first);
-      // Batch-invariant products (kernels/cpu/gemm.h): a row's scores do not depend on how
-      // many query rows share the step, so chunked prefill gives the same bits.
-      kernels::MatMulTransposed(sequence_query_latent, kv_rank, query_rows,
-                                cache.block_latent(block, layer), kv_rank, width, kv_rank,
-                                scores.data() + first, positions);
-      std::vector<float>& rope_scores = rope_scratch;
-      rope_scores.resize(static_cast<size_t>(query_rows * width));
-      kernels::MatMulTransposed(sequence_query_rope, qk_head, query_rows,
-                                cache.block_rope_key(block, layer), rope, width, rope,
-                                rope_scores.data(), width);
-      for (int64_t r = 0; r < query_rows; ++r) {
-        float* row = scores.data() + r * positions + first;
-        for (int64_t t = 0; t < width; ++t) row[t] += rope_scores[r * width + t];
-      }
-    }
-    for (int64_t i = 0; i < count; ++i) {
-      const int64_t visible = layout.start_position[s] + i + 1;
-      for (int64_t h = 0; h < heads; ++h) {
-        float* row_scores = scores.data() + (i * heads + h) * positions;
-        for (int64_t t = 0; t < visible; ++t) row_scores[t] *= softmax_scale;
-        kernels::Softmax(row_scores, visible);
-        std::fill(row_scores + visible, row_scores + positions, 0.0f);
-      }
-    }
-    float* sequence_context = context.data() + layout.row_begin[s] * heads * kv_rank;
-    for (int64_t block = 0; block * block_size < positions; ++block) {
-      const int64_t first = block * block_size;
-      const int64_t width = std::min(block_size, positions - first);
-      kernels::MatMul(scores.data() + first, positions, query_rows,
-                      cache.block_latent(block, layer), kv_rank, width, kv_rank, sequence_context,
-                      kv_rank, /*accumulate=*/block != 0);
-    }
-  }
-
-  // Absorb the value half: out[r, h] = context[r, h] · W_uv[h]^T, W_uv[h] [v, kv_rank].
+  // Attention per sequence, in the latent space (core/model/mla_attention.h):
+  // attention_out [rows, heads, value_dim].
+  const MlaDims dims{heads, nope, rope, value_dim, kv_rank,
+                     static_cast<float>(1.0 / std::sqrt(static_cast<double>(qk_head)) *
+                                        rope_.SoftmaxScaleMultiplier())};
   std::vector<float> attention_out(static_cast<size_t>(rows * heads * value_dim));
-  for (int64_t h = 0; h < heads; ++h) {
-    kernels::MatMulTransposed(context.data() + h * kv_rank, heads * kv_rank, rows,
-                              kv_b + (h * (nope + value_dim) + nope) * kv_rank, kv_rank, value_dim,
-                              kv_rank, attention_out.data() + h * value_dim, heads * value_dim);
+  for (size_t s = 0; s < layout.caches.size(); ++s) {
+    if (layout.row_count[s] == 0) continue;
+    const float* sequence_query = query.data() + layout.row_begin[s] * heads * qk_head;
+    float* sequence_out = attention_out.data() + layout.row_begin[s] * heads * value_dim;
+    if (attention_kernel_ == AttentionKernel::kNaive) {
+      MlaAttentionNaive(dims, *layout.caches[s], layer, weights.kv_b_proj.data(), sequence_query,
+                        layout.row_count[s], layout.start_position[s], sequence_out);
+    } else {
+      MlaAttentionTiled(dims, *layout.caches[s], layer, weights.kv_b_proj.data(), sequence_query,
+                        layout.row_count[s], layout.start_position[s], sequence_out);
+    }
   }
   std::vector<float> projected(static_cast<size_t>(rows * hidden_size));
   kernels::Linear(attention_out.data(), rows, weights.o_proj, projected.data());
@@ -295,10 +243,46 @@ absl::StatusOr<std::vector<float>> DeepseekModel::Forward(std::span<const Sequen
                                                           RoutedExperts& routed_experts,
                                                           ForwardTrace* trace,
                                                           bool all_positions) {
+  std::vector<float> logits;
+  RETURN_IF_ERROR(ForwardInto(steps, routed_experts, &logits, trace, all_positions));
+  return logits;
+}
+
+absl::Status DeepseekModel::ForwardInto(std::span<const SequenceStep> steps,
+                                        RoutedExperts& routed_experts, std::vector<float>* logits,
+                                        ForwardTrace* trace, bool all_positions) {
+  // An allocation that fails anywhere in the step (activations, cache blocks, a RoutedExperts
+  // buffer) becomes an error of this step: the caches are rolled back to where they were.
+  std::vector<int64_t> lengths;
+  lengths.reserve(steps.size());
+  for (const SequenceStep& step : steps) lengths.push_back(step.cache->length());
+  try {
+    return ForwardUnchecked(steps, routed_experts, logits, trace, all_positions);
+  } catch (const std::bad_alloc&) {
+    for (size_t s = 0; s < steps.size(); ++s) steps[s].cache->Truncate(lengths[s]);
+    int64_t rows = 0;
+    for (const SequenceStep& step : steps) rows += static_cast<int64_t>(step.tokens.size());
+    return absl::ResourceExhaustedError(absl::StrCat(
+        "out of memory: a step of ", rows, " tokens over ", steps.size(),
+        " sequences could not allocate its buffers"));
+  }
+}
+
+absl::Status DeepseekModel::ForwardUnchecked(std::span<const SequenceStep> steps,
+                                             RoutedExperts& routed_experts,
+                                             std::vector<float>* logits, ForwardTrace* trace,
+                                             bool all_positions) {
   const StepLayout layout = StepLayout::From(steps);
   const int64_t rows = layout.total_rows;
   const int64_t hidden_size = config_.hidden_size;
-  std::vector<float> hidden(static_cast<size_t>(rows * hidden_size));
+  // Activations live in per-thread buffers kept from step to step (each is fully written before
+  // it is read), so a step allocates only when it is larger than every earlier one.
+  struct Workspace {
+    std::vector<float> hidden, normed, routed, dense, last_rows;
+  };
+  thread_local Workspace workspace;
+  std::vector<float>& hidden = workspace.hidden;
+  hidden.resize(static_cast<size_t>(rows * hidden_size));
   for (size_t s = 0; s < steps.size(); ++s) {
     RETURN_IF_ERROR(Embed(steps[s].tokens, hidden.data() + layout.row_begin[s] * hidden_size));
   }
@@ -307,9 +291,12 @@ absl::StatusOr<std::vector<float>> DeepseekModel::Forward(std::span<const Sequen
       layout.caches[s]->Truncate(layout.start_position[s]);
     }
   };
-  std::vector<float> normed(static_cast<size_t>(rows * hidden_size));
-  std::vector<float> routed(static_cast<size_t>(rows * hidden_size));
-  std::vector<float> dense(static_cast<size_t>(rows * hidden_size));
+  std::vector<float>& normed = workspace.normed;
+  std::vector<float>& routed = workspace.routed;
+  std::vector<float>& dense = workspace.dense;
+  normed.resize(static_cast<size_t>(rows * hidden_size));
+  routed.resize(static_cast<size_t>(rows * hidden_size));
+  dense.resize(static_cast<size_t>(rows * hidden_size));
   for (int layer = 0; layer < config_.num_hidden_layers; ++layer) {
     if (absl::Status status = AttentionBlock(layer, layout, hidden.data()); !status.ok()) {
       roll_back();
@@ -343,32 +330,38 @@ absl::StatusOr<std::vector<float>> DeepseekModel::Forward(std::span<const Sequen
 
   const int64_t vocab = config_.vocab_size;
   if (all_positions) {
-    std::vector<float> logits(static_cast<size_t>(rows * vocab));
-    Logits(hidden.data(), rows, logits.data());
-    return logits;
+    logits->resize(static_cast<size_t>(rows * vocab));
+    Logits(hidden.data(), rows, logits->data());
+    return absl::OkStatus();
   }
   std::vector<size_t> wanted;
   for (size_t s = 0; s < steps.size(); ++s) {
     if (steps[s].wants_logits) wanted.push_back(s);
   }
-  std::vector<float> last_rows(wanted.size() * hidden_size);
+  std::vector<float>& last_rows = workspace.last_rows;
+  last_rows.resize(wanted.size() * hidden_size);
   for (size_t i = 0; i < wanted.size(); ++i) {
     const int64_t last = layout.row_begin[wanted[i]] + layout.row_count[wanted[i]] - 1;
     std::memcpy(last_rows.data() + i * hidden_size, hidden.data() + last * hidden_size,
                 sizeof(float) * hidden_size);
   }
-  std::vector<float> logits(steps.size() * vocab);
-  if (wanted.size() == steps.size()) {
-    Logits(last_rows.data(), static_cast<int64_t>(wanted.size()), logits.data());
-    return logits;
+  // The wanted rows are computed into the front of the buffer, then moved to their sequences'
+  // rows (back to front: wanted[i] >= i) and the others zeroed.
+  logits->resize(steps.size() * vocab);
+  float* out = logits->data();
+  Logits(last_rows.data(), static_cast<int64_t>(wanted.size()), out);
+  if (wanted.size() == steps.size()) return absl::OkStatus();
+  std::vector<bool> has_row(steps.size(), false);
+  for (size_t i = wanted.size(); i-- > 0;) {
+    has_row[wanted[i]] = true;
+    if (wanted[i] != i) {
+      std::memmove(out + wanted[i] * vocab, out + i * vocab, sizeof(float) * vocab);
+    }
   }
-  std::vector<float> wanted_logits(wanted.size() * vocab);
-  Logits(last_rows.data(), static_cast<int64_t>(wanted.size()), wanted_logits.data());
-  for (size_t i = 0; i < wanted.size(); ++i) {
-    std::memcpy(logits.data() + wanted[i] * vocab, wanted_logits.data() + i * vocab,
-                sizeof(float) * vocab);
+  for (size_t s = 0; s < steps.size(); ++s) {
+    if (!has_row[s]) std::fill(out + s * vocab, out + (s + 1) * vocab, 0.0f);
   }
-  return logits;
+  return absl::OkStatus();
 }
 
 }  // namespace moemesh::model

@@ -62,11 +62,17 @@ class DeepseekModel {
   // Runs one step. Returns logits [steps.size(), vocab]: for each sequence, at its last new token
   // (zeros for a step with wants_logits false), or, with `all_positions`, [total_rows, vocab]
   // for every new token. Appends to each cache.
-  // Errors: token ids out of range, or a RoutedExperts failure (caches are rolled back then).
+  // Errors: token ids out of range, a RoutedExperts failure, or ResourceExhausted when memory
+  // for the step cannot be allocated (std::bad_alloc anywhere inside); caches are rolled back.
   absl::StatusOr<std::vector<float>> Forward(std::span<const SequenceStep> steps,
                                              RoutedExperts& routed_experts,
                                              ForwardTrace* trace = nullptr,
                                              bool all_positions = false);
+  // The same into a caller's buffer (resized to fit; kept between steps, it is not reallocated
+  // once large enough).
+  absl::Status ForwardInto(std::span<const SequenceStep> steps, RoutedExperts& routed_experts,
+                           std::vector<float>* logits, ForwardTrace* trace = nullptr,
+                           bool all_positions = false);
 
   // --- The pieces Forward is made of, for callers that schedule layers themselves. ---
   // hidden [rows, hidden] = embed_tokens[tokens]. Errors: an id outside [0, vocab).
@@ -88,6 +94,11 @@ class DeepseekModel {
 
   const DenseWeights& weights() const { return weights_; }
 
+  // Which attention core AttentionBlock runs: the tiled online-softmax kernel (the default;
+  // memory independent of context length) or the untiled reference (tests compare the two).
+  enum class AttentionKernel { kTiled, kNaive };
+  void set_attention_kernel(AttentionKernel kernel) { attention_kernel_ = kernel; }
+
  private:
   DeepseekModel(const checkpoint::ModelConfig& config, DenseWeights weights)
       : config_(config),
@@ -95,10 +106,16 @@ class DeepseekModel {
         rope_(config),
         default_pool_(NewBlockPool(/*capacity_blocks=*/0)) {}
 
+  // Forward without the allocation-failure boundary.
+  absl::Status ForwardUnchecked(std::span<const SequenceStep> steps,
+                                RoutedExperts& routed_experts, std::vector<float>* logits,
+                                ForwardTrace* trace, bool all_positions);
+
   checkpoint::ModelConfig config_;
   DenseWeights weights_;
   RotaryEmbedding rope_;
   std::shared_ptr<LatentBlockPool> default_pool_;
+  AttentionKernel attention_kernel_ = AttentionKernel::kTiled;
 };
 
 }  // namespace moemesh::model

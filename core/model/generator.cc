@@ -1,14 +1,19 @@
 #include "core/model/generator.h"
 
+#include <algorithm>
+
 #include "absl/strings/str_cat.h"
 #include "core/status_macros.h"
 
 namespace moemesh::model {
 
-absl::StatusOr<std::vector<GenerationResult>> Generate(DeepseekModel& model,
-                                                       RoutedExperts& routed_experts,
-                                                       std::span<const GenerationRequest> requests,
-                                                       int prefill_top_count) {
+absl::StatusOr<std::vector<GenerationResult>> Generate(
+    DeepseekModel& model, RoutedExperts& routed_experts,
+    std::span<const GenerationRequest> requests, int prefill_top_count, int64_t max_step_tokens) {
+  if (max_step_tokens < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_step_tokens must be at least 1, got ", max_step_tokens));
+  }
   const int64_t vocab = model.config().vocab_size;
   std::vector<LatentCache> caches;
   std::vector<Sampler> samplers;
@@ -27,11 +32,6 @@ absl::StatusOr<std::vector<GenerationResult>> Generate(DeepseekModel& model,
   std::vector<int32_t> next_token(requests.size());
   std::vector<bool> live(requests.size(), false);
 
-  std::vector<SequenceStep> prefill;
-  for (size_t i = 0; i < requests.size(); ++i) {
-    prefill.push_back({&caches[i], requests[i].prompt});
-  }
-  ASSIGN_OR_RETURN(std::vector<float> logits, model.Forward(prefill, routed_experts));
   auto take = [&](size_t i, const float* row) {
     // Drawn at its absolute position in the sequence (prompt + tokens generated before it).
     const int64_t position =
@@ -42,11 +42,34 @@ absl::StatusOr<std::vector<GenerationResult>> Generate(DeepseekModel& model,
     const bool eos = requests[i].stop_at_eos && token == model.config().eos_token_id;
     live[i] = !eos && static_cast<int>(results[i].generated.size()) < requests[i].max_new_tokens;
   };
-  for (size_t i = 0; i < requests.size(); ++i) {
-    const float* row = logits.data() + i * vocab;
-    results[i].prefill_top = TopLogits(row, vocab, prefill_top_count);
-    if (requests[i].max_new_tokens > 0) take(i, row);
+  // Prefill: prompts in order, each step filled up to the budget with the next chunks.
+  std::vector<int64_t> prefilled(requests.size(), 0);
+  size_t first_pending = 0;
+  while (first_pending < requests.size()) {
+    std::vector<SequenceStep> prefill;
+    std::vector<size_t> which;
+    int64_t budget = max_step_tokens;
+    for (size_t i = first_pending; i < requests.size() && budget > 0; ++i) {
+      const int64_t remaining = static_cast<int64_t>(requests[i].prompt.size()) - prefilled[i];
+      const int64_t chunk = std::min(remaining, budget);
+      prefill.push_back({&caches[i],
+                         std::span<const int32_t>(requests[i].prompt).subspan(prefilled[i], chunk),
+                         chunk == remaining});
+      which.push_back(i);
+      budget -= chunk;
+    }
+    ASSIGN_OR_RETURN(std::vector<float> logits, model.Forward(prefill, routed_experts));
+    for (size_t j = 0; j < which.size(); ++j) {
+      const size_t i = which[j];
+      prefilled[i] += static_cast<int64_t>(prefill[j].tokens.size());
+      if (!prefill[j].wants_logits) continue;
+      const float* row = logits.data() + j * vocab;
+      results[i].prefill_top = TopLogits(row, vocab, prefill_top_count);
+      if (requests[i].max_new_tokens > 0) take(i, row);
+      first_pending = i + 1;
+    }
   }
+  std::vector<float> step_logits;  // reused by every decode step
   while (true) {
     std::vector<SequenceStep> decode;
     std::vector<size_t> which;
@@ -56,7 +79,7 @@ absl::StatusOr<std::vector<GenerationResult>> Generate(DeepseekModel& model,
       which.push_back(i);
     }
     if (decode.empty()) break;
-    ASSIGN_OR_RETURN(std::vector<float> step_logits, model.Forward(decode, routed_experts));
+    RETURN_IF_ERROR(model.ForwardInto(decode, routed_experts, &step_logits));
     for (size_t j = 0; j < which.size(); ++j) take(which[j], step_logits.data() + j * vocab);
   }
   return results;

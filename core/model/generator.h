@@ -1,5 +1,7 @@
-// Batch generation in one process: prefill every prompt in one step, then decode all live
-// sequences together, one token each per step (the reference the cluster must match).
+// Batch generation in one process: prefill the prompts in steps of at most `max_step_tokens`
+// new tokens (a long prompt is chunked, so a step's memory does not grow with the prompt), then
+// decode all live sequences together, one token each per step (the reference the cluster must
+// match).
 #pragma once
 
 #include <cstdint>
@@ -27,10 +29,14 @@ struct GenerationResult {
   std::vector<std::pair<int32_t, float>> prefill_top;
 };
 
-// Errors: empty prompt, invalid sampling parameters (naming them), or model failures.
-absl::StatusOr<std::vector<GenerationResult>> Generate(DeepseekModel& model,
-                                                       RoutedExperts& routed_experts,
-                                                       std::span<const GenerationRequest> requests,
-                                                       int prefill_top_count = 20);
+// The prefill step budget of Generate (the attention node's --max-batch-tokens default).
+inline constexpr int64_t kDefaultMaxStepTokens = 512;
+
+// Errors: empty prompt, invalid sampling parameters (naming them), max_step_tokens < 1, or model
+// failures.
+absl::StatusOr<std::vector<GenerationResult>> Generate(
+    DeepseekModel& model, RoutedExperts& routed_experts,
+    std::span<const GenerationRequest> requests, int prefill_top_count = 20,
+    int64_t max_step_tokens = kDefaultMaxStepTokens);
 
 }  // namespace moemesh::model

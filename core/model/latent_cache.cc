@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <new>
 
 #include "absl/strings/str_cat.h"
 
@@ -26,7 +27,8 @@ int64_t LatentBlockPool::free_blocks() const {
   return capacity_blocks_ > 0 ? capacity_blocks_ - used_ : INT64_MAX;
 }
 
-absl::Status LatentBlockPool::Allocate(int64_t count, std::vector<int32_t>* blocks) {
+absl::Status LatentBlockPool::Allocate(int64_t count, std::vector<int32_t>* blocks,
+                                       std::vector<float*>* storage) {
   absl::MutexLock lock(&mutex_);
   if (capacity_blocks_ > 0 && used_ + count > capacity_blocks_) {
     return absl::ResourceExhaustedError(absl::StrCat("latent cache full: need ", count,
@@ -35,10 +37,23 @@ absl::Status LatentBlockPool::Allocate(int64_t count, std::vector<int32_t>* bloc
   }
   for (int64_t i = 0; i < count; ++i) {
     if (free_list_.empty()) {
-      storage_.push_back(std::make_unique<float[]>(static_cast<size_t>(block_floats_)));
+      // Growing an unbounded pool can fail: give back what this call took, then report it.
+      std::unique_ptr<float[]> block(new (std::nothrow) float[static_cast<size_t>(block_floats_)]);
+      if (block == nullptr) {
+        for (int64_t j = 0; j < i; ++j) {
+          free_list_.push_back(blocks->back());
+          blocks->pop_back();
+          if (storage != nullptr) storage->pop_back();
+        }
+        return absl::ResourceExhaustedError(absl::StrCat(
+            "out of memory: cannot allocate a latent cache block of ", block_floats_ * 4,
+            " bytes"));
+      }
+      storage_.push_back(std::move(block));
       free_list_.push_back(static_cast<int32_t>(storage_.size() - 1));
     }
     blocks->push_back(free_list_.back());
+    if (storage != nullptr) storage->push_back(storage_[free_list_.back()].get());
     free_list_.pop_back();
   }
   used_ += count;
@@ -52,16 +67,13 @@ void LatentBlockPool::Release(const std::vector<int32_t>& blocks) {
 }
 
 float* LatentBlockPool::latent(int32_t block, int layer) const {
-  // Storage of one block: [layer][block_size][kv_lora_rank] latents, then
-  // [layer][block_size][rope_dim] rope keys. Blocks never move once created.
   absl::MutexLock lock(&mutex_);
-  return storage_[block].get() + static_cast<int64_t>(layer) * block_size_ * kv_lora_rank_;
+  return latent_in(storage_[block].get(), layer);
 }
 
 float* LatentBlockPool::rope_key(int32_t block, int layer) const {
   absl::MutexLock lock(&mutex_);
-  return storage_[block].get() + static_cast<int64_t>(num_layers_) * block_size_ * kv_lora_rank_ +
-         static_cast<int64_t>(layer) * block_size_ * rope_dim_;
+  return rope_key_in(storage_[block].get(), layer);
 }
 
 LatentCache::LatentCache(std::shared_ptr<LatentBlockPool> pool)
@@ -72,9 +84,11 @@ LatentCache::~LatentCache() { Clear(); }
 LatentCache::LatentCache(LatentCache&& other) noexcept
     : pool_(other.pool_),
       blocks_(std::move(other.blocks_)),
+      storage_(std::move(other.storage_)),
       written_(std::move(other.written_)),
       length_(other.length_) {
   other.blocks_.clear();
+  other.storage_.clear();
   other.written_.assign(pool_->num_layers(), 0);
   other.length_ = 0;
 }
@@ -84,9 +98,11 @@ LatentCache& LatentCache::operator=(LatentCache&& other) noexcept {
     Clear();
     pool_ = other.pool_;
     blocks_ = std::move(other.blocks_);
+    storage_ = std::move(other.storage_);
     written_ = std::move(other.written_);
     length_ = other.length_;
     other.blocks_.clear();
+    other.storage_.clear();
     other.written_.assign(pool_->num_layers(), 0);
     other.length_ = 0;
   }
@@ -96,6 +112,7 @@ LatentCache& LatentCache::operator=(LatentCache&& other) noexcept {
 void LatentCache::Clear() {
   if (pool_ != nullptr && !blocks_.empty()) pool_->Release(blocks_);
   blocks_.clear();
+  storage_.clear();
   std::fill(written_.begin(), written_.end(), 0);
   length_ = 0;
 }
@@ -104,7 +121,7 @@ absl::Status LatentCache::Reserve(int64_t positions) {
   const int64_t block_size = pool_->block_size();
   const int64_t needed = (positions + block_size - 1) / block_size - num_blocks();
   if (needed <= 0) return absl::OkStatus();
-  return pool_->Allocate(needed, &blocks_);
+  return pool_->Allocate(needed, &blocks_, &storage_);
 }
 
 absl::Status LatentCache::Append(int layer, const float* latent, const float* rope_key,
@@ -115,10 +132,11 @@ absl::Status LatentCache::Append(int layer, const float* latent, const float* ro
   const int rope = pool_->rope_dim();
   for (int64_t i = 0; i < count; ++i) {
     const int64_t position = written_[layer] + i;
-    const int32_t block = blocks_[position / block_size];
+    float* storage = storage_[position / block_size];
     const int64_t slot = position % block_size;
-    std::memcpy(pool_->latent(block, layer) + slot * rank, latent + i * rank, sizeof(float) * rank);
-    std::memcpy(pool_->rope_key(block, layer) + slot * rope, rope_key + i * rope,
+    std::memcpy(pool_->latent_in(storage, layer) + slot * rank, latent + i * rank,
+                sizeof(float) * rank);
+    std::memcpy(pool_->rope_key_in(storage, layer) + slot * rope, rope_key + i * rope,
                 sizeof(float) * rope);
   }
   written_[layer] += count;

@@ -33,13 +33,25 @@ class LatentBlockPool {
   // Blocks that can still be taken (for a bounded pool).
   int64_t free_blocks() const;
 
-  // Takes `count` blocks, all or none. ResourceExhausted when a bounded pool lacks them.
-  absl::Status Allocate(int64_t count, std::vector<int32_t>* blocks);
+  // Takes `count` blocks, all or none, appending their ids to `blocks` and, if given, their
+  // storage to `storage` (which never moves while the block is held, so holders read it without
+  // the pool's lock). ResourceExhausted when a bounded pool lacks them.
+  absl::Status Allocate(int64_t count, std::vector<int32_t>* blocks,
+                        std::vector<float*>* storage = nullptr);
   void Release(const std::vector<int32_t>& blocks);
 
   // [block_size, kv_lora_rank] latents and [block_size, rope_dim] rope keys of (block, layer).
   float* latent(int32_t block, int layer) const;
   float* rope_key(int32_t block, int layer) const;
+  // The same, from a block's storage pointer (no lock). Storage of one block:
+  // [layer][block_size][kv_lora_rank] latents, then [layer][block_size][rope_dim] rope keys.
+  float* latent_in(float* storage, int layer) const {
+    return storage + static_cast<int64_t>(layer) * block_size_ * kv_lora_rank_;
+  }
+  float* rope_key_in(float* storage, int layer) const {
+    return storage + static_cast<int64_t>(num_layers_) * block_size_ * kv_lora_rank_ +
+           static_cast<int64_t>(layer) * block_size_ * rope_dim_;
+  }
 
  private:
   int num_layers_;
@@ -89,9 +101,11 @@ class LatentCache {
   int64_t positions(int layer) const { return written_[layer]; }
   // Block i of the table: its positions [i * block_size, ...) of `layer`.
   int64_t num_blocks() const { return static_cast<int64_t>(blocks_.size()); }
-  const float* block_latent(int64_t i, int layer) const { return pool_->latent(blocks_[i], layer); }
+  const float* block_latent(int64_t i, int layer) const {
+    return pool_->latent_in(storage_[i], layer);
+  }
   const float* block_rope_key(int64_t i, int layer) const {
-    return pool_->rope_key(blocks_[i], layer);
+    return pool_->rope_key_in(storage_[i], layer);
   }
   // Returns every block to the pool; the cache is empty afterwards.
   void Clear();
@@ -99,6 +113,7 @@ class LatentCache {
  private:
   std::shared_ptr<LatentBlockPool> pool_;
   std::vector<int32_t> blocks_;
+  std::vector<float*> storage_;  // blocks_[i]'s storage (stable while held)
   std::vector<int64_t> written_;  // per layer
   int64_t length_ = 0;
 };

@@ -437,7 +437,7 @@ void Tokenizer::EncodePreToken(std::string_view bytes, std::vector<TokenId>* ids
   }
   const bool cacheable = bytes.size() <= kMaxCachedPreTokenBytes;
   if (cacheable) {
-    std::lock_guard<std::mutex> lock(cache_mutex_);
+    absl::MutexLock lock(&cache_mutex_);
     auto it = cache_.find(absl::string_view(bytes.data(), bytes.size()));
     if (it != cache_.end()) {
       ids->insert(ids->end(), it->second.begin(), it->second.end());
@@ -447,14 +447,14 @@ void Tokenizer::EncodePreToken(std::string_view bytes, std::vector<TokenId>* ids
   const size_t first = ids->size();
   MergeBytes(bytes, /*use_heap=*/bytes.size() > kShortPreToken, ids);
   if (cacheable) {
-    std::lock_guard<std::mutex> lock(cache_mutex_);
+    absl::MutexLock lock(&cache_mutex_);
     if (cache_.size() >= kMaxCacheEntries) cache_.clear();
     cache_.try_emplace(std::string(bytes), ids->begin() + first, ids->end());
   }
 }
 
 void Tokenizer::ClearCache() const {
-  std::lock_guard<std::mutex> lock(cache_mutex_);
+  absl::MutexLock lock(&cache_mutex_);
   cache_.clear();
 }
 

@@ -15,14 +15,15 @@
 
 #include <cstdint>
 #include <memory>
-#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/status/statusor.h"
 
 namespace moemesh::text {
@@ -113,8 +114,9 @@ class Tokenizer {
   static constexpr size_t kShortPreToken = 48;  // longer pre-tokens use the heap merge loop
   static constexpr size_t kMaxCachedPreTokenBytes = 128;
   static constexpr size_t kMaxCacheEntries = 1 << 18;
-  mutable std::mutex cache_mutex_;
-  mutable absl::flat_hash_map<std::string, std::vector<TokenId>> cache_;
+  mutable absl::Mutex cache_mutex_;
+  mutable absl::flat_hash_map<std::string, std::vector<TokenId>> cache_
+      ABSL_GUARDED_BY(cache_mutex_);
 };
 
 }  // namespace moemesh::text

@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -68,6 +69,27 @@ std::vector<std::string> ChildEnvironment() {
   return env;
 }
 
+// "exit status N" or "signal N (name)" of a waitpid status.
+std::string DescribeExit(int status) {
+  if (WIFEXITED(status)) return "exit status " + std::to_string(WEXITSTATUS(status));
+  if (WIFSIGNALED(status)) {
+    return "signal " + std::to_string(WTERMSIG(status)) + " (" + ::strsignal(WTERMSIG(status)) + ")";
+  }
+  return "status " + std::to_string(status);
+}
+
+// Waits for `pid` to exit, polling up to `timeout`; true with its status when it did.
+bool WaitExit(pid_t pid, std::chrono::milliseconds timeout, int* status) {
+  const auto deadline = Clock::now() + timeout;
+  while (true) {
+    const pid_t done = ::waitpid(pid, status, WNOHANG);
+    if (done == pid) return true;
+    if (done < 0) return false;
+    if (Clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+}
+
 }  // namespace
 
 std::string FixtureDir() { return std::string(MOEMESH_SHARED_DIR) + "/fixtures/tiny-r1"; }
@@ -115,7 +137,7 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
     return;
   }
   log_dir_ = buffer.data();
-  const std::string model = FixtureDir();
+  const std::string model = options_.model_dir.empty() ? FixtureDir() : options_.model_dir;
 
   router_.name = "router";
   router_.argv = {Binary("moemesh-router"), "--model", model, "--host", "127.0.0.1", "--port", "0",
@@ -163,9 +185,13 @@ Cluster::~Cluster() {
   if (::testing::Test::HasFailure() || !ok()) {
     std::fprintf(stderr, "---- cluster logs (%s) ----\n%s", log_dir_.c_str(), LogTails().c_str());
   }
-  for (Process& process : attention_) Stop(process);
-  for (Process& process : experts_) Stop(process, SIGINT);
-  Stop(router_);
+  std::string problems;
+  for (Process& process : attention_) problems += Stop(process);
+  for (Process& process : experts_) problems += Stop(process, SIGINT);
+  problems += Stop(router_);
+  if (!problems.empty()) {
+    ADD_FAILURE() << "cluster processes did not shut down cleanly:\n" << problems << LogTails();
+  }
   if (!log_dir_.empty() && !::testing::Test::HasFailure() && ok()) {
     std::error_code ignored;
     fs::remove_all(log_dir_, ignored);
@@ -231,7 +257,8 @@ bool Cluster::Spawn(Process& process, const std::string& marker, double timeout_
 Cluster::Process Cluster::ExpertProcess(int index) const {
   Process process;
   process.name = "expert-" + std::to_string(index);
-  process.argv = {Binary("moemesh-expert-node"), "--model", FixtureDir(), "--router",
+  process.argv = {Binary("moemesh-expert-node"), "--model",
+                  options_.model_dir.empty() ? FixtureDir() : options_.model_dir, "--router",
                   control_address_, "--host", "127.0.0.1", "--port", "0", "--node-name",
                   process.name};
   process.argv.insert(process.argv.end(), options_.expert_flags.begin(),
@@ -275,22 +302,30 @@ int Cluster::WaitExpertExit(int i, double seconds) {
 
 std::string Cluster::ExpertLog(int i) const { return ReadFile(experts_.at(i).log_path); }
 
-void Cluster::Stop(Process& process, int signal) {
-  if (process.pid <= 0) return;
-  ::kill(process.pid, signal);
-  const auto deadline = Clock::now() + std::chrono::seconds(5);
+std::string StopProcess(pid_t pid, const std::string& name, std::chrono::milliseconds grace,
+                        int signal) {
+  if (pid <= 0) return "";
   int status = 0;
-  while (true) {
-    const pid_t done = ::waitpid(process.pid, &status, WNOHANG);
-    if (done == process.pid || done < 0) break;
-    if (Clock::now() > deadline) {
-      ::kill(process.pid, SIGKILL);
-      ::waitpid(process.pid, &status, 0);
-      break;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  // Still running? A process that already exited died on its own: that is a failure too.
+  if (::waitpid(pid, &status, WNOHANG) == pid) {
+    return name + " had exited before it was stopped (" + DescribeExit(status) + ")\n";
   }
+  ::kill(pid, signal);
+  const std::string sent = signal == SIGTERM ? "SIGTERM" : ::strsignal(signal);
+  if (!WaitExit(pid, grace, &status)) {
+    ::kill(pid, SIGKILL);
+    ::waitpid(pid, &status, 0);
+    return name + " did not exit within " + std::to_string(grace.count()) + " ms of " + sent +
+           " (killed)\n";
+  }
+  if (WIFEXITED(status) && WEXITSTATUS(status) == 0) return "";
+  return name + " ended badly after " + sent + " (" + DescribeExit(status) + ")\n";
+}
+
+std::string Cluster::Stop(Process& process, int signal) {
+  const pid_t pid = process.pid;
   process.pid = -1;
+  return StopProcess(pid, process.name, std::chrono::seconds(10), signal);
 }
 
 bool Cluster::WaitReady(double seconds, std::string* last) {
@@ -339,7 +374,9 @@ int Cluster::WaitAttentionExit(int i, double seconds) {
 
 bool Cluster::RestartExpert(int i, std::string* error, bool same_port) {
   Process& process = experts_.at(i);
-  Stop(process, SIGINT);
+  if (std::string problem = Stop(process, SIGINT); !problem.empty()) {
+    ADD_FAILURE() << "restarting " << problem;
+  }
   for (size_t a = 0; a + 1 < process.argv.size(); ++a) {
     if (process.argv[a] == "--port") {
       process.argv[a + 1] = same_port ? std::to_string(PortOf(process.address)) : "0";

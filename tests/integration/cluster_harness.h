@@ -5,8 +5,10 @@
 //   ASSERT_TRUE(cluster.ok()) << cluster.error();
 //   HttpResult r = cluster.Post("/v1/completions", body);
 //
-// The destructor stops every process (SIGTERM, then SIGKILL) and, when the current test failed,
-// prints the tail of every log. Children get PR_SET_PDEATHSIG, so a crashed test leaks nothing.
+// The destructor stops every process (SIGTERM, then SIGKILL after a deadline) and checks how
+// each ended: a process that died before it was stopped, exited non-zero or by a signal after
+// SIGTERM, or had to be killed fails the test (a crash on shutdown is a bug). When the current
+// test failed, it prints the tail of every log. Children get PR_SET_PDEATHSIG, so a crashed test leaks nothing.
 // Processes are forked from the calling thread and PDEATHSIG follows that thread: start and
 // restart nodes from the test's main thread only.
 #pragma once
@@ -14,6 +16,7 @@
 #include <signal.h>
 #include <sys/types.h>
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <string>
@@ -31,6 +34,7 @@ std::string GoldensPath();   // ../shared/goldens/tiny-r1.json
 const json& TinyR1Goldens();  // parsed once
 
 struct ClusterOptions {
+  std::string model_dir = "";  // checkpoint every process loads ("" = the tiny-r1 fixture)
   int attention_nodes = 1;
   int expert_nodes = 1;
   int64_t cache_tokens = 65536;  // per attention node
@@ -64,6 +68,9 @@ class Cluster {
   const std::string& control_address() const { return control_address_; }
   const std::string& attention_address(int i) const { return attention_[i].address; }
   const std::string& log_dir() const { return log_dir_; }
+  // Process ids (-1 when not running), e.g. to read /proc/<pid>/status.
+  pid_t attention_pid(int i) const { return attention_[i].pid; }
+  pid_t expert_pid(int i) const { return experts_[i].pid; }
 
   // GET /ready until it answers 200 (true) or `seconds` pass (false; `last` gets the last body).
   bool WaitReady(double seconds, std::string* last = nullptr);
@@ -117,8 +124,9 @@ class Cluster {
   };
 
   bool Spawn(Process& process, const std::string& marker, double timeout_seconds);
-  // SIGINT for expert nodes (SIGTERM would drain them), SIGTERM for the others; SIGKILL after 5 s.
-  void Stop(Process& process, int signal = SIGTERM);
+  // StopProcess with `signal` (SIGINT for expert nodes: SIGTERM would drain them) and a 10 s
+  // grace; the process is marked stopped.
+  std::string Stop(Process& process, int signal = SIGTERM);
   Process ExpertProcess(int index) const;
 
   ClusterOptions options_;
@@ -130,6 +138,12 @@ class Cluster {
   std::vector<Process> attention_;
   std::vector<Process> experts_;
 };
+
+// Stops child `pid` (of this process): `signal` (SIGTERM), up to `grace` for it to exit, then
+// SIGKILL; reaps it. Returns "" when it exited with status 0, else a line saying what went wrong
+// (it had already exited, ended by a signal or a non-zero status, or had to be killed).
+std::string StopProcess(pid_t pid, const std::string& name, std::chrono::milliseconds grace,
+                        int signal = SIGTERM);
 
 // Greedy tokens against a golden prompt's continuation (the near-tie rule of ../shared/README.md):
 // a differing token is accepted only where the reference's top-2 margin is below 1e-3, and later

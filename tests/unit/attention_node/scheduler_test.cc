@@ -3,7 +3,9 @@
 // recomputed, never truncated; aborts free the cache; an impossible sequence gets an error.
 #include "attention_node/scheduler.h"
 
+#include <atomic>
 #include <chrono>
+#include <new>
 #include <fstream>
 #include <sstream>
 #include <thread>
@@ -33,6 +35,23 @@ class SharedExperts : public model::RoutedExperts {
 
  private:
   model::ExpertShard* shard_;
+};
+
+// Like SharedExperts, but its Dispatch throws std::bad_alloc while `failures` is positive (one
+// per call): an allocation failing in the middle of a step, as a large activation buffer would.
+class FailingExperts : public model::RoutedExperts {
+ public:
+  FailingExperts(model::ExpertShard* shard, std::shared_ptr<std::atomic<int>> failures)
+      : shard_(shard), failures_(std::move(failures)) {}
+  absl::StatusOr<Combine> Dispatch(int layer, const float* hidden, int64_t rows,
+                                   const model::GateDecision& decision) override {
+    if (failures_->fetch_sub(1) > 0) throw std::bad_alloc();
+    return shard_->Dispatch(layer, hidden, rows, decision);
+  }
+
+ private:
+  model::ExpertShard* shard_;
+  std::shared_ptr<std::atomic<int>> failures_;
 };
 
 class SchedulerTest : public ::testing::Test {
@@ -180,6 +199,34 @@ TEST_F(SchedulerTest, RefusesWhatCanNeverFitAndBadRequests) {
   empty.set_sequence_id("empty");
   empty.set_max_new_tokens(3);
   EXPECT_EQ(scheduler->Add(empty, events).code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST_F(SchedulerTest, OutOfMemoryInAStepFailsItsSequencesAndTheNodeServesTheNext) {
+  pool_ = model_->NewBlockPool(64, 16);
+  auto failures = std::make_shared<std::atomic<int>>(1);
+  SchedulerOptions options;
+  options.max_batch_tokens = 32;
+  options.micro_batches = 1;
+  Scheduler scheduler(
+      model_, pool_,
+      [&](int) { return std::make_unique<FailingExperts>(experts_, failures); }, options);
+  const json& prompt = Goldens()["results"][0];
+  auto first = std::make_shared<EventQueue>();
+  ASSERT_TRUE(scheduler.Add(Request("oom", prompt, 8), first).ok());
+  auto [failed_tokens, failed] = Drain(*first);
+  EXPECT_EQ(failed.finish_reason(), SequenceEvent::ERROR);
+  EXPECT_EQ(failed.error_code(), 503u);
+  EXPECT_NE(failed.error().find("out of memory"), std::string::npos) << failed.error();
+  EXPECT_TRUE(failed_tokens.empty());
+  EXPECT_EQ(scheduler.Status().cache_used_tokens, 0);  // its blocks went back to the pool
+  EXPECT_LE(failures->load(), 0);                       // the failure was really injected
+
+  auto second = std::make_shared<EventQueue>();
+  ASSERT_TRUE(scheduler.Add(Request("next", prompt, 8), second).ok());
+  auto [tokens, last] = Drain(*second);
+  EXPECT_EQ(last.finish_reason(), SequenceEvent::LENGTH);
+  EXPECT_EQ(tokens, Golden(prompt, 8));
+  EXPECT_EQ(scheduler.Status().cache_used_tokens, 0);
 }
 
 // logit_bias and min_tokens reach the node's sampler; a token's logprob is one value whether

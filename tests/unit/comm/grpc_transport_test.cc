@@ -9,6 +9,7 @@
 #include "core/comm/grpc_server.h"
 #include "gtest/gtest.h"
 #include "moemesh/v1/expert.grpc.pb.h"
+#include "tests/support/wait.h"
 #include "tests/unit/comm/grpc_test_util.h"
 
 namespace moemesh::comm {
@@ -179,7 +180,8 @@ TEST(GrpcExpertTransport, ServerShutdownFailsPendingAndNextDispatchesFast) {
   options.dispatch_deadline = absl::Seconds(20);
   GrpcExpertTransport transport(options);
   auto pending = transport.Dispatch("expert-2", address, 1, MakeBatch(2, 4, 0));
-  while (server->service.received.load() == 0) std::this_thread::sleep_for(std::chrono::milliseconds(2));
+  ASSERT_TRUE(testing::WaitUntil([&] { return server->service.received.load() > 0; }))
+      << "the fake server never received the dispatch";
   const auto start = std::chrono::steady_clock::now();
   server.reset();  // shutdown, cancelling the open stream
   auto result = pending.get();

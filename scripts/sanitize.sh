@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# Sanitizer and static-analysis builds (part of scripts/test.sh; each can also run alone):
+#
+#   bash scripts/sanitize.sh thread-safety   clang -fsyntax-only -Wthread-safety -Werror over
+#                                            every translation unit that uses absl::Mutex
+#                                            (compile-only; reads $BUILD_DIR/compile_commands.json,
+#                                            default build/)
+#   bash scripts/sanitize.sh asan            clang ASan + UBSan build ($ASAN_BUILD_DIR, default
+#                                            build-asan/) of everything but the benchmarks;
+#                                            ctest -L 'unit|integration'
+#   bash scripts/sanitize.sh tsan            clang TSan build ($TSAN_BUILD_DIR, default
+#                                            build-tsan/) of the concurrency tests: scheduler,
+#                                            control plane, transport, cluster
+#
+# Each sanitizer build has its own directory (the TSan one builds only what its tests need). The
+# Debian abseil libraries are not instrumented, so TSan cannot see absl::Mutex on its own:
+# tests/support/tsan_absl_mutex.cc (linked first into every target with -DMOEMESH_TSAN=ON) tells
+# it about every lock, unlock and wait.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MODE=${1:?usage: sanitize.sh thread-safety|asan|tsan}
+JOBS=${JOBS:-$(nproc)}
+SHARED_FLAGS=(-G Ninja -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++
+              -DMOEMESH_BUILD_TESTS=ON -DMOEMESH_BUILD_BENCH=OFF)
+if [[ -n "${MOEMESH_SHARED_DIR:-}" ]]; then SHARED_FLAGS+=("-DMOEMESH_SHARED_DIR=$MOEMESH_SHARED_DIR"); fi
+if command -v ccache > /dev/null && [[ -n "${CCACHE:-}" ]]; then
+  SHARED_FLAGS+=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache)
+fi
+
+case "$MODE" in
+  thread-safety)
+    BUILD_DIR=${BUILD_DIR:-build}
+    if [[ ! -f "$BUILD_DIR/compile_commands.json" ]]; then
+      echo "sanitize.sh thread-safety: $BUILD_DIR/compile_commands.json missing (configure first)" >&2
+      exit 2
+    fi
+    # The generated protobuf headers must exist for the syntax pass.
+    cmake --build "$BUILD_DIR" -j "$JOBS" --target moemesh_proto > /dev/null
+    python3 - "$BUILD_DIR" "$JOBS" <<'EOF'
+import concurrent.futures, json, os, re, shlex, subprocess, sys
+build_dir, jobs = sys.argv[1], int(sys.argv[2])
+root = os.getcwd()
+def uses_mutex(path):
+    texts = [path] + [path[:-3] + ".h"]
+    return any(os.path.exists(p) and re.search(r"absl::Mutex|ABSL_GUARDED_BY", open(p).read())
+               for p in texts)
+units = []
+for entry in json.load(open(os.path.join(build_dir, "compile_commands.json"))):
+    source = os.path.relpath(entry["file"], root)
+    if source.startswith(("build", "tests/", "bench/", "..")) or not source.endswith(".cc"):
+        continue
+    if uses_mutex(source):
+        units.append(entry)
+def check(entry):
+    args = shlex.split(entry["command"]) if "command" in entry else entry["arguments"]
+    keep = []
+    skip = False
+    for arg in args[1:]:
+        if skip:
+            skip = False
+            continue
+        if arg in ("-o", "-MF", "-MT", "-MQ"):
+            skip = True
+            continue
+        if arg in ("-c", "-MD", "-MMD") or arg == entry["file"] or arg.endswith(".o"):
+            continue
+        keep.append(arg)
+    command = ["clang++", "-fsyntax-only", "-Wthread-safety", "-Werror=thread-safety",
+               "-Wno-unknown-warning-option"] + keep + [entry["file"]]
+    result = subprocess.run(command, cwd=entry["directory"], capture_output=True, text=True)
+    return os.path.relpath(entry["file"], root), result.returncode, result.stderr
+failed = 0
+with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
+    for source, code, errors in pool.map(check, units):
+        thread_errors = "\n".join(l for l in errors.splitlines() if "thread-safety" in l or "error" in l)
+        if code != 0:
+            failed += 1
+            print(f"FAIL {source}\n{errors}")
+        else:
+            print(f"ok   {source}")
+print(f"thread-safety: {len(units)} translation units, {failed} failed")
+sys.exit(1 if failed else 0)
+EOF
+    ;;
+  asan)
+    BUILD_DIR=${ASAN_BUILD_DIR:-build-asan}
+    FLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1"
+    cmake -S . -B "$BUILD_DIR" "${SHARED_FLAGS[@]}" -DCMAKE_BUILD_TYPE=Debug \
+      -DCMAKE_CXX_FLAGS="$FLAGS" -DCMAKE_C_FLAGS="$FLAGS" \
+      -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" > /dev/null
+    # Everything (benchmarks off): every unit and integration test binary and the services.
+    cmake --build "$BUILD_DIR" -j "$JOBS"
+    # Leak checking off: gRPC and protobuf keep process-lifetime singletons.
+    export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:detect_stack_use_after_return=0
+    export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+    # Left out: the metrics test and deploy checks drive Prometheus, Chromium and promtool
+    # (nothing of ours to instrument); the long-context tests are pure compute over code the
+    # unit tests cover, minutes at -O1.
+    ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS" -L 'unit|integration' \
+      -LE long -E 'MetricsIntegrationTest|DeployConfig|LongContext'
+    ;;
+  tsan)
+    BUILD_DIR=${TSAN_BUILD_DIR:-build-tsan}
+    FLAGS="-fsanitize=thread -g -O1"
+    cmake -S . -B "$BUILD_DIR" "${SHARED_FLAGS[@]}" -DCMAKE_BUILD_TYPE=Debug \
+      -DMOEMESH_TSAN=ON -DCMAKE_CXX_FLAGS="$FLAGS" -DCMAKE_C_FLAGS="$FLAGS" \
+      -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=thread" > /dev/null
+    cmake --build "$BUILD_DIR" -j "$JOBS" --target attention_node_tests \
+      comm_tests integration_tests moemesh-router moemesh-attention-node moemesh-expert-node
+    export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$PWD/tests/support/tsan.supp"
+    ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS" \
+      -R '^(SchedulerTest|ControlPlane|GrpcExpertTransport|Cluster)\.'
+    ;;
+  *)
+    echo "sanitize.sh: unknown mode '$MODE' (thread-safety, asan, tsan)" >&2
+    exit 2
+    ;;
+esac
