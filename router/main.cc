@@ -3,6 +3,7 @@
 //   moemesh-router --model DIR [--host 127.0.0.1] [--port 0] [--control-port 0]
 //                  [--attention-nodes 1] [--expert-nodes 1] [--served-model-name NAME]
 //                  [--max-model-len N] [--request-timeout-seconds 600]
+//                  [--api-key K | --api-key-file F] [--admin-api-key K] [--http-* limits]
 //
 // Prints (and flushes) "moemesh-router control listening on HOST:PORT" and
 // "moemesh-router http listening on HOST:PORT" once both servers accept; runs until SIGINT or
@@ -14,12 +15,15 @@
 #include <string>
 #include <vector>
 #include <algorithm>
+#include <cstdlib>
 
 #include "absl/flags/flag.h"
 #include "core/comm/service_flags.h"
 #include "absl/strings/str_cat.h"
 #include "core/checkpoint/model_config.h"
 #include "core/comm/grpc_server.h"
+#include "core/obs/log.h"
+#include "router/api_auth.h"
 #include "router/attention_client.h"
 #include "router/control_plane.h"
 #include "router/http_server.h"
@@ -35,7 +39,23 @@ ABSL_FLAG(int, expert_nodes, 1, "expert nodes the placement spreads the experts 
 ABSL_FLAG(std::string, served_model_name, "", "model name in the API (default: the model dir's basename)");
 ABSL_FLAG(int64_t, max_model_len, 0, "context length, prompt plus completion (default: max_position_embeddings)");
 ABSL_FLAG(double, request_timeout_seconds, 600, "a request still running after this fails (504)");
-ABSL_FLAG(int, http_threads, 64, "HTTP connections served at once");
+ABSL_FLAG(int, http_threads, 4, "HTTP I/O (event-loop) threads; open streams hold no thread");
+ABSL_FLAG(int, http_max_connections, 8192, "open HTTP connections served; more get 503");
+ABSL_FLAG(int, http_backlog, 4096, "listen backlog of the HTTP port (capped by net.core.somaxconn)");
+ABSL_FLAG(double, http_header_timeout_seconds, 10, "a request's headers must arrive within this");
+ABSL_FLAG(double, http_body_timeout_seconds, 60, "a request's body must arrive within this");
+ABSL_FLAG(double, http_idle_timeout_seconds, 75, "an idle keep-alive connection is closed after this");
+ABSL_FLAG(std::string, http_tls_cert, "", "PEM certificate chain: serve HTTPS on --port (with --http-tls-key)");
+ABSL_FLAG(std::string, http_tls_key, "", "PEM private key of --http-tls-cert");
+ABSL_FLAG(std::vector<std::string>, api_key, {},
+          "API keys (comma-separated, repeatable) required on /v1/* as 'Authorization: Bearer'; "
+          "also MOEMESH_API_KEY (comma-separated) and --api-key-file");
+ABSL_FLAG(std::string, api_key_file, "", "file with one API key per line ('#' comments)");
+ABSL_FLAG(std::vector<std::string>, admin_api_key, {},
+          "keys for admin endpoints (/admin/*, /v1/placement/*); also MOEMESH_ADMIN_API_KEY");
+ABSL_FLAG(bool, protect_operations, false,
+          "require an API key on /health, /ready, /metrics and /dashboard too");
+ABSL_FLAG(std::string, log_level, "", "debug, info, warn, error or off (default: MOEMESH_LOG_LEVEL or info)");
 ABSL_FLAG(double, load_window_seconds, 60,
           "window of the 'recent' expert load and of moemesh_layer_balancedness");
 
@@ -44,6 +64,20 @@ int main(int argc, char** argv) {
       argc, argv,
       "moemesh-router --model DIR [--host H] [--port P] [--control-port C] "
       "[--attention-nodes A] [--expert-nodes E] [--served-model-name NAME] [--max-model-len N]");
+  if (absl::Status status = moemesh::obs::InitLogging("moemesh-router", absl::GetFlag(FLAGS_log_level));
+      !status.ok()) {
+    std::cerr << "moemesh-router: " << status.message() << "\n";
+    return 2;
+  }
+  auto api_keys = moemesh::router::CollectApiKeys(
+      absl::GetFlag(FLAGS_api_key), absl::GetFlag(FLAGS_api_key_file), std::getenv("MOEMESH_API_KEY"));
+  auto admin_keys = moemesh::router::CollectApiKeys(absl::GetFlag(FLAGS_admin_api_key), "",
+                                                    std::getenv("MOEMESH_ADMIN_API_KEY"));
+  if (!api_keys.ok() || !admin_keys.ok()) {
+    std::cerr << "moemesh-router: " << (api_keys.ok() ? admin_keys.status() : api_keys.status()).message()
+              << "\n";
+    return 2;
+  }
   const std::string model_dir = absl::GetFlag(FLAGS_model);
   if (model_dir.empty()) {
     std::cerr << "moemesh-router: --model DIR is required\n";
@@ -113,9 +147,20 @@ int main(int argc, char** argv) {
   http_options.request_timeout_seconds = absl::GetFlag(FLAGS_request_timeout_seconds);
   http_options.threads = absl::GetFlag(FLAGS_http_threads);
   http_options.observer = &metrics;
-  http_options.install_routes = [&metrics](httplib::Server& server) {
-    metrics.InstallRoutes(server);
-  };
+  http_options.routes = metrics.Routes();
+  http_options.transport.max_connections = absl::GetFlag(FLAGS_http_max_connections);
+  http_options.transport.backlog = absl::GetFlag(FLAGS_http_backlog);
+  http_options.transport.header_timeout_seconds = absl::GetFlag(FLAGS_http_header_timeout_seconds);
+  http_options.transport.body_timeout_seconds = absl::GetFlag(FLAGS_http_body_timeout_seconds);
+  http_options.transport.idle_timeout_seconds = absl::GetFlag(FLAGS_http_idle_timeout_seconds);
+  http_options.transport.tls_cert_file = absl::GetFlag(FLAGS_http_tls_cert);
+  http_options.transport.tls_key_file = absl::GetFlag(FLAGS_http_tls_key);
+  http_options.auth.api_keys = *std::move(api_keys);
+  http_options.auth.admin_api_keys = *std::move(admin_keys);
+  http_options.auth.protect_operations = absl::GetFlag(FLAGS_protect_operations);
+  if (!http_options.auth.enabled()) {
+    moemesh::obs::LogWarn("no --api-key given: the HTTP API is open to anyone who can reach it");
+  }
   moemesh::router::HttpServer http((*model)->info, &backend, http_options);
   if (absl::Status status = http.Start(); !status.ok()) {
     std::cerr << "moemesh-router: " << status << "\n";

@@ -200,7 +200,7 @@ TEST_F(HttpServerTest, StreamingSseFraming) {
                   std::string(kChat) + R"(,"stream":true,"stream_options":{"include_usage":true}})");
   ASSERT_TRUE(res);
   EXPECT_EQ(res->status, 200);
-  EXPECT_EQ(res->get_header_value("Content-Type"), "text/event-stream");
+  EXPECT_EQ(res->get_header_value("Content-Type"), "text/event-stream; charset=utf-8");
   std::vector<std::string> data = SseData(res->body);
   ASSERT_GE(data.size(), 4u);
   EXPECT_EQ(data.back(), "[DONE]");
