@@ -1,4 +1,5 @@
 #include "router/openai_api.h"
+#include "router/request_limits.h"
 
 #include <chrono>
 #include <cmath>
@@ -495,12 +496,10 @@ absl::StatusOr<ApiRequest> ParseRequest(Endpoint endpoint, std::string_view body
   if (!text::IsValidUtf8(body)) {
     return ApiStatus(absl::StatusCode::kInvalidArgument, "the request body is not valid UTF-8");
   }
-  json parsed = json::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
-  if (parsed.is_discarded()) {
-    return ApiStatus(absl::StatusCode::kInvalidArgument,
-                     "the request body is not valid JSON (or holds an invalid escape such as a lone "
-                     "UTF-16 surrogate)");
-  }
+  // Depth, size and count limits (request_limits.h), enforced while parsing.
+  absl::StatusOr<json> limited = ParseLimitedBody(body);
+  if (!limited.ok()) return limited.status();
+  json parsed = *std::move(limited);
   if (!parsed.is_object()) {
     return ApiStatus(absl::StatusCode::kInvalidArgument, "the request body must be a JSON object");
   }
