@@ -78,11 +78,6 @@ absl::Status CheckRequestLimits(const json& body, const RequestLimits& limits) {
   if (auto s = CheckCount(body, "logit_bias", "entries", limits.max_logit_bias); !s.ok()) {
     return s;
   }
-  auto prompt = body.find("prompt");
-  if (prompt != body.end() && prompt->is_array() && !prompt->empty() &&
-      (*prompt)[0].is_string() && prompt->size() > limits.max_prompts) {
-    return LimitError("prompt", "prompts", prompt->size(), limits.max_prompts);
-  }
   auto messages = body.find("messages");
   if (messages != body.end() && messages->is_array()) {
     for (size_t i = 0; i < messages->size(); ++i) {

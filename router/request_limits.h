@@ -23,7 +23,6 @@ struct RequestLimits {
   size_t max_stop = 16;                 // `stop` strings (openai_api.h kMaxStopStrings)
   size_t max_tools = 128;               // `tools`
   size_t max_logit_bias = 1024;         // `logit_bias` entries
-  size_t max_prompts = 1;               // completions: text prompts in a `prompt` array
 };
 
 // The default limits (what ParseRequest applies).
