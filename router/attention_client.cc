@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "core/comm/tls.h"
 
 namespace moemesh::router {
 namespace {
@@ -65,8 +66,7 @@ moemesh::v1::AttentionService::Stub* GrpcAttentionBackend::StubFor(const std::st
   absl::MutexLock lock(&mutex_);
   auto& stub = stubs_[address];
   if (!stub) {
-    stub = moemesh::v1::AttentionService::NewStub(
-        grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+    stub = moemesh::v1::AttentionService::NewStub(comm::CreateServiceChannel(address));
   }
   return stub.get();
 }

@@ -1,9 +1,12 @@
 #include "router/control_plane.h"
 
+#include <algorithm>
 #include <map>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/time.h"
+#include "core/obs/log.h"
 
 namespace moemesh::router {
 
@@ -32,10 +35,22 @@ void ControlPlane::PublishLocked(uint64_t version) {
     published_health_.push_back(Serving(node));
   }
   counters_.placement_versions = version;
+  obs::LogInfo("placement version {} published: {} expert nodes, {} serving", version,
+               placement_.nodes_size(),
+               std::count(published_health_.begin(), published_health_.end(), true));
 }
 
 void ControlPlane::RefreshLocked(absl::Time now) {
-  for (Node& node : nodes_) node.alive = now - node.last_heartbeat <= options_.heartbeat_timeout;
+  for (Node& node : nodes_) {
+    const bool alive = now - node.last_heartbeat <= options_.heartbeat_timeout;
+    if (node.alive && !alive) {
+      obs::LogWarn("node {} lost: no heartbeat for {} (address={})", node.id,
+                   absl::FormatDuration(now - node.last_heartbeat), node.address);
+    } else if (!node.alive && alive) {
+      obs::LogInfo("node {} heartbeating again (address={})", node.id, node.address);
+    }
+    node.alive = alive;
+  }
   if (placement_.version() == 0) return;
   std::vector<bool> health;
   for (const Node& node : nodes_) {
@@ -67,7 +82,7 @@ void ControlPlane::MaybeComputePlacementLocked() {
   PublishLocked(1);
 }
 
-grpc::Status ControlPlane::Register(grpc::ServerContext*, const moemesh::v1::RegisterRequest* request,
+grpc::Status ControlPlane::Register(grpc::ServerContext* context, const moemesh::v1::RegisterRequest* request,
                                     moemesh::v1::RegisterReply* reply) {
   const NodeKind kind = request->kind();
   if (kind != moemesh::v1::NODE_KIND_EXPERT && kind != moemesh::v1::NODE_KIND_ATTENTION) {
@@ -99,6 +114,9 @@ grpc::Status ControlPlane::Register(grpc::ServerContext*, const moemesh::v1::Reg
     node->kind = kind;
   }
   // New or restarted: whatever it held before is gone.
+  obs::LogInfo("node {} {}: kind={} address={} peer={}", node->id,
+               node->address.empty() ? "registered" : "rejoined (restarted)",
+               expert ? "expert" : "attention", request->address(), context->peer());
   node->address = request->address();
   node->metrics_address = request->metrics_address();
   node->last_heartbeat = now;

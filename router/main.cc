@@ -114,7 +114,8 @@ int main(int argc, char** argv) {
   moemesh::comm::EnableHealthAndReflection();
   int control_port = 0;
   std::unique_ptr<grpc::Server> control_server = moemesh::comm::StartGrpcServer(
-      absl::StrCat(host, ":", absl::GetFlag(FLAGS_control_port)), {&control}, &control_port);
+      absl::StrCat(host, ":", absl::GetFlag(FLAGS_control_port)), {&control}, &control_port,
+      moemesh::comm::kControlMaxMessageBytes);
   if (!control_server) {
     std::cerr << "moemesh-router: cannot start the control plane on " << host << ":"
               << absl::GetFlag(FLAGS_control_port) << "\n";

@@ -68,7 +68,10 @@ absl::StatusOr<std::unique_ptr<SafetensorsFile>> SafetensorsFile::Open(const std
 
   // First every entry on its own (dtype, shape, offsets well formed and consistent), then the
   // ranges in data order, so that a truncated file names the first tensor it cuts short.
-  for (auto& [name, entry] : header.items()) {
+  for (auto& item : header.items()) {
+    // Not a structured binding: clang 14 (the fuzz build) cannot capture one in the lambda.
+    const std::string& name = item.key();
+    auto& entry = item.value();
     if (name == "__metadata__") continue;
     auto fail = [&](absl::string_view what) {
       return absl::DataLossError(absl::StrCat(path, ": tensor '", name, "': ", what));
