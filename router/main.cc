@@ -9,6 +9,7 @@
 // "moemesh-router http listening on HOST:PORT" once both servers accept; runs until SIGINT or
 // SIGTERM.
 #include <signal.h>
+#include <sys/resource.h>
 
 #include <cstdint>
 #include <iostream>
@@ -93,6 +94,12 @@ int main(int argc, char** argv) {
   if (!config.ok()) {
     std::cerr << "moemesh-router: " << config.status() << "\n";
     return 1;
+  }
+
+  // Thousands of open streams need as many descriptors: take the hard limit.
+  if (rlimit files{}; getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &files);
   }
 
   // SIGINT / SIGTERM are taken by WaitForSignal below; block them before any thread starts.

@@ -10,5 +10,5 @@ cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOEMESH_BUILD_T
   -DMOEMESH_BUILD_BENCH=ON
 cmake --build "$BUILD_DIR" -j "$JOBS"
 # libFuzzer targets (tokenizer encode/decode, tool-call and streaming parsers), bounded in time.
-FUZZ_SECONDS=${FUZZ_SECONDS:-20} bash scripts/fuzz.sh
+FUZZ_SECONDS=${FUZZ_SECONDS:-15} bash scripts/fuzz.sh
 ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS" "$@"
