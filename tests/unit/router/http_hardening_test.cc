@@ -13,6 +13,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <latch>
 #include <string>
@@ -23,6 +24,9 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "boost/asio.hpp"
+#include "boost/asio/ssl.hpp"
+#include "core/comm/throwaway_ca.h"
 #include "gtest/gtest.h"
 #include "httplib.h"
 #include "router/http_server.h"
@@ -500,6 +504,42 @@ TEST_F(HardeningTest, ProtectedOperationsAndAdminWithoutAdminKeys) {
                            "application/json");
   ASSERT_TRUE(admin);
   EXPECT_EQ(admin->status, 403);  // no admin key configured: admin paths are off
+}
+
+TEST_F(HardeningTest, HttpsOnTheRouterPort) {
+  const std::string dir = ::testing::TempDir() + "/moemesh_https_test";
+  std::filesystem::create_directories(dir);
+  ASSERT_TRUE(comm::GenerateThrowawayCertificates(dir).ok());
+  HttpServerOptions options;
+  options.transport.tls_cert_file = dir + "/node.pem";
+  options.transport.tls_key_file = dir + "/node.key";
+  Start(options);
+  namespace net = boost::asio;
+  namespace ssl = boost::asio::ssl;
+  net::io_context io;
+  ssl::context context(ssl::context::tls_client);
+  context.load_verify_file(dir + "/ca.pem");
+  context.set_verify_mode(ssl::verify_peer);
+  ssl::stream<net::ip::tcp::socket> stream(io, context);
+  stream.lowest_layer().connect({net::ip::make_address("127.0.0.1"),
+                                 static_cast<unsigned short>(port_)});
+  stream.handshake(ssl::stream_base::client);  // verifies the router's certificate
+  const std::string request = "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+  net::write(stream, net::buffer(request));
+  std::string response;
+  boost::system::error_code ec;
+  char buffer[4096];
+  while (true) {
+    const size_t n = stream.read_some(net::buffer(buffer), ec);
+    response.append(buffer, n);
+    if (ec) break;
+  }
+  EXPECT_TRUE(absl::StartsWith(response, "HTTP/1.1 200")) << response;
+  EXPECT_TRUE(absl::StrContains(response, R"({"status":"ok"})"));
+  // Plain HTTP on the TLS port gets no HTTP answer.
+  int plain = Open();
+  ASSERT_TRUE(SendAll(plain, "GET /health HTTP/1.1\r\nHost: x\r\n\r\n"));
+  EXPECT_FALSE(absl::StartsWith(ReadToClose(plain), "HTTP/1.1 200"));
 }
 
 TEST(ApiAuthTest, CollectsKeysFromFlagsFileAndEnv) {
