@@ -116,7 +116,8 @@ grpc::Status ControlPlane::Register(grpc::ServerContext* context, const moemesh:
   // New or restarted: whatever it held before is gone.
   obs::LogInfo("node {} {}: kind={} address={} peer={}", node->id,
                node->address.empty() ? "registered" : "rejoined (restarted)",
-               expert ? "expert" : "attention", request->address(), context->peer());
+               expert ? "expert" : "attention", request->address(),
+               context != nullptr ? context->peer() : std::string("in-process"));
   node->address = request->address();
   node->metrics_address = request->metrics_address();
   node->last_heartbeat = now;
