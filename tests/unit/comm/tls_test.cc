@@ -92,5 +92,29 @@ TEST_F(TlsTest, ServersRequireAClientCertificate) {
   ShutdownGrpcServer(server.get(), 0.1);
 }
 
+TEST(GrpcLimitsTest, ControlPlaneRefusesOversizedMessages) {
+  auto config = checkpoint::LoadModelConfig(MOEMESH_SHARED_DIR "/fixtures/tiny-r1/config.json");
+  ASSERT_TRUE(config.ok()) << config.status();
+  router::ControlPlane control(*config, router::ControlPlaneOptions{});
+  int port = 0;
+  std::unique_ptr<grpc::Server> server =
+      StartGrpcServer("127.0.0.1:0", {&control}, &port, kControlMaxMessageBytes);
+  ASSERT_NE(server, nullptr);
+  grpc::ChannelArguments args;
+  args.SetMaxSendMessageSize(-1);
+  auto stub = moemesh::v1::ControlPlane::NewStub(grpc::CreateCustomChannel(
+      "127.0.0.1:" + std::to_string(port), grpc::InsecureChannelCredentials(), args));
+  moemesh::v1::RegisterRequest request;
+  request.set_kind(moemesh::v1::NODE_KIND_EXPERT);
+  request.set_address(std::string(kControlMaxMessageBytes + 1, 'a'));
+  moemesh::v1::RegisterReply reply;
+  grpc::ClientContext context;
+  context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
+  EXPECT_EQ(stub->Register(&context, request, &reply).error_code(),
+            grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_EQ(control.CurrentPlacement().nodes_size(), 0);
+  ShutdownGrpcServer(server.get(), 0.1);
+}
+
 }  // namespace
 }  // namespace moemesh::comm
