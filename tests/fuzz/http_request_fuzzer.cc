@@ -32,6 +32,12 @@ const moemesh::router::ModelInfo& Model() {
 
 }  // namespace
 
+// The model (tokenizer, chat template) loads once, before the per-input timeout starts.
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  Model();
+  return 0;
+}
+
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace moemesh::router;
   if (size == 0) return 0;
