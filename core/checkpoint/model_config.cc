@@ -1,7 +1,11 @@
 #include "core/checkpoint/model_config.h"
 
+#include <cmath>
+#include <cstdint>
 #include <fstream>
+#include <limits>
 #include <sstream>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
@@ -26,7 +30,24 @@ absl::Status ReadNumber(const json& object, const char* key, bool required, T& o
     return absl::InvalidArgumentError(
         absl::StrCat(source, ": field '", key, "' must be a number, got ", it->dump()));
   }
-  out = it->get<T>();
+  // A hostile config must not reach an out-of-range conversion (undefined behaviour).
+  const double value = it->get<double>();
+  bool fits = std::isfinite(value);
+  if constexpr (std::is_integral_v<T>) {
+    fits = fits && value == std::floor(value) &&
+           value >= static_cast<double>(std::numeric_limits<T>::min()) &&
+           value < std::ldexp(1.0, std::numeric_limits<T>::digits);
+    if (fits && it->is_number_unsigned()) {
+      fits = it->get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<T>::max());
+    }
+  } else {
+    fits = fits && std::fabs(value) <= static_cast<double>(std::numeric_limits<T>::max());
+  }
+  if (!fits) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": field '", key, "' is out of range: ",
+                                                   it->dump()));
+  }
+  out = it->is_number_integer() ? static_cast<T>(it->get<int64_t>()) : static_cast<T>(value);
   return absl::OkStatus();
 }
 
@@ -137,9 +158,14 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
     }
     Fp8Quantization quantization;
     if (auto block = it->find("weight_block_size"); block != it->end()) {
-      if (!block->is_array() || block->size() != 2 || !(*block)[0].is_number_integer() ||
-          !(*block)[1].is_number_integer() || (*block)[0].get<int>() <= 0 ||
-          (*block)[1].get<int>() <= 0) {
+      auto positive_int = [](const json& v) {
+        return v.is_number_integer() && v.get<int64_t>() > 0 &&
+               v.get<int64_t>() <= std::numeric_limits<int>::max() &&
+               !(v.is_number_unsigned() &&
+                 v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int>::max()));
+      };
+      if (!block->is_array() || block->size() != 2 || !positive_int((*block)[0]) ||
+          !positive_int((*block)[1])) {
         return absl::InvalidArgumentError(absl::StrCat(
             source, ": quantization_config.weight_block_size must be two positive integers"));
       }
