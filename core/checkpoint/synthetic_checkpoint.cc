@@ -1,5 +1,6 @@
 #include "core/checkpoint/synthetic_checkpoint.h"
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <random>
@@ -239,8 +240,27 @@ uint64_t CheckpointDataBytes(const ModelConfig& config) {
   return total;
 }
 
+std::vector<float> GateSkewBias(int num_experts, uint64_t seed, const std::string& tensor_name,
+                                double gate_skew) {
+  std::vector<float> bias(static_cast<size_t>(std::max(num_experts, 0)), 0.0f);
+  if (gate_skew == 0) return bias;
+  // Fisher-Yates with explicit draws (not std::shuffle, whose use of the engine is unspecified).
+  std::mt19937_64 engine(TensorSeed(seed, tensor_name + "#gate_skew"));
+  std::vector<int> order(bias.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = static_cast<int>(i);
+  for (size_t i = order.size(); i > 1; --i) std::swap(order[i - 1], order[engine() % i]);
+  for (size_t rank = 0; rank < order.size(); ++rank) {
+    bias[order[rank]] = static_cast<float>(gate_skew / static_cast<double>(rank + 1));
+  }
+  return bias;
+}
+
 absl::Status WriteRandomCheckpoint(const ModelConfig& config, uint64_t seed, uint64_t shard_bytes,
-                                   const std::string& directory) {
+                                   const std::string& directory, double gate_skew) {
+  if (!std::isfinite(gate_skew) || gate_skew < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("gate skew must be a finite number >= 0, got ", gate_skew));
+  }
   absl::StatusOr<std::unique_ptr<CheckpointWriter>> writer =
       CheckpointWriter::Create(directory, shard_bytes);
   if (!writer.ok()) return writer.status();
@@ -266,9 +286,15 @@ absl::Status WriteRandomCheckpoint(const ModelConfig& config, uint64_t seed, uin
         }
         break;
       }
-      case TensorSpec::Kind::kGateBias:
+      case TensorSpec::Kind::kGateBias: {
+        if (gate_skew > 0) {
+          const std::vector<float> skew =
+              GateSkewBias(static_cast<int>(count), seed, spec.name, gate_skew);
+          for (int64_t i = 0; i < count; ++i) values[i] += skew[i];
+        }
         status = (*writer)->AddF32(spec.name, spec.shape, values.data());
         break;
+      }
       default:
         status = (*writer)->AddBF16(spec.name, spec.shape, values.data());
     }

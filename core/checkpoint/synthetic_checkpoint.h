@@ -55,8 +55,22 @@ uint64_t CheckpointDataBytes(const ModelConfig& config);
 // Writes a random checkpoint of `config` (which should carry quantization) to `directory`
 // (must not exist or be empty): shards of at most `shard_bytes` data, index, config.json and
 // generation_config.json. Each tensor is drawn from std::mt19937_64 seeded with `seed` and the
-// tensor's name, so the bytes depend only on (config, seed, shard_bytes).
+// tensor's name, so the bytes depend only on (config, seed, shard_bytes, gate_skew).
+//
+// gate_skew > 0 makes some routed experts hot (for load-balancing benchmarks: random gate
+// weights route almost uniformly): every MoE layer's e_score_correction_bias gets
+// gate_skew / (rank + 1) added, rank being the expert's place in a random order drawn per layer
+// from (seed, layer), so the hot experts differ by layer. The bias only chooses experts (it
+// never weights them), so outputs stay as finite as without. 0 writes the same bytes as before
+// the option existed. Measured on the tiny shape (top-4 of 16 experts: uniform share 25%), the
+// hottest expert of a layer is chosen by ~45% of random rows at 0 (random gate weights), ~65%
+// at 0.6 and ~90% at 1.0. Errors: InvalidArgument for a negative or non-finite gate_skew.
 absl::Status WriteRandomCheckpoint(const ModelConfig& config, uint64_t seed, uint64_t shard_bytes,
-                                   const std::string& directory);
+                                   const std::string& directory, double gate_skew = 0.0);
+
+// The bias increments of gate_skew for one layer (gate_skew / (rank + 1) per expert; all zero
+// for gate_skew 0), as WriteRandomCheckpoint adds them to `tensor_name`'s values.
+std::vector<float> GateSkewBias(int num_experts, uint64_t seed, const std::string& tensor_name,
+                                double gate_skew);
 
 }  // namespace moemesh::checkpoint

@@ -18,5 +18,6 @@ int RunRenderChat(const Arguments& arguments);      // text_commands.cc
 int RunUp(const Arguments& arguments);              // up_command.cc
 int RunChat(const Arguments& arguments);            // chat_command.cc
 int RunMakeR1Tokenizer(const Arguments& arguments); // r1_tokenizer_command.cc
+int RunPlace(const Arguments& arguments);           // place_command.cc
 
 }  // namespace moemesh::cli

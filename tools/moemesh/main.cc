@@ -27,6 +27,8 @@ const Command kCommands[] = {
     {"make-r1-tokenizer", moemesh::cli::RunMakeR1Tokenizer,
      "turn DeepSeek-V3 tokenizer files into DeepSeek-R1's (<think> tokens, R1 template)"},
     {"chat", moemesh::cli::RunChat, "stream one chat request to a server and print it"},
+    {"place", moemesh::cli::RunPlace,
+     "plan an expert placement (replicas, nodes) from the router's /v1/experts/load JSON"},
     {"up", moemesh::cli::RunUp,
      "start a local cluster (router, attention and expert nodes) and wait for it"},
 };

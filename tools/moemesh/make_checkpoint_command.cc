@@ -1,6 +1,8 @@
-// `moemesh make-checkpoint --preset NAME --seed S [--shard-bytes N] [--tokenizer-from DIR] OUT_DIR`
+// `moemesh make-checkpoint --preset NAME --seed S [--shard-bytes N] [--gate-skew G]
+//                          [--tokenizer-from DIR] OUT_DIR`
 // Writes a random DeepSeek-V3-shaped FP8 checkpoint (see core/checkpoint/synthetic_checkpoint.h).
 #include <chrono>
+#include <cmath>
 #include <cstdio>
 #include <filesystem>
 #include <system_error>
@@ -15,10 +17,14 @@ namespace {
 
 constexpr char kUsage[] =
     "usage: moemesh make-checkpoint --preset NAME [--seed S] [--shard-bytes N]\n"
-    "                               [--tokenizer-from DIR] OUT_DIR\n"
+    "                               [--gate-skew G] [--tokenizer-from DIR] OUT_DIR\n"
     "  --preset          model shape: %s\n"
     "  --seed            random seed (default 0); the same seed writes the same bytes\n"
     "  --shard-bytes     data bytes per shard before a new one starts (default: per preset)\n"
+    "  --gate-skew       make some routed experts hot, different ones per layer (default 0 =\n"
+    "                    off): adds G / (rank + 1) to the gate bias of the expert at that rank\n"
+    "                    of a random order per layer (tiny preset: the hottest expert gets\n"
+    "                    ~45%% of rows at 0, ~65%% at 0.6, ~90%% at 1; uniform is 25%%)\n"
     "  --tokenizer-from  copy tokenizer.json and tokenizer_config.json from DIR\n"
     "OUT_DIR must not exist or be empty.\n";
 
@@ -31,7 +37,8 @@ void PrintUsage(FILE* out) {
 int RunMakeCheckpoint(const Arguments& arguments) {
   namespace fs = std::filesystem;
   absl::StatusOr<ParsedArguments> parsed = ParseArguments(
-      arguments, {{"preset"}, {"seed"}, {"shard-bytes"}, {"tokenizer-from"}, {"help", true}});
+      arguments,
+      {{"preset"}, {"seed"}, {"shard-bytes"}, {"gate-skew"}, {"tokenizer-from"}, {"help", true}});
   if (!parsed.ok()) {
     std::fprintf(stderr, "make-checkpoint: %s\n", std::string(parsed.status().message()).c_str());
     PrintUsage(stderr);
@@ -51,7 +58,9 @@ int RunMakeCheckpoint(const Arguments& arguments) {
   absl::StatusOr<int64_t> shard_bytes =
       preset.ok() ? parsed->GetInt("shard-bytes", static_cast<int64_t>(preset->default_shard_bytes))
                   : absl::StatusOr<int64_t>(0);
-  for (const absl::Status& status : {preset.status(), seed.status(), shard_bytes.status()}) {
+  absl::StatusOr<double> gate_skew = parsed->GetDouble("gate-skew", 0.0);
+  for (const absl::Status& status :
+       {preset.status(), seed.status(), shard_bytes.status(), gate_skew.status()}) {
     if (!status.ok()) {
       std::fprintf(stderr, "make-checkpoint: %s\n", std::string(status.message()).c_str());
       return 2;
@@ -61,11 +70,16 @@ int RunMakeCheckpoint(const Arguments& arguments) {
     std::fprintf(stderr, "make-checkpoint: --shard-bytes must be positive, --seed non-negative\n");
     return 2;
   }
+  if (!std::isfinite(*gate_skew) || *gate_skew < 0) {
+    std::fprintf(stderr, "make-checkpoint: --gate-skew must be a number >= 0\n");
+    return 2;
+  }
   const std::string out_dir = parsed->positionals()[0];
   const auto start = std::chrono::steady_clock::now();
   if (absl::Status status =
           checkpoint::WriteRandomCheckpoint(preset->config, static_cast<uint64_t>(*seed),
-                                            static_cast<uint64_t>(*shard_bytes), out_dir);
+                                            static_cast<uint64_t>(*shard_bytes), out_dir,
+                                            *gate_skew);
       !status.ok()) {
     std::fprintf(stderr, "make-checkpoint: %s\n", std::string(status.message()).c_str());
     return 1;
