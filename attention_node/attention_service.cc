@@ -79,12 +79,14 @@ absl::StatusOr<std::unique_ptr<AttentionNode>> AttentionNode::Start(AttentionNod
   node->transport_ = std::make_unique<comm::GrpcExpertTransport>(transport_options);
   AttentionNode* raw = node.get();
   const int hidden_size = node->model_->config().hidden_size;
+  const std::vector<int> moe_layers = node->model_->config().MoeLayers();
+  const int last_moe_layer = moe_layers.empty() ? -1 : moe_layers.back();
   node->scheduler_ = std::make_unique<Scheduler>(
       node->model_.get(), pool,
-      [raw, hidden_size](int lane) {
+      [raw, hidden_size, last_moe_layer](int lane) {
         auto experts = std::make_unique<RemoteRoutedExperts>(
             raw->transport_.get(), &raw->placement_, lane, hidden_size,
-            [raw] { raw->RefreshPlacement(); });
+            [raw] { raw->RefreshPlacement(); }, last_moe_layer);
         raw->lanes_.push_back(experts.get());
         if (raw->metrics_ == nullptr) return std::unique_ptr<model::RoutedExperts>(std::move(experts));
         auto timed = std::make_unique<TimedRoutedExperts>(std::move(experts));
@@ -122,6 +124,7 @@ absl::StatusOr<std::unique_ptr<AttentionNode>> AttentionNode::Start(AttentionNod
             static_cast<uint64_t>(status.cache_capacity_tokens - status.cache_used_tokens));
         heartbeat.set_running_sequences(static_cast<uint32_t>(status.running));
         heartbeat.set_waiting_sequences(static_cast<uint32_t>(status.waiting));
+        heartbeat.set_used_placement_version(raw->placement_.UsedVersion());
         if (raw->metrics_ != nullptr) raw->metrics_->FillHeartbeat(heartbeat);
       });
   node->control_for_refresh_.store(node->control_.get());
@@ -147,6 +150,7 @@ DispatchStatistics AttentionNode::dispatch_statistics() const {
     total.node_round_trips += statistics.node_round_trips;
     total.round_trip_seconds += statistics.round_trip_seconds;
     total.failures += statistics.failures;
+    total.redispatches += statistics.redispatches;
   }
   return total;
 }

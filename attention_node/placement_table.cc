@@ -2,16 +2,22 @@
 
 namespace moemesh::attention_node {
 
-const std::string* PlacementSnapshot::ChooseReplica(int layer, int expert) const {
+const std::string* PlacementSnapshot::ChooseReplica(
+    int layer, int expert, uint64_t spread, const std::set<std::string>* also_unhealthy) const {
   auto it = replicas.find({layer, expert});
   if (it == replicas.end()) return nullptr;
+  std::vector<const std::string*> healthy;
   for (const std::string& node : it->second) {
-    if (unhealthy.count(node) == 0 && addresses.count(node) > 0) return &node;
+    if (unhealthy.count(node) > 0 || addresses.count(node) == 0) continue;
+    if (also_unhealthy != nullptr && also_unhealthy->count(node) > 0) continue;
+    healthy.push_back(&node);
   }
-  return nullptr;
+  if (healthy.empty()) return nullptr;
+  return healthy[(spread + static_cast<uint64_t>(expert)) % healthy.size()];
 }
 
 void PlacementTable::Update(const moemesh::v1::Placement& placement) {
+  if (placement.target()) return;
   auto snapshot = std::make_shared<PlacementSnapshot>();
   snapshot->version = placement.version();
   for (const auto& node : placement.nodes()) {
@@ -41,6 +47,23 @@ void PlacementTable::Suspect(const std::string& node_id) {
 std::shared_ptr<const PlacementSnapshot> PlacementTable::Snapshot() const {
   absl::MutexLock lock(&mutex_);
   return snapshot_;
+}
+
+std::shared_ptr<const PlacementSnapshot> PlacementTable::Pin() {
+  absl::MutexLock lock(&mutex_);
+  pinned_.insert(snapshot_->version);
+  return snapshot_;
+}
+
+void PlacementTable::Unpin(uint64_t version) {
+  absl::MutexLock lock(&mutex_);
+  auto it = pinned_.find(version);
+  if (it != pinned_.end()) pinned_.erase(it);
+}
+
+uint64_t PlacementTable::UsedVersion() const {
+  absl::MutexLock lock(&mutex_);
+  return pinned_.empty() ? snapshot_->version : *pinned_.begin();
 }
 
 }  // namespace moemesh::attention_node

@@ -1,136 +1,257 @@
 #include "attention_node/remote_routed_experts.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <map>
+#include <set>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/kernels/cpu/elementwise.h"
 
 namespace moemesh::attention_node {
 namespace {
 
-// Rows of the step one node receives, and where its partial sums go back to.
-struct NodeShare {
-  std::string address;
-  std::vector<int64_t> rows;             // step rows, ascending; position = compact row index
-  std::map<int64_t, uint32_t> compact;   // step row -> compact row
-  std::map<int32_t, comm::ExpertSliceRows> slices;  // by expert id, ascending
+// The rows of one step that go to one logical expert (rows ascending, with their gate weights).
+struct ExpertRows {
+  int32_t expert = 0;
+  std::vector<int64_t> rows;
+  std::vector<float> weights;
 };
 
-// Groups the step's rows by the expert node serving each chosen expert, keyed (and so ordered)
-// by node id: the combine order. Unavailable when an expert has no healthy holder.
-absl::StatusOr<std::map<std::string, NodeShare>> ShareRows(const PlacementSnapshot& snapshot,
-                                                           int layer, int64_t rows,
-                                                           const model::GateDecision& decision) {
+// What one node is sent: compacted hidden rows and, per expert (ascending), the step rows.
+struct NodeShare {
+  std::string node_id;
+  std::string address;
+  std::vector<int64_t> rows;            // step rows, ascending; position = compact row index
+  std::vector<ExpertRows> experts;      // ascending expert id
+};
+
+// Assigns every expert's rows to one replica. Unavailable when an expert has no healthy holder.
+absl::StatusOr<std::map<std::string, NodeShare>> AssignReplicas(
+    const PlacementSnapshot& snapshot, int layer, std::vector<ExpertRows> experts,
+    uint64_t spread, const std::set<std::string>& excluded) {
   std::map<std::string, NodeShare> shares;
-  for (int64_t row = 0; row < rows; ++row) {
-    for (int k = 0; k < decision.top_k; ++k) {
-      const int32_t expert = decision.experts[row * decision.top_k + k];
-      const std::string* node = snapshot.ChooseReplica(layer, expert);
-      if (node == nullptr) {
-        return absl::UnavailableError(absl::StrCat(
-            "no healthy expert node holds expert ", expert, " of layer ", layer,
-            " (placement version ", snapshot.version, ")"));
-      }
-      NodeShare& share = shares[*node];
-      share.address = snapshot.addresses.at(*node);
-      auto [it, inserted] = share.compact.emplace(row, 0);
-      if (inserted) {
-        it->second = static_cast<uint32_t>(share.rows.size());
-        share.rows.push_back(row);
-      }
-      comm::ExpertSliceRows& slice = share.slices[expert];
-      slice.expert = expert;
-      slice.rows.push_back(it->second);
-      slice.gate_weights.push_back(decision.weights[row * decision.top_k + k]);
+  for (ExpertRows& expert : experts) {
+    const std::string* node = snapshot.ChooseReplica(layer, expert.expert, spread, &excluded);
+    if (node == nullptr) {
+      return absl::UnavailableError(absl::StrCat(
+          "no healthy expert node holds expert ", expert.expert, " of layer ", layer,
+          " (placement version ", snapshot.version, ")"));
     }
+    NodeShare& share = shares[*node];
+    share.node_id = *node;
+    share.address = snapshot.addresses.at(*node);
+    share.experts.push_back(std::move(expert));
+  }
+  for (auto& [id, share] : shares) {
+    std::set<int64_t> rows;
+    for (const ExpertRows& expert : share.experts) rows.insert(expert.rows.begin(), expert.rows.end());
+    share.rows.assign(rows.begin(), rows.end());
   }
   return shares;
 }
+
+// A request in flight and the (expert, step rows) its outputs answer, in slice order.
+struct Pending {
+  std::string node_id;
+  std::vector<ExpertRows> experts;
+  std::future<absl::StatusOr<comm::DispatchResult>> result;
+};
 
 }  // namespace
 
 RemoteRoutedExperts::RemoteRoutedExperts(comm::ExpertTransport* transport,
                                          PlacementTable* placement, int lane, int hidden_size,
-                                         std::function<void()> refresh_placement)
+                                         std::function<void()> refresh_placement,
+                                         int last_moe_layer)
     : transport_(transport),
       placement_(placement),
       lane_(lane),
       hidden_size_(hidden_size),
-      refresh_placement_(std::move(refresh_placement)) {}
+      refresh_placement_(std::move(refresh_placement)),
+      last_moe_layer_(last_moe_layer) {}
+
+RemoteRoutedExperts::~RemoteRoutedExperts() { ReleasePin(); }
+
+std::shared_ptr<const PlacementSnapshot> RemoteRoutedExperts::SnapshotFor(int layer) {
+  absl::MutexLock lock(&mutex_);
+  if (pinned_ == nullptr || layer <= last_layer_ || last_moe_layer_ < 0) {
+    if (pinned_ != nullptr) placement_->Unpin(pinned_->version);
+    pinned_ = placement_->Pin();
+  }
+  last_layer_ = layer;
+  return pinned_;
+}
+
+void RemoteRoutedExperts::ReleasePin() {
+  absl::MutexLock lock(&mutex_);
+  if (pinned_ != nullptr) placement_->Unpin(pinned_->version);
+  pinned_ = nullptr;
+  last_layer_ = -1;
+}
 
 absl::StatusOr<model::RoutedExperts::Combine> RemoteRoutedExperts::Dispatch(
     int layer, const float* hidden, int64_t rows, const model::GateDecision& decision) {
   const auto started = std::chrono::steady_clock::now();
-  std::shared_ptr<const PlacementSnapshot> snapshot = placement_->Snapshot();
+  std::shared_ptr<const PlacementSnapshot> snapshot = SnapshotFor(layer);
+  uint64_t spread;
+  {
+    absl::MutexLock lock(&mutex_);
+    spread = dispatches_++;
+  }
+  // Rows per expert, ascending expert id and row.
+  std::map<int32_t, ExpertRows> by_expert;
+  for (int64_t row = 0; row < rows; ++row) {
+    for (int k = 0; k < decision.top_k; ++k) {
+      const int32_t expert = decision.experts[row * decision.top_k + k];
+      ExpertRows& entry = by_expert[expert];
+      entry.expert = expert;
+      entry.rows.push_back(row);
+      entry.weights.push_back(decision.weights[row * decision.top_k + k]);
+    }
+  }
+  std::vector<ExpertRows> experts;
+  for (auto& [id, entry] : by_expert) experts.push_back(std::move(entry));
+
+  // Health comes from the newest table (a node suspected since the pass began is skipped).
+  const std::set<std::string> excluded = placement_->Snapshot()->unhealthy;
   absl::StatusOr<std::map<std::string, NodeShare>> shares =
-      ShareRows(*snapshot, layer, rows, decision);
+      AssignReplicas(*snapshot, layer, experts, spread, excluded);
   if (!shares.ok() && refresh_placement_ != nullptr) {
-    // This node's copy of the placement may just be behind the router's: fetch it once and
-    // group again.
+    // This node's copy of the placement may just be behind the router's: fetch it once and use
+    // the newest version for this layer.
     refresh_placement_();
     snapshot = placement_->Snapshot();
-    shares = ShareRows(*snapshot, layer, rows, decision);
+    shares = AssignReplicas(*snapshot, layer, experts, spread, snapshot->unhealthy);
   }
   if (!shares.ok()) {
+    ReleasePin();
     absl::MutexLock lock(&mutex_);
     ++statistics_.failures;
     return shares.status();
   }
-  struct Pending {
-    std::string node_id;
-    std::vector<int64_t> rows;
-    std::future<absl::StatusOr<comm::DispatchResult>> result;
-  };
-  auto pending = std::make_shared<std::vector<Pending>>();
-  for (auto& [node_id, share] : *shares) {
-    comm::DispatchBatch batch;
-    batch.layer = layer;
-    batch.placement_version = snapshot->version;
-    batch.hidden_size = hidden_size_;
-    batch.hidden.resize(share.rows.size() * hidden_size_);
-    for (size_t i = 0; i < share.rows.size(); ++i) {
-      std::memcpy(batch.hidden.data() + i * hidden_size_, hidden + share.rows[i] * hidden_size_,
-                  sizeof(float) * hidden_size_);
-    }
-    for (auto& [expert, slice] : share.slices) batch.slices.push_back(std::move(slice));
-    pending->push_back(Pending{node_id, std::move(share.rows),
-                               transport_->Dispatch(node_id, share.address, lane_, std::move(batch))});
-  }
   const int64_t hidden_size = hidden_size_;
-  return Combine([this, pending, rows, hidden_size, started](float* out) -> absl::Status {
-    std::memset(out, 0, sizeof(float) * static_cast<size_t>(rows * hidden_size));
+  // Sends each share; returns the requests in flight.
+  auto send = [this, layer, hidden, hidden_size](std::map<std::string, NodeShare>& shares,
+                                                 uint64_t version) {
+    std::vector<Pending> pending;
+    for (auto& [node_id, share] : shares) {
+      comm::DispatchBatch batch;
+      batch.layer = layer;
+      batch.placement_version = version;
+      batch.hidden_size = static_cast<int>(hidden_size);
+      batch.hidden.resize(share.rows.size() * hidden_size);
+      std::map<int64_t, uint32_t> compact;
+      for (size_t i = 0; i < share.rows.size(); ++i) {
+        compact[share.rows[i]] = static_cast<uint32_t>(i);
+        std::memcpy(batch.hidden.data() + i * hidden_size, hidden + share.rows[i] * hidden_size,
+                    sizeof(float) * hidden_size);
+      }
+      for (const ExpertRows& expert : share.experts) {
+        comm::ExpertSliceRows slice;
+        slice.expert = expert.expert;
+        for (int64_t row : expert.rows) slice.rows.push_back(compact.at(row));
+        slice.gate_weights = expert.weights;
+        batch.slices.push_back(std::move(slice));
+      }
+      pending.push_back(Pending{node_id, std::move(share.experts),
+                                transport_->Dispatch(node_id, share.address, lane_,
+                                                     std::move(batch))});
+    }
+    return pending;
+  };
+  auto first = std::make_shared<std::vector<Pending>>(send(*shares, snapshot->version));
+  const bool ends_pass = last_moe_layer_ < 0 || layer >= last_moe_layer_;
+  return Combine([this, first, send, rows, hidden_size, started, layer, spread,
+                  ends_pass](float* out) -> absl::Status {
+    // (expert, weight, output row) per step row; combined once every output is in.
+    struct Contribution {
+      int32_t expert;
+      float weight;
+      const float* output;
+    };
+    std::vector<std::vector<Contribution>> per_row(static_cast<size_t>(rows));
+    std::vector<std::vector<float>> outputs;  // keeps every reply's floats alive
+    std::vector<Pending> pending = std::move(*first);
     absl::Status failure;
-    for (Pending& node : *pending) {  // ascending node id
-      absl::StatusOr<comm::DispatchResult> result = node.result.get();
-      if (!result.ok()) {
-        if (failure.ok()) {
-          failure = absl::Status(result.status().code(),
-                                 absl::StrCat("expert node ", node.node_id, ": ",
-                                              result.status().message()));
+    uint64_t round_trips = 0, redispatches = 0;
+    std::set<std::string> excluded;
+    for (int attempt = 0; !pending.empty(); ++attempt) {
+      std::vector<ExpertRows> retry;
+      round_trips += pending.size();
+      bool refresh = false;
+      for (Pending& node : pending) {
+        absl::StatusOr<comm::DispatchResult> result = node.result.get();
+        absl::Status status = result.status();
+        if (result.ok() && result->expert_outputs.empty() && !node.experts.empty()) {
+          status = absl::InternalError("answered with the legacy partial-sum encoding");
         }
-        placement_->Suspect(node.node_id);
-        continue;
-      }
-      const std::vector<float>& partial = result->partial_sum;
-      if (partial.size() != node.rows.size() * hidden_size) {
-        if (failure.ok()) {
-          failure = absl::InternalError(absl::StrCat("expert node ", node.node_id,
-                                                     " answered ", partial.size(),
-                                                     " values for ", node.rows.size(), " rows"));
+        if (!status.ok()) {
+          failure = absl::Status(status.code(), absl::StrCat("expert node ", node.node_id, ": ",
+                                                             status.message()));
+          if (absl::IsFailedPrecondition(status)) {
+            refresh = true;  // it no longer holds an expert: our placement is behind
+          } else {
+            placement_->Suspect(node.node_id);
+          }
+          excluded.insert(node.node_id);
+          for (ExpertRows& expert : node.experts) retry.push_back(std::move(expert));
+          continue;
         }
-        continue;
+        outputs.push_back(std::move(result->expert_outputs));
+        const float* data = outputs.back().data();
+        for (const ExpertRows& expert : node.experts) {
+          for (size_t i = 0; i < expert.rows.size(); ++i) {
+            per_row[expert.rows[i]].push_back({expert.expert, expert.weights[i], data});
+            data += hidden_size;
+          }
+        }
       }
-      for (size_t i = 0; i < node.rows.size(); ++i) {
-        float* destination = out + node.rows[i] * hidden_size;
-        const float* source = partial.data() + i * hidden_size;
-        for (int64_t j = 0; j < hidden_size; ++j) destination[j] += source[j];
+      pending.clear();
+      if (retry.empty()) {
+        failure = absl::OkStatus();
+        break;
+      }
+      if (attempt + 1 >= kMaxTries) break;
+      // Re-send those experts' rows to another replica of the newest placement.
+      if (refresh && refresh_placement_ != nullptr) refresh_placement_();
+      std::shared_ptr<const PlacementSnapshot> latest = placement_->Snapshot();
+      std::sort(retry.begin(), retry.end(),
+                [](const ExpertRows& a, const ExpertRows& b) { return a.expert < b.expert; });
+      std::set<std::string> skip = latest->unhealthy;
+      skip.insert(excluded.begin(), excluded.end());
+      absl::StatusOr<std::map<std::string, NodeShare>> again =
+          AssignReplicas(*latest, layer, retry, spread, skip);
+      if (!again.ok() && refresh) {
+        // Every other holder was tried: a node that answered NOT_HELD may have loaded it since.
+        skip = latest->unhealthy;
+        again = AssignReplicas(*latest, layer, std::move(retry), spread, skip);
+      }
+      if (!again.ok()) {
+        failure = again.status();
+        break;
+      }
+      redispatches += again->size();
+      pending = send(*again, latest->version);
+    }
+    if (failure.ok()) {
+      std::memset(out, 0, sizeof(float) * static_cast<size_t>(rows * hidden_size));
+      for (int64_t row = 0; row < rows; ++row) {
+        std::vector<Contribution>& entries = per_row[row];
+        std::sort(entries.begin(), entries.end(),
+                  [](const Contribution& a, const Contribution& b) { return a.expert < b.expert; });
+        for (const Contribution& entry : entries) {
+          kernels::Axpy(hidden_size, entry.weight, entry.output, out + row * hidden_size);
+        }
       }
     }
+    if (ends_pass || !failure.ok()) ReleasePin();
     absl::MutexLock lock(&mutex_);
     ++statistics_.layer_dispatches;
-    statistics_.node_round_trips += pending->size();
+    statistics_.node_round_trips += round_trips;
+    statistics_.redispatches += redispatches;
     statistics_.round_trip_seconds +=
         std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     if (!failure.ok()) ++statistics_.failures;

@@ -30,8 +30,20 @@ ExpertNodeMetrics::ExpertNodeMetrics(std::shared_ptr<obs::MetricsRegistry> regis
                          .Add({});
   bytes_sent_ = &registry_
                      ->Counter("moemesh_expert_bytes_sent_total",
-                               "Bytes of dispatch replies (partial sums) sent by this node.")
+                               "Bytes of dispatch replies (expert outputs) sent by this node.")
                      .Add({});
+  dispatch_rows_ = &registry_
+                        ->Counter("moemesh_expert_dispatch_rows_total",
+                                  "Distinct hidden rows received in answered dispatches (the "
+                                  "reply carries one output per (row, expert): "
+                                  "moemesh_expert_rows_total).")
+                        .Add({});
+  weights_loaded_bytes_ =
+      &registry_
+           ->Counter("moemesh_expert_weights_loaded_bytes_total",
+                     "Bytes of expert weights read from the checkpoint (start-up and every "
+                     "placement change that gave this node new experts).")
+           .Add({});
   auto& dispatches = registry_->Counter("moemesh_expert_dispatches_total",
                                         "Dispatch requests by result (ok, not_held, invalid).");
   dispatches_ok_ = &dispatches.Add({{"result", "ok"}});
@@ -72,6 +84,10 @@ ExpertNodeMetrics::~ExpertNodeMetrics() {
   watched_->service = nullptr;
 }
 
+void ExpertNodeMetrics::OnExpertsLoaded(int64_t bytes) {
+  if (bytes > 0) weights_loaded_bytes_->Increment(static_cast<double>(bytes));
+}
+
 void ExpertNodeMetrics::Watch(const ExpertService* service) {
   absl::MutexLock lock(&watched_->mutex);
   watched_->service = service;
@@ -83,6 +99,7 @@ void ExpertNodeMetrics::OnDispatch(const DispatchObservation& observation) {
   }
   compute_seconds_->Observe(observation.compute_seconds);
   bytes_received_->Increment(static_cast<double>(observation.bytes_in));
+  dispatch_rows_->Increment(static_cast<double>(observation.rows));
   bytes_sent_->Increment(static_cast<double>(observation.bytes_out));
   dispatches_ok_->Increment();
 }

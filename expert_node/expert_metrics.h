@@ -24,6 +24,8 @@ class ExpertNodeMetrics {
   void Watch(const ExpertService* service);
   // One OK dispatch (from ExpertService's observer).
   void OnDispatch(const DispatchObservation& observation);
+  // Expert weights read from the checkpoint for a new placement share (bytes).
+  void OnExpertsLoaded(int64_t bytes);
 
  private:
   struct Watched {
@@ -37,6 +39,8 @@ class ExpertNodeMetrics {
   prometheus::Counter* bytes_received_;
   prometheus::Counter* bytes_sent_;
   prometheus::Counter* dispatches_ok_;
+  prometheus::Counter* weights_loaded_bytes_;
+  prometheus::Counter* dispatch_rows_;
   std::shared_ptr<Watched> watched_;
 };
 

@@ -190,44 +190,40 @@ moemesh::v1::DispatchReply ExpertService::Handle(const moemesh::v1::DispatchRequ
     return reply;
   }
 
-  // Each expert on its gathered rows (possibly in parallel), then added in ascending expert id:
-  // the same arithmetic as ExpertShard::ComputePartial.
-  std::vector<const comm::ExpertSliceRows*> slices;
-  for (const comm::ExpertSliceRows& slice : batch->slices) {
-    if (!slice.rows.empty()) slices.push_back(&slice);
-  }
-  std::sort(slices.begin(), slices.end(),
-            [](const auto* a, const auto* b) { return a->expert < b->expert; });
+  // Each expert on its gathered rows (possibly in parallel). The outputs go back unweighted, per
+  // (row, expert), in request slice order: the attention node weights them and adds a row's
+  // experts in ascending id, the same arithmetic as ExpertShard::ComputePartial in one process.
   const int64_t hidden_size = config_.hidden_size;
   const int64_t rows = batch->rows();
-  std::vector<std::vector<float>> results(slices.size());
-  std::vector<absl::Status> statuses(slices.size());
-  workers_->Run(static_cast<int>(slices.size()), [&](int i) {
-    const comm::ExpertSliceRows& slice = *slices[i];
+  const std::vector<comm::ExpertSliceRows>& slices_in_order = batch->slices;
+  std::vector<size_t> offsets(slices_in_order.size() + 1, 0);
+  for (size_t i = 0; i < slices_in_order.size(); ++i) {
+    offsets[i + 1] = offsets[i] + slices_in_order[i].rows.size();
+  }
+  std::vector<float> out(offsets.back() * static_cast<size_t>(hidden_size));
+  std::vector<absl::Status> statuses(slices_in_order.size());
+  workers_->Run(static_cast<int>(slices_in_order.size()), [&](int i) {
+    const comm::ExpertSliceRows& slice = slices_in_order[i];
     const int64_t count = static_cast<int64_t>(slice.rows.size());
+    if (count == 0) return;
     std::vector<float> gathered(static_cast<size_t>(count * hidden_size));
     for (int64_t r = 0; r < count; ++r) {
       std::memcpy(gathered.data() + r * hidden_size,
                   batch->hidden.data() + static_cast<int64_t>(slice.rows[r]) * hidden_size,
                   sizeof(float) * hidden_size);
     }
-    results[i].resize(static_cast<size_t>(count * hidden_size));
     statuses[i] = shard->ComputeExpert(layer, slice.expert, gathered.data(), count,
-                                       results[i].data());
+                                       out.data() + offsets[i] * hidden_size);
   });
-  std::vector<float> out(static_cast<size_t>(rows * hidden_size), 0.0f);
   uint64_t expert_rows = 0;
-  for (size_t i = 0; i < slices.size(); ++i) {
+  std::vector<const comm::ExpertSliceRows*> slices;
+  for (size_t i = 0; i < slices_in_order.size(); ++i) {
     if (!statuses[i].ok()) return invalid(std::string(statuses[i].message()));
-    const comm::ExpertSliceRows& slice = *slices[i];
-    for (size_t r = 0; r < slice.rows.size(); ++r) {
-      kernels::Axpy(hidden_size, slice.gate_weights[r], results[i].data() + r * hidden_size,
-                    out.data() + static_cast<int64_t>(slice.rows[r]) * hidden_size);
-    }
-    expert_rows += slice.rows.size();
+    expert_rows += slices_in_order[i].rows.size();
+    if (!slices_in_order[i].rows.empty()) slices.push_back(&slices_in_order[i]);
   }
+  reply.set_expert_outputs(comm::FloatsToBytes(out.data(), out.size()));
   reply.set_code(DispatchReply::OK);
-  reply.set_partial_sum(comm::FloatsToBytes(out.data(), out.size()));
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   reply.set_compute_seconds(seconds);
@@ -238,6 +234,7 @@ moemesh::v1::DispatchReply ExpertService::Handle(const moemesh::v1::DispatchRequ
       observation.expert_rows.emplace_back(slice->expert, slice->rows.size());
     }
     observation.compute_seconds = seconds;
+    observation.rows = static_cast<uint64_t>(rows);
     observation.bytes_in = request.ByteSizeLong();
     observation.bytes_out = reply.ByteSizeLong();
     observer_(observation);
@@ -277,15 +274,27 @@ absl::StatusOr<std::unique_ptr<ExpertNode>> ExpertNode::Start(ExpertNodeOptions 
   control.registration.set_address(node->address());
   control.registration.set_preferred_id(node->options_.node_name);
   control.registration.set_metrics_address(node->options_.metrics_address);
+  control.registration.set_max_experts_per_layer(
+      static_cast<uint32_t>(std::max(0, node->options_.max_experts_per_layer)));
   ExpertNode* self = node.get();
+  control.on_heartbeat_reply = [self](const moemesh::v1::HeartbeatReply& reply) {
+    self->OnHeartbeatReply(reply);
+  };
   node->control_ = comm::ControlClient::Start(
       std::move(control),
       [self](const moemesh::v1::Placement& placement) {
         absl::MutexLock lock(&self->mutex_);
-        self->wanted_ = placement;
+        if (placement.target()) return;
+        self->committed_ = placement;
+        self->dirty_ = true;
       },
       [self](moemesh::v1::HeartbeatRequest& request) {
         request.set_loaded_placement_version(self->service_->placement_version());
+        std::shared_ptr<const model::ExpertShard> shard = self->service_->shard();
+        request.set_held_experts(
+            shard == nullptr ? 0 : static_cast<uint32_t>(shard->HeldExperts().size()));
+        absl::MutexLock lock(&self->mutex_);
+        request.set_draining(self->draining_);
       });
   node->loader_ = std::thread([self] { self->LoaderLoop(); });
   return node;
@@ -304,43 +313,157 @@ bool ExpertNode::WaitForLoadedVersion(uint64_t version, absl::Duration timeout) 
   return true;
 }
 
+void ExpertNode::OnHeartbeatReply(const moemesh::v1::HeartbeatReply& reply) {
+  absl::MutexLock lock(&mutex_);
+  if (reply.target_placement_version() != target_version_ ||
+      reply.min_used_placement_version() != min_used_version_) {
+    dirty_ = true;
+  }
+  target_version_ = reply.target_placement_version();
+  min_used_version_ = reply.min_used_placement_version();
+  if (reply.drain() != drain_state_ || reply.drain_message() != drain_message_) {
+    drain_state_ = reply.drain();
+    drain_message_ = reply.drain_message();
+  }
+}
+
+void ExpertNode::Drain() {
+  absl::MutexLock lock(&mutex_);
+  draining_ = true;
+  control_->HeartbeatSoon();
+}
+
+moemesh::v1::HeartbeatReply::DrainState ExpertNode::DrainState(std::string* message) {
+  absl::MutexLock lock(&mutex_);
+  if (message != nullptr) *message = drain_message_;
+  return drain_state_;
+}
+
+moemesh::v1::HeartbeatReply::DrainState ExpertNode::WaitDrainChange(
+    moemesh::v1::HeartbeatReply::DrainState seen, absl::Duration timeout, std::string* message) {
+  absl::MutexLock lock(&mutex_);
+  auto changed = [this, seen]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    return drain_state_ != seen || stopping_;
+  };
+  mutex_.AwaitWithTimeout(absl::Condition(&changed), timeout);
+  if (message != nullptr) *message = drain_message_;
+  return drain_state_;
+}
+
 void ExpertNode::LoaderLoop() {
   while (true) {
-    moemesh::v1::Placement placement;
     {
       absl::MutexLock lock(&mutex_);
-      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
-        return stopping_ || wanted_.has_value();
-      };
-      mutex_.Await(absl::Condition(&ready));
+      auto ready = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) { return stopping_ || dirty_; };
+      mutex_.AwaitWithTimeout(absl::Condition(&ready), absl::Seconds(1));
       if (stopping_) return;
-      placement = *std::move(wanted_);
-      wanted_.reset();
+      dirty_ = false;
     }
-    const std::vector<model::ExpertKey> share = ShareOf(placement, control_->node_id());
-    std::shared_ptr<const model::ExpertShard> current = service_->shard();
-    if (current != nullptr && current->HeldExperts() == share) {
-      service_->Install(current, placement.version());  // same experts, new version
-      continue;
-    }
-    const auto start = std::chrono::steady_clock::now();
-    const uint64_t bytes_before = checkpoint_->BytesRead();
-    auto shard = model::ExpertShard::Load(*checkpoint_, share);
-    if (!shard.ok()) {
-      std::fprintf(stderr, "moemesh-expert-node: loading placement version %llu failed: %s\n",
-                   static_cast<unsigned long long>(placement.version()),
-                   std::string(shard.status().message()).c_str());
-      continue;  // keeps serving the old share; the version is not reported
-    }
-    std::fprintf(stderr,
-                 "moemesh-expert-node %s: placement version %llu: %zu experts, %.1f MiB read in "
-                 "%.2f s\n",
-                 control_->node_id().c_str(), static_cast<unsigned long long>(placement.version()),
-                 share.size(), (checkpoint_->BytesRead() - bytes_before) / 1048576.0,
-                 std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
-    service_->Install(std::shared_ptr<const model::ExpertShard>(std::move(*shard)),
-                      placement.version());
+    Reconcile();
   }
+}
+
+void ExpertNode::Reconcile() {
+  const std::string node_id = control_->node_id();
+  uint64_t target_version;
+  {
+    absl::MutexLock lock(&mutex_);
+    target_version = target_version_;
+    if (target_version == 0) target_.reset();
+    if (target_.has_value() && target_->version() != target_version) target_.reset();
+  }
+  if (target_version != 0) {
+    bool have;
+    {
+      absl::MutexLock lock(&mutex_);
+      have = target_.has_value();
+    }
+    if (!have) {
+      absl::StatusOr<moemesh::v1::Placement> fetched = control_->FetchTargetPlacement();
+      absl::MutexLock lock(&mutex_);
+      if (fetched.ok() && fetched->target() && fetched->version() == target_version_) {
+        target_ = *std::move(fetched);
+      } else {
+        dirty_ = true;  // try again on the next pass
+      }
+    }
+  }
+  // Wanted: every placement version an attention node may still use, and the target. Shares
+  // are kept by version (committed ones and targets, which become committed); the newest known
+  // version <= min_used stands for the one in use then (assignments change only at commits,
+  // and the share of a version this node missed is also that of a newer one it keeps).
+  std::set<model::ExpertKey> wanted;
+  std::vector<model::ExpertKey> committed_share, target_share;
+  uint64_t committed_version = 0;
+  std::optional<uint64_t> target_loaded_version;
+  {
+    absl::MutexLock lock(&mutex_);
+    if (committed_.has_value()) {
+      committed_version = committed_->version();
+      committed_share = ShareOf(*committed_, node_id);
+      committed_shares_[committed_version] = committed_share;
+    }
+    if (target_.has_value() && target_->version() > committed_version) {
+      target_share = ShareOf(*target_, node_id);
+      committed_shares_[target_->version()] = target_share;
+      target_loaded_version = target_->version();
+    }
+    // A target that was abandoned (never committed) is used by no one.
+    for (auto it = committed_shares_.upper_bound(committed_version);
+         it != committed_shares_.end();) {
+      if (target_loaded_version && it->first == *target_loaded_version) {
+        ++it;
+      } else {
+        it = committed_shares_.erase(it);
+      }
+    }
+    const uint64_t min_used = std::min(min_used_version_, committed_version);
+    auto in_use = committed_shares_.upper_bound(min_used);
+    if (in_use != committed_shares_.begin()) --in_use;  // newest <= min_used
+    committed_shares_.erase(committed_shares_.begin(), in_use);
+    for (const auto& [version, share] : committed_shares_) wanted.insert(share.begin(), share.end());
+  }
+  if (committed_version == 0) return;
+  const std::vector<model::ExpertKey> wanted_list(wanted.begin(), wanted.end());
+  std::shared_ptr<const model::ExpertShard> current = service_->shard();
+  std::shared_ptr<const model::ExpertShard> next = current;
+  if (current == nullptr || current->HeldExperts() != wanted_list) {
+    const auto start = std::chrono::steady_clock::now();
+    int64_t bytes = 0;
+    auto shard = model::ExpertShard::Rebuild(*checkpoint_, current.get(), wanted_list, &bytes);
+    if (!shard.ok()) {
+      std::fprintf(stderr, "moemesh-expert-node: loading experts for placement version %llu failed: %s\n",
+                   static_cast<unsigned long long>(target_loaded_version.value_or(committed_version)),
+                   std::string(shard.status().message()).c_str());
+      absl::MutexLock lock(&mutex_);
+      dirty_ = true;
+      return;  // keeps serving what it holds; the version is not reported
+    }
+    const size_t before = current == nullptr ? 0 : current->HeldExperts().size();
+    std::fprintf(stderr,
+                 "moemesh-expert-node %s: placement version %llu: holding %zu experts (was %zu), "
+                 "%.1f MiB read in %.2f s\n",
+                 node_id.c_str(),
+                 static_cast<unsigned long long>(target_loaded_version.value_or(committed_version)),
+                 wanted_list.size(), before,
+                 bytes / 1048576.0,
+                 std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    if (metrics_ != nullptr) metrics_->OnExpertsLoaded(bytes);
+    next = std::shared_ptr<const model::ExpertShard>(std::move(*shard));
+  }
+  // The newest version whose whole share is held now.
+  uint64_t version = service_->placement_version();
+  auto holds = [&](const std::vector<model::ExpertKey>& share) {
+    for (const model::ExpertKey& key : share) {
+      if (!next->Holds(key.first, key.second)) return false;
+    }
+    return true;
+  };
+  if (holds(committed_share)) version = std::max(version, committed_version);
+  if (target_loaded_version && holds(target_share)) version = std::max(version, *target_loaded_version);
+  const bool changed = next != current || version != service_->placement_version();
+  service_->Install(next, version);
+  if (changed) control_->HeartbeatSoon();
 }
 
 void ExpertNode::Shutdown(double grace_seconds) {
@@ -352,6 +475,7 @@ void ExpertNode::Shutdown(double grace_seconds) {
     stopping_ = true;
   }
   if (loader_.joinable()) loader_.join();
+  // (the loader may have been mid-load; nothing more is installed after this)
   if (server_ != nullptr) comm::ShutdownGrpcServer(server_.get(), grace_seconds);
 }
 

@@ -5,6 +5,7 @@
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <utility>
@@ -43,6 +44,7 @@ struct DispatchObservation {
   int layer = 0;
   std::vector<std::pair<int32_t, uint64_t>> expert_rows;  // (expert, rows it computed)
   double compute_seconds = 0;  // request decoded -> reply built
+  uint64_t rows = 0;           // distinct hidden rows received
   uint64_t bytes_in = 0;       // request message size
   uint64_t bytes_out = 0;      // reply message size
 };
@@ -95,6 +97,8 @@ struct ExpertNodeOptions {
   std::string node_name;        // RegisterRequest.preferred_id ("" lets the router choose)
   int dispatch_threads = 1;
   double heartbeat_interval_seconds = 0.5;  // until the router names its own
+  // Registered capacity: physical experts per MoE layer this node can hold (0 = no limit).
+  int max_experts_per_layer = 0;
   // Optional: the process's metrics (see expert_metrics.h) and where they are served
   // (registered with the router so that Prometheus can discover the node).
   std::shared_ptr<obs::MetricsRegistry> metrics;
@@ -118,6 +122,16 @@ class ExpertNode {
   ExpertService& service() { return *service_; }
   // Waits until the loaded placement version is at least `version`; false on timeout.
   bool WaitForLoadedVersion(uint64_t version, absl::Duration timeout);
+  // Asks the router to re-plan without this node (heartbeats say draining from now on). The
+  // node keeps serving; DrainState() says how it goes.
+  void Drain();
+  // The router's last answer to the drain (DRAIN_NONE before one), and its message.
+  moemesh::v1::HeartbeatReply::DrainState DrainState(std::string* message = nullptr);
+  // Waits until the drain state is DRAINED or changes from `seen`; returns the new state
+  // (unchanged on timeout).
+  moemesh::v1::HeartbeatReply::DrainState WaitDrainChange(
+      moemesh::v1::HeartbeatReply::DrainState seen, absl::Duration timeout,
+      std::string* message = nullptr);
   // Stops heartbeating and loading, then the server (open streams are cancelled after
   // `grace_seconds`). Idempotent.
   void Shutdown(double grace_seconds = 0.2);
@@ -125,6 +139,11 @@ class ExpertNode {
  private:
   ExpertNode() = default;
   void LoaderLoop();
+  // One reconcile pass: fetch the target placement if the router names a new one, then hold
+  // exactly the experts of every committed version still in use plus the target's (loading only
+  // the missing ones), and report the newest version whose share is held.
+  void Reconcile();
+  void OnHeartbeatReply(const moemesh::v1::HeartbeatReply& reply);
 
   ExpertNodeOptions options_;
   std::unique_ptr<checkpoint::Checkpoint> checkpoint_;
@@ -134,8 +153,20 @@ class ExpertNode {
   int port_ = 0;
   std::unique_ptr<comm::ControlClient> control_;
   absl::Mutex mutex_;
-  std::optional<moemesh::v1::Placement> wanted_ ABSL_GUARDED_BY(mutex_);
+  // Make-before-break state, from the control plane.
+  std::optional<moemesh::v1::Placement> committed_ ABSL_GUARDED_BY(mutex_);
+  std::optional<moemesh::v1::Placement> target_ ABSL_GUARDED_BY(mutex_);
+  uint64_t target_version_ ABSL_GUARDED_BY(mutex_) = 0;  // named by the router; 0 = none
+  uint64_t min_used_version_ ABSL_GUARDED_BY(mutex_) = 0;
+  // This node's share of each placement version (committed, or the target) that may still be in
+  // use, by version.
+  std::map<uint64_t, std::vector<model::ExpertKey>> committed_shares_ ABSL_GUARDED_BY(mutex_);
+  bool dirty_ ABSL_GUARDED_BY(mutex_) = false;
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
+  bool draining_ ABSL_GUARDED_BY(mutex_) = false;
+  moemesh::v1::HeartbeatReply::DrainState drain_state_ ABSL_GUARDED_BY(mutex_) =
+      moemesh::v1::HeartbeatReply::DRAIN_NONE;
+  std::string drain_message_ ABSL_GUARDED_BY(mutex_);
   bool shut_down_ = false;
   std::thread loader_;
 };

@@ -19,6 +19,8 @@ ABSL_FLAG(std::string, node_name, "",
 ABSL_FLAG(int, dispatch_threads, 1, "threads computing the experts of one dispatch");
 ABSL_FLAG(int, compute_threads, 1, "OpenBLAS/OpenMP threads per expert computation");
 ABSL_FLAG(int, metrics_port, 0, "port of GET /metrics (Prometheus); 0 picks one, -1 disables");
+ABSL_FLAG(int, max_experts_per_layer, 0,
+          "capacity registered with the router: physical experts per MoE layer (0 = no limit)");
 
 int main(int argc, char** argv) {
   moemesh::comm::ParseServiceFlags(
@@ -40,6 +42,7 @@ int main(int argc, char** argv) {
   options.port = absl::GetFlag(FLAGS_port);
   options.node_name = absl::GetFlag(FLAGS_node_name);
   options.dispatch_threads = absl::GetFlag(FLAGS_dispatch_threads);
+  options.max_experts_per_layer = absl::GetFlag(FLAGS_max_experts_per_layer);
   auto metrics = moemesh::obs::StartMetricsEndpoint(options.host, absl::GetFlag(FLAGS_metrics_port));
   if (!metrics.ok()) {
     std::fprintf(stderr, "moemesh-expert-node: %s\n", metrics.status().ToString().c_str());
@@ -57,8 +60,44 @@ int main(int argc, char** argv) {
     std::printf("moemesh-expert-node metrics on %s\n", metrics->exposer->address().c_str());
   }
   std::fflush(stdout);
-  const int signal = moemesh::comm::WaitForSignal(signals);
-  std::fprintf(stderr, "moemesh-expert-node: signal %d, shutting down\n", signal);
+  // SIGINT stops at once. SIGTERM (a pod eviction) drains: the router re-plans without this
+  // node; it keeps serving until that placement is committed and no attention node still uses
+  // the old one, then exits 0. A refused drain (the others cannot hold every expert) keeps it
+  // serving and asking; a second SIGTERM or SIGINT stops it anyway.
+  int signal = moemesh::comm::WaitForSignal(signals);
+  if (signal == SIGTERM) {
+    std::fprintf(stderr, "moemesh-expert-node: SIGTERM, draining (asking the router to re-plan "
+                         "without this node)\n");
+    (*node)->Drain();
+    const timespec poll = {0, 100 * 1000 * 1000};
+    using DrainState = moemesh::v1::HeartbeatReply;
+    DrainState::DrainState state = DrainState::DRAIN_NONE;
+    std::string message;
+    while (true) {
+      const int next = sigtimedwait(&signals, nullptr, &poll);
+      if (next > 0) {
+        signal = next;
+        std::fprintf(stderr, "moemesh-expert-node: signal %d during the drain, stopping now\n", next);
+        break;
+      }
+      const DrainState::DrainState now = (*node)->DrainState(&message);
+      if (now != state) {
+        state = now;
+        if (state == DrainState::DRAIN_REFUSED) {
+          std::fprintf(stderr, "moemesh-expert-node: drain refused, still serving: %s\n",
+                       message.c_str());
+        } else if (state == DrainState::DRAIN_IN_PROGRESS) {
+          std::fprintf(stderr, "moemesh-expert-node: drain in progress: %s\n", message.c_str());
+        }
+      }
+      if (state == DrainState::DRAINED) {
+        std::fprintf(stderr, "moemesh-expert-node: drained (%s), exiting\n", message.c_str());
+        break;
+      }
+    }
+  } else {
+    std::fprintf(stderr, "moemesh-expert-node: signal %d, shutting down\n", signal);
+  }
   (*node)->Shutdown(/*grace_seconds=*/1.0);
   return 0;
 }

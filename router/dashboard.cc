@@ -1,7 +1,11 @@
-// GET /dashboard: a live heatmap of expert load (layers x experts) and per-layer / per-node
-// balance, drawn from GET /v1/experts/load every 2 seconds. Self-contained: inline CSS and JS,
-// no external script, style sheet or font. Cells carry stable ids and data attributes
-// (id="cell-L<layer>-E<expert>", data-total, data-recent) so that tests can read them.
+// GET /dashboard: a live, compact heatmap of expert load (MoE layers x logical experts, a few
+// pixels per cell, so the real model's 58 x 256 fits one screen) with each layer's balancedness
+// beside it, replicated experts marked, and per expert node its load, replicas held, health and
+// drain state; drawn from GET /v1/experts/load and GET /v1/placement every 2 seconds.
+// Self-contained: inline CSS and JS, SVG drawing, no external script, style sheet or font.
+// Cells carry stable ids and data attributes (an SVG <rect class="cell"
+// id="cell-L<layer>-E<expert>" data-layer data-expert data-total data-recent data-replicas>) so
+// that tests can read them; the number shows on hover (a <title> and the readout line).
 #include "router/router_metrics.h"
 
 namespace moemesh::router {
@@ -13,17 +17,16 @@ const char* DashboardHtml() {
 <meta charset="utf-8">
 <title>moemesh expert load</title>
 <style>
-  body { font-family: sans-serif; margin: 16px; color: #222; background: #fafafa; }
-  h1 { font-size: 20px; margin: 0 0 4px 0; }
-  h2 { font-size: 16px; margin: 18px 0 6px 0; }
-  #status { font-size: 13px; color: #555; margin-bottom: 8px; }
-  table { border-collapse: collapse; }
-  #heatmap td, #heatmap th { width: 34px; height: 24px; text-align: center; font-size: 11px;
-                             border: 1px solid #ddd; padding: 0; }
-  #heatmap th { background: #eee; }
-  #balance td, #balance th { border: 1px solid #ddd; padding: 3px 8px; font-size: 12px; }
-  .bar { display: inline-block; height: 10px; background: #3b7dd8; vertical-align: middle; }
-  label { font-size: 13px; margin-right: 12px; }
+  body { font-family: sans-serif; margin: 12px; color: #222; background: #fafafa; }
+  h1 { font-size: 18px; margin: 0 0 4px 0; }
+  h2 { font-size: 14px; margin: 12px 0 4px 0; }
+  #status, #readout { font-size: 12px; color: #555; margin-bottom: 4px; min-height: 15px; }
+  label { font-size: 12px; margin-right: 12px; }
+  #wrap { display: flex; gap: 16px; align-items: flex-start; flex-wrap: wrap; }
+  svg text { font-size: 9px; fill: #555; }
+  #nodes td, #nodes th { border: 1px solid #ddd; padding: 2px 6px; font-size: 12px; }
+  #nodes { border-collapse: collapse; }
+  .bar { display: inline-block; height: 9px; background: #3b7dd8; vertical-align: middle; }
 </style>
 </head>
 <body>
@@ -33,77 +36,135 @@ const char* DashboardHtml() {
   <label><input type="radio" name="mode" value="total" checked> total (since start)</label>
   <label><input type="radio" name="mode" value="recent"> recent (last window)</label>
 </div>
-<h2>Routed tokens per expert (rows: MoE layers, columns: experts)</h2>
-<table id="heatmap" data-mode="total"></table>
-<h2>Balance (mean / max rows per expert node, recent window)</h2>
-<table id="balance"></table>
+<div id="readout">hover a cell for its routed tokens and replicas</div>
+<div id="wrap">
+  <div>
+    <h2>Routed tokens (rows: MoE layers, columns: logical experts; outlined: replicated)</h2>
+    <svg id="heatmap" data-mode="total" width="10" height="10"></svg>
+  </div>
+  <div>
+    <h2>Expert nodes</h2>
+    <table id="nodes"></table>
+  </div>
+</div>
 <script>
 "use strict";
 let mode = "total";
-let last = null;
+let last = null, placement = null;
 document.querySelectorAll('input[name=mode]').forEach(function (input) {
   input.addEventListener('change', function () { mode = input.value; if (last) draw(last); });
 });
 function color(value, max) {
   if (max <= 0 || value <= 0) return "rgb(255,255,255)";
-  const t = value / max;  // white -> yellow -> red
+  // Log scale: real traffic is Zipf-like, a linear scale would leave all but the hottest white.
+  const t = Math.log(1 + value) / Math.log(1 + max);  // white -> yellow -> red
   const g = Math.round(255 * (1 - t * 0.85));
   const b = Math.round(255 * Math.max(0, 1 - 2 * t));
   return "rgb(255," + g + "," + b + ")";
 }
+function esc(s) { return String(s).replace(/[&<>"]/g, function (c) {
+  return {'&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;'}[c]; }); }
 function draw(data) {
   last = data;
-  const table = document.getElementById('heatmap');
-  table.setAttribute('data-mode', mode);
+  const svg = document.getElementById('heatmap');
+  svg.setAttribute('data-mode', mode);
   const layers = data.layers || [];
   let experts = 0, max = 0;
   layers.forEach(function (l) {
     experts = Math.max(experts, l[mode].length);
     l[mode].forEach(function (v) { max = Math.max(max, v); });
   });
-  let html = '<tr><th>layer</th>';
-  for (let e = 0; e < experts; ++e) html += '<th>' + e + '</th>';
-  html += '</tr>';
-  layers.forEach(function (l) {
-    html += '<tr id="row-L' + l.layer + '"><th>' + l.layer + '</th>';
+  // Replicas per (layer, expert) from the placement in the load body.
+  const replicas = {};
+  ((data.placement || {}).experts || []).forEach(function (r) {
+    replicas[r.layer + ':' + r.expert] = r.nodes;
+  });
+  const cw = Math.max(3, Math.min(24, Math.floor(1024 / Math.max(1, experts))));
+  const ch = Math.max(3, Math.min(24, Math.floor(360 / Math.max(1, layers.length))));
+  const left = 26, top = 12, barWidth = 60, gap = 8;
+  const width = left + experts * cw + gap + barWidth + 40, height = top + layers.length * ch + 4;
+  svg.setAttribute('width', width);
+  svg.setAttribute('height', height);
+  let s = '';
+  for (let e = 0; e < experts; e += (experts > 32 ? 32 : 4)) {
+    s += '<text x="' + (left + e * cw) + '" y="9">' + e + '</text>';
+  }
+  layers.forEach(function (l, i) {
+    const y = top + i * ch;
+    if (layers.length <= 64 && (ch >= 8 || i % 4 === 0)) {
+      s += '<text x="0" y="' + (y + Math.min(ch, 9)) + '">' + l.layer + '</text>';
+    }
     for (let e = 0; e < experts; ++e) {
       const v = l[mode][e] || 0;
-      html += '<td class="cell" id="cell-L' + l.layer + '-E' + e + '" data-layer="' + l.layer +
-              '" data-expert="' + e + '" data-total="' + (l.total[e] || 0) + '" data-recent="' +
-              (l.recent[e] || 0) + '" style="background:' + color(v, max) + '" title="layer ' +
-              l.layer + ', expert ' + e + ': ' + v + '">' + v + '</td>';
+      const nodes = replicas[l.layer + ':' + e] || [];
+      const title = 'layer ' + l.layer + ', expert ' + e + ': ' + v + ' tokens (' + mode +
+          '); replicas: ' + (nodes.length ? nodes.join(', ') : 'none');
+      s += '<rect class="cell" id="cell-L' + l.layer + '-E' + e + '" data-layer="' + l.layer +
+           '" data-expert="' + e + '" data-total="' + (l.total[e] || 0) + '" data-recent="' +
+           (l.recent[e] || 0) + '" data-replicas="' + nodes.length + '" x="' + (left + e * cw) +
+           '" y="' + y + '" width="' + cw + '" height="' + ch + '" fill="' + color(v, max) + '"' +
+           (nodes.length > 1 ? ' stroke="#1a4fa0" stroke-width="1"' : '') +
+           '><title>' + esc(title) + '</title></rect>';
     }
-    html += '</tr>';
-  });
-  table.innerHTML = html;
-
-  const nodes = data.nodes || [];
-  let b = '<tr><th>layer</th><th>balancedness</th>';
-  nodes.forEach(function (n) {
-    b += '<th>' + n.node + (n.healthy ? '' : ' (down)') + ' rows</th>';
-  });
-  b += '</tr>';
-  layers.forEach(function (l, i) {
     const value = (l.balancedness === undefined ? 1 : l.balancedness);
-    b += '<tr><td>' + l.layer + '</td><td id="balance-L' + l.layer + '" data-value="' +
-         value + '"><span class="bar" style="width:' + Math.round(100 * value) + 'px"></span> ' +
-         value.toFixed(3) + '</td>';
-    nodes.forEach(function (n) {
-      b += '<td data-node="' + n.node + '" data-layer="' + l.layer + '">' +
-           Math.round(n.recent_rows[i]) + '</td>';
-    });
-    b += '</tr>';
+    const bx = left + experts * cw + gap;
+    s += '<rect id="balance-L' + l.layer + '" data-value="' + value + '" x="' + bx + '" y="' + y +
+         '" width="' + Math.max(1, Math.round(barWidth * value)) + '" height="' +
+         Math.max(2, ch - 1) + '" fill="#3b7dd8"><title>layer ' + l.layer + ' balancedness ' +
+         value.toFixed(3) + '</title></rect>';
+    if (ch >= 8) {
+      s += '<text x="' + (bx + barWidth + 4) + '" y="' + (y + Math.min(ch, 9)) + '">' +
+           value.toFixed(2) + '</text>';
+    }
   });
-  document.getElementById('balance').innerHTML = b;
+  s += '<text x="' + (left + experts * cw + gap) + '" y="9">balance</text>';
+  svg.innerHTML = s;
+
+  // Per node: load (recent rows summed over layers), physical experts held, state.
+  const held = {};
+  Object.keys(replicas).forEach(function (k) {
+    replicas[k].forEach(function (n) { held[n] = (held[n] || 0) + 1; });
+  });
+  const states = {};
+  ((placement || {}).expert_nodes || []).forEach(function (n) { states[n.node] = n; });
+  const nodes = data.nodes || [];
+  let total = 0, peak = 0;
+  nodes.forEach(function (n) {
+    n.sum = (n.recent_rows || []).reduce(function (a, b) { return a + b; }, 0);
+    total += n.sum; peak = Math.max(peak, n.sum);
+  });
+  let t = '<tr><th>node</th><th>state</th><th>replicas held</th><th>recent rows</th></tr>';
+  nodes.forEach(function (n) {
+    const st = states[n.node] || {};
+    const state = (n.healthy ? 'healthy' : 'down') +
+        (st.drain_state ? ', drain ' + st.drain_state : '');
+    t += '<tr data-node="' + esc(n.node) + '"><td>' + esc(n.node) + '</td><td>' + esc(state) +
+         '</td><td>' + (held[n.node] || 0) + '</td><td><span class="bar" style="width:' +
+         (peak > 0 ? Math.round(120 * n.sum / peak) : 0) + 'px"></span> ' + Math.round(n.sum) +
+         '</td></tr>';
+  });
+  document.getElementById('nodes').innerHTML = t;
   const status = document.getElementById('status');
   status.setAttribute('data-loaded', String(Number(status.getAttribute('data-loaded')) + 1));
   status.setAttribute('data-placement-version', String(data.placement ? data.placement.version : 0));
+  const target = placement && placement.target ? ', target version ' + placement.target.version +
+      ' loading' : '';
   status.textContent = 'placement version ' + (data.placement ? data.placement.version : 0) +
-      ', ' + layers.length + ' MoE layers x ' + experts + ' experts, recent window ' +
-      (data.window_seconds || 0) + ' s, updated ' + new Date().toLocaleTimeString();
+      target + ', ' + layers.length + ' MoE layers x ' + experts + ' experts, recent window ' +
+      (data.window_seconds || 0) + ' s, node balance ' +
+      (peak > 0 ? (total / nodes.length / peak).toFixed(3) : '1.000') + ', updated ' +
+      new Date().toLocaleTimeString();
 }
+document.getElementById('heatmap').addEventListener('mousemove', function (event) {
+  const cell = event.target.closest ? event.target.closest('rect') : null;
+  const title = cell ? cell.querySelector('title') : null;
+  if (title) document.getElementById('readout').textContent = title.textContent;
+});
 function refresh() {
-  fetch('/v1/experts/load', {cache: 'no-store'})
+  fetch('/v1/placement', {cache: 'no-store'})
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .catch(function () { return null; })
+      .then(function (p) { placement = p; return fetch('/v1/experts/load', {cache: 'no-store'}); })
       .then(function (r) { return r.json(); })
       .then(draw)
       .catch(function (e) { document.getElementById('status').textContent = 'error: ' + e; });

@@ -62,6 +62,14 @@ std::vector<LayerLoad> ExpertLoadTracker::Layers(absl::Time now) {
   return layers;
 }
 
+std::vector<std::vector<double>> ExpertLoadTracker::RecentLoad(absl::Time now) {
+  std::vector<std::vector<double>> load;
+  for (const LayerLoad& layer : Layers(now)) {
+    load.emplace_back(layer.recent.begin(), layer.recent.end());
+  }
+  return load;
+}
+
 std::vector<NodeLayerLoad> ExpertLoadTracker::NodeLoads(const std::vector<LayerLoad>& layers,
                                                         const moemesh::v1::Placement& placement) {
   std::vector<NodeLayerLoad> nodes;

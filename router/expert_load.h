@@ -50,6 +50,8 @@ class ExpertLoadTracker {
   void OnHeartbeat(const moemesh::v1::HeartbeatRequest& heartbeat, absl::Time now = absl::Now());
   // Every MoE layer, ascending.
   std::vector<LayerLoad> Layers(absl::Time now = absl::Now());
+  // The window's routed tokens as planner input: [MoE layer (ascending)][logical expert].
+  std::vector<std::vector<double>> RecentLoad(absl::Time now = absl::Now());
   // Per expert node of `placement` (in its order), rows per layer.
   static std::vector<NodeLayerLoad> NodeLoads(const std::vector<LayerLoad>& layers,
                                               const moemesh::v1::Placement& placement);

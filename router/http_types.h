@@ -31,6 +31,8 @@ struct HttpRequest {
 
   // The first value of header `name` (lower-case), or nullopt.
   std::optional<std::string_view> Header(std::string_view name) const;
+  // Query parameter `name`, percent- and '+'-decoded; nullopt when absent.
+  std::optional<std::string> QueryParam(std::string_view name) const;
 };
 
 class ResponseProducer;
@@ -111,6 +113,11 @@ struct HttpRoute {
   std::function<HttpResponse(const HttpRequest&)> handler;
   bool prefix = false;
 };
+
+// For a handler that must block (e.g. wait for a placement commit): runs `work` on its own
+// thread and answers with its response when it returns, without holding an I/O thread. A
+// client that goes away does not stop `work`.
+HttpResponse RunBlocking(std::function<HttpResponse()> work);
 
 // A JSON (or other) response with `status`.
 inline HttpResponse MakeResponse(int status, std::string body,

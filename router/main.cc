@@ -4,6 +4,7 @@
 //                  [--attention-nodes 1] [--expert-nodes 1] [--served-model-name NAME]
 //                  [--max-model-len N] [--request-timeout-seconds 600]
 //                  [--api-key K | --api-key-file F] [--admin-api-key K] [--http-* limits]
+//                  [--redundant-experts R] [--rebalance-interval S] [--rebalance-min-gain G]
 //
 // Prints (and flushes) "moemesh-router control listening on HOST:PORT" and
 // "moemesh-router http listening on HOST:PORT" once both servers accept; runs until SIGINT or
@@ -29,6 +30,7 @@
 #include "router/control_plane.h"
 #include "router/http_server.h"
 #include "router/openai_api.h"
+#include "router/placement_routes.h"
 #include "router/router_metrics.h"
 
 ABSL_FLAG(std::string, model, "", "model directory (config.json, tokenizer.json, tokenizer_config.json)");
@@ -59,6 +61,13 @@ ABSL_FLAG(bool, protect_operations, false,
 ABSL_FLAG(std::string, log_level, "", "debug, info, warn, error or off (default: MOEMESH_LOG_LEVEL or info)");
 ABSL_FLAG(double, load_window_seconds, 60,
           "window of the 'recent' expert load and of moemesh_layer_balancedness");
+ABSL_FLAG(int, redundant_experts, 0,
+          "redundant physical experts per MoE layer beyond one per logical expert");
+ABSL_FLAG(double, rebalance_interval, 0,
+          "re-plan the placement from the recent load every this many seconds (0 = never on a "
+          "timer; joins, drains and POST /v1/placement/rebalance still re-plan)");
+ABSL_FLAG(double, rebalance_min_gain, 0.05,
+          "a timer re-plan is applied only when it raises the predicted mean balancedness by this");
 
 int main(int argc, char** argv) {
   moemesh::comm::ParseServiceFlags(
@@ -114,6 +123,10 @@ int main(int argc, char** argv) {
   control_options.on_heartbeat = [&expert_load](const moemesh::v1::HeartbeatRequest& heartbeat) {
     expert_load.OnHeartbeat(heartbeat);
   };
+  control_options.redundant_experts = absl::GetFlag(FLAGS_redundant_experts);
+  control_options.rebalance_interval_seconds = absl::GetFlag(FLAGS_rebalance_interval);
+  control_options.rebalance_min_gain = absl::GetFlag(FLAGS_rebalance_min_gain);
+  control_options.load_window = [&expert_load] { return expert_load.RecentLoad(); };
   moemesh::router::ControlPlane control(*config, control_options);
   moemesh::router::RouterMetrics metrics(&control, &expert_load);
 
@@ -156,6 +169,9 @@ int main(int argc, char** argv) {
   http_options.threads = absl::GetFlag(FLAGS_http_threads);
   http_options.observer = &metrics;
   http_options.routes = metrics.Routes();
+  for (moemesh::router::HttpRoute& route : moemesh::router::PlacementRoutes(&control)) {
+    http_options.routes.push_back(std::move(route));
+  }
   http_options.transport.max_connections = absl::GetFlag(FLAGS_http_max_connections);
   http_options.transport.backlog = absl::GetFlag(FLAGS_http_backlog);
   http_options.transport.header_timeout_seconds = absl::GetFlag(FLAGS_http_header_timeout_seconds);

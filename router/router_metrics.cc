@@ -45,6 +45,41 @@ RouterMetrics::RouterMetrics(ControlPlane* control, ExpertLoadTracker* load)
                                   "1 if the node heartbeats within the timeout, else 0.");
   placement_version_ =
       &r.Gauge("moemesh_placement_version", "Current expert placement version.").Add({});
+  rebalances_family_ = &r.Counter(
+      "moemesh_rebalances_total",
+      "Committed placement re-plans by reason (manual, timer, join, drain, ...; a re-plan with "
+      "several reasons counts once for each).");
+  for (const char* reason : {"manual", "timer", "join", "drain"}) {
+    rebalances_[reason] = &rebalances_family_->Add({{"reason", reason}});
+  }
+  drains_refused_ = &r.Counter("moemesh_drains_refused_total",
+                               "Expert node drains refused: the other nodes cannot hold every "
+                               "expert.")
+                         .Add({});
+  drains_completed_ =
+      &r.Counter("moemesh_drains_completed_total", "Expert nodes drained out of the placement.")
+           .Add({});
+  targets_abandoned_ = &r.Counter("moemesh_placement_targets_abandoned_total",
+                                  "Placement targets abandoned before commit (a node left or "
+                                  "restarted, or loading timed out); re-planned.")
+                            .Add({});
+  plan_to_commit_seconds_ = &r.Counter("moemesh_rebalance_plan_to_commit_seconds_total",
+                                       "Summed time from re-plan to commit (expert loading).")
+                                 .Add({});
+  last_plan_to_commit_seconds_ = &r.Gauge("moemesh_rebalance_last_plan_to_commit_seconds",
+                                          "Time from re-plan to commit of the last re-plan.")
+                                      .Add({});
+  auto& predicted = r.Gauge("moemesh_rebalance_balancedness",
+                            "Predicted mean balancedness (mean / max node load) over the load "
+                            "window of the last committed re-plan, before and after it.");
+  balancedness_before_ = &predicted.Add({{"when", "before"}});
+  balancedness_after_ = &predicted.Add({{"when", "after"}});
+  target_version_ = &r.Gauge("moemesh_placement_target_version",
+                             "Placement version being prepared (0 = none).")
+                         .Add({});
+  min_used_version_ = &r.Gauge("moemesh_placement_min_used_version",
+                               "Oldest placement version an attention node may still use.")
+                           .Add({});
   for (const char* reason : {"stop", "length"}) {
     Labeled(*success_family_, success_, "finished_reason", reason);
   }
@@ -107,6 +142,31 @@ void RouterMetrics::Refresh() {
   }
   running_->Set(static_cast<double>(running));
   waiting_->Set(static_cast<double>(waiting));
+
+  const ControlPlaneCounters counters = control_->counters();
+  for (const auto& [reason, count] : counters.rebalances) {
+    auto it = rebalances_.find(reason);
+    if (it == rebalances_.end()) {
+      it = rebalances_.emplace(reason, &rebalances_family_->Add({{"reason", reason}})).first;
+    }
+    const uint64_t seen = rebalances_seen_[reason];
+    if (count > seen) it->second->Increment(static_cast<double>(count - seen));
+    rebalances_seen_[reason] = count;
+  }
+  auto advance = [](prometheus::Counter* counter, double now, double seen) {
+    if (now > seen) counter->Increment(now - seen);
+  };
+  advance(drains_refused_, counters.drains_refused, seen_.drains_refused);
+  advance(drains_completed_, counters.drains_completed, seen_.drains_completed);
+  advance(targets_abandoned_, counters.targets_abandoned, seen_.targets_abandoned);
+  advance(plan_to_commit_seconds_, counters.plan_to_commit_seconds_sum,
+          seen_.plan_to_commit_seconds_sum);
+  seen_ = counters;
+  last_plan_to_commit_seconds_->Set(counters.last_plan_to_commit_seconds);
+  balancedness_before_->Set(counters.last_balancedness_before);
+  balancedness_after_->Set(counters.last_balancedness_after);
+  target_version_->Set(static_cast<double>(counters.target_version));
+  min_used_version_->Set(static_cast<double>(counters.min_used_version));
 
   const std::vector<LayerLoad> layers = load_->Layers();
   const std::vector<NodeLayerLoad> nodes = ExpertLoadTracker::NodeLoads(layers, placement);

@@ -55,6 +55,20 @@ class RouterMetrics : public HttpServerObserver {
   prometheus::Family<prometheus::Gauge>* balancedness_family_;
   prometheus::Family<prometheus::Gauge>* node_healthy_family_;
   prometheus::Gauge* placement_version_;
+  // Elastic expert pool (from ControlPlaneCounters; counters advance by the deltas seen).
+  prometheus::Family<prometheus::Counter>* rebalances_family_;
+  std::map<std::string, prometheus::Counter*> rebalances_;  // refresh only
+  std::map<std::string, uint64_t> rebalances_seen_;          // refresh only
+  prometheus::Counter* drains_refused_;
+  prometheus::Counter* drains_completed_;
+  prometheus::Counter* targets_abandoned_;
+  prometheus::Counter* plan_to_commit_seconds_;
+  prometheus::Gauge* last_plan_to_commit_seconds_;
+  prometheus::Gauge* balancedness_before_;
+  prometheus::Gauge* balancedness_after_;
+  prometheus::Gauge* target_version_;
+  prometheus::Gauge* min_used_version_;
+  ControlPlaneCounters seen_;  // refresh only
   absl::Mutex mutex_;
   std::map<std::string, prometheus::Counter*> success_ ABSL_GUARDED_BY(mutex_);
   std::map<std::string, prometheus::Counter*> errors_ ABSL_GUARDED_BY(mutex_);

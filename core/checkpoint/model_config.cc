@@ -51,6 +51,18 @@ absl::Status ReadNumber(const json& object, const char* key, bool required, T& o
   return absl::OkStatus();
 }
 
+// `object[key]` when it has type T's JSON type, else `fallback` (never throws on a hostile type).
+template <typename T>
+T ValueOr(const json& object, const char* key, T fallback) {
+  auto it = object.find(key);
+  if (it == object.end()) return fallback;
+  if constexpr (std::is_same_v<T, bool>) {
+    return it->is_boolean() ? it->get<bool>() : fallback;
+  } else {
+    return it->is_string() ? it->get<std::string>() : fallback;
+  }
+}
+
 }  // namespace
 
 std::vector<int> ModelConfig::MoeLayers() const {
@@ -66,7 +78,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
   if (root.is_discarded() || !root.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
   }
-  const std::string model_type = root.value("model_type", std::string());
+  const std::string model_type = ValueOr(root, "model_type", std::string());
   if (model_type != "deepseek_v3") {
     return absl::InvalidArgumentError(absl::StrCat(
         source, ": model_type is '", model_type, "', moemesh serves only 'deepseek_v3'"));
@@ -116,10 +128,10 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
     return status;
   if (auto status = ReadNumber(root, "rope_theta", false, config.rope_theta, source); !status.ok())
     return status;
-  config.norm_topk_prob = root.value("norm_topk_prob", true);
-  config.tie_word_embeddings = root.value("tie_word_embeddings", false);
-  config.scoring_func = root.value("scoring_func", std::string("sigmoid"));
-  config.topk_method = root.value("topk_method", std::string("noaux_tc"));
+  config.norm_topk_prob = ValueOr(root, "norm_topk_prob", true);
+  config.tie_word_embeddings = ValueOr(root, "tie_word_embeddings", false);
+  config.scoring_func = ValueOr(root, "scoring_func", std::string("sigmoid"));
+  config.topk_method = ValueOr(root, "topk_method", std::string("noaux_tc"));
   if (config.scoring_func != "sigmoid" && config.scoring_func != "softmax") {
     return absl::InvalidArgumentError(
         absl::StrCat(source, ": unsupported scoring_func '", config.scoring_func, "'"));

@@ -60,6 +60,15 @@ class GrpcControlClient : public ControlClient {
     return placement;
   }
 
+  absl::StatusOr<moemesh::v1::Placement> FetchTargetPlacement() override {
+    return Fetch(/*target=*/true);
+  }
+
+  void HeartbeatSoon() override {
+    absl::MutexLock lock(&mutex_);
+    wake_ = true;
+  }
+
   ControlClientCounters counters() const override {
     absl::MutexLock lock(&mutex_);
     return counters_;
@@ -82,11 +91,12 @@ class GrpcControlClient : public ControlClient {
     return context;
   }
 
-  absl::StatusOr<moemesh::v1::Placement> Fetch() {
+  absl::StatusOr<moemesh::v1::Placement> Fetch(bool target = false) {
     moemesh::v1::Placement placement;
     auto context = Context();
-    grpc::Status status =
-        stub_->GetPlacement(context.get(), moemesh::v1::GetPlacementRequest(), &placement);
+    moemesh::v1::GetPlacementRequest request;
+    request.set_target(target);
+    grpc::Status status = stub_->GetPlacement(context.get(), request, &placement);
     if (!status.ok()) return FromGrpc(status, "GetPlacement from " + options_.router_address);
     return placement;
   }
@@ -150,6 +160,7 @@ class GrpcControlClient : public ControlClient {
       moemesh::v1::HeartbeatReply reply;
       auto context = Context();
       grpc::Status status = stub_->Heartbeat(context.get(), request, &reply);
+      bool answered = false;
       if (!status.ok()) {
         absl::MutexLock lock(&mutex_);
         ++counters_.heartbeats_failed;
@@ -171,8 +182,10 @@ class GrpcControlClient : public ControlClient {
             ++counters_.placements_fetched;
           }
         }
+        answered = true;
       }
       DeliverIfNew();
+      if (answered && options_.on_heartbeat_reply) options_.on_heartbeat_reply(reply);
       if (!Sleep(interval)) return;
       DeliverIfNew();
     }

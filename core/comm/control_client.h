@@ -18,6 +18,10 @@ struct ControlClientOptions {
   double heartbeat_interval_seconds = 0.5;
   double rpc_timeout_seconds = 2.0;       // deadline of each Register/Heartbeat/GetPlacement
   double register_retry_seconds = 0.2;    // wait between failed registrations
+  // Optional: sees every answered heartbeat's reply (from the client's thread, after the
+  // committed placement it names was fetched and delivered). Expert nodes follow the target
+  // placement, the oldest version in use and their drain state through it.
+  std::function<void(const moemesh::v1::HeartbeatReply&)> on_heartbeat_reply;
 };
 
 // Counters for the metrics issue.
@@ -50,6 +54,11 @@ class ControlClient {
   // Fetches the placement now (used after a dispatch failure to learn about replacements); a new
   // version is also handed to `on_placement` from the client's thread. Errors: the RPC's status.
   virtual absl::StatusOr<moemesh::v1::Placement> RefreshPlacement() = 0;
+  // GetPlacement with target = true: the placement being prepared (the committed one when none
+  // is). Not delivered to on_placement. Errors: the RPC's status.
+  virtual absl::StatusOr<moemesh::v1::Placement> FetchTargetPlacement() = 0;
+  // Sends a heartbeat now instead of at the next interval (e.g. after loading experts).
+  virtual void HeartbeatSoon() = 0;
   virtual ControlClientCounters counters() const = 0;
   // Stops heartbeating (joins the thread). Idempotent; the destructor calls it.
   virtual void Stop() = 0;

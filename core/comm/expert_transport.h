@@ -29,9 +29,13 @@ struct DispatchBatch {
   int64_t rows() const { return hidden_size == 0 ? 0 : static_cast<int64_t>(hidden.size()) / hidden_size; }
 };
 
-// What an expert node answers: partial_sum [rows, hidden_size] (sum over the batch's slices of
-// gate_weight * expert(row), experts in ascending id order).
+// What an expert node answers. Current nodes fill expert_outputs: [sum of slice row counts,
+// hidden_size], expert(row) unweighted, slices in batch order and rows in slice order (the
+// attention node weights and adds them in ascending expert id, so placement changes no bit).
+// The legacy encoding fills partial_sum [rows, hidden_size] (sum over the batch's slices of
+// gate_weight * expert(row), experts in ascending id order) instead.
 struct DispatchResult {
+  std::vector<float> expert_outputs;
   std::vector<float> partial_sum;
   uint64_t node_placement_version = 0;
   double compute_seconds = 0;

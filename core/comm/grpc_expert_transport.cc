@@ -72,6 +72,9 @@ class GrpcExpertTransport::Stream {
       Pending& pending = pending_[id];
       pending.layer = batch.layer;
       pending.rows = batch.rows();
+      for (const ExpertSliceRows& slice : batch.slices) {
+        pending.expert_rows += static_cast<int64_t>(slice.rows.size());
+      }
       pending.hidden_size = batch.hidden_size;
       pending.deadline = absl::Now() + owner_->options_.dispatch_deadline;
       pending.sent = absl::Now();
@@ -117,6 +120,7 @@ class GrpcExpertTransport::Stream {
     std::promise<Result> promise;
     int layer = 0;
     int64_t rows = 0;
+    int64_t expert_rows = 0;  // (row, expert) pairs: sum of slice row counts
     int hidden_size = 0;
     absl::Time deadline;
     absl::Time sent;
@@ -186,6 +190,22 @@ class GrpcExpertTransport::Stream {
     using moemesh::v1::DispatchReply;
     switch (reply.code()) {
       case DispatchReply::OK: {
+        DispatchResult result;
+        result.node_placement_version = reply.placement_version();
+        result.compute_seconds = reply.compute_seconds();
+        if (!reply.expert_outputs().empty() || pending.expert_rows == 0) {
+          const uint64_t expected =
+              static_cast<uint64_t>(pending.expert_rows) * pending.hidden_size * sizeof(float);
+          if (reply.expert_outputs().size() != expected) {
+            return absl::InternalError(Describe(absl::StrCat(
+                "reply to dispatch ", reply.dispatch_id(), " has ", reply.expert_outputs().size(),
+                " bytes of expert outputs, expected ", expected)));
+          }
+          auto floats = BytesToFloats(reply.expert_outputs());
+          if (!floats.ok()) return floats.status();
+          result.expert_outputs = *std::move(floats);
+          return result;
+        }
         const uint64_t expected =
             static_cast<uint64_t>(pending.rows) * pending.hidden_size * sizeof(float);
         if (reply.partial_sum().size() != expected) {
@@ -193,12 +213,9 @@ class GrpcExpertTransport::Stream {
               "reply to dispatch ", reply.dispatch_id(), " has ", reply.partial_sum().size(),
               " bytes of partial sums, expected ", expected)));
         }
-        DispatchResult result;
         auto floats = BytesToFloats(reply.partial_sum());
         if (!floats.ok()) return floats.status();
         result.partial_sum = *std::move(floats);
-        result.node_placement_version = reply.placement_version();
-        result.compute_seconds = reply.compute_seconds();
         return result;
       }
       case DispatchReply::NOT_HELD:

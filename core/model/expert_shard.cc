@@ -27,8 +27,30 @@ absl::StatusOr<std::unique_ptr<ExpertShard>> ExpertShard::Load(
   std::unique_ptr<ExpertShard> shard(new ExpertShard(config.hidden_size, config.n_routed_experts));
   for (const auto& [layer, expert] : experts) {
     ASSIGN_OR_RETURN(FeedForwardWeights weights, LoadRoutedExpert(checkpoint, layer, expert));
-    shard->experts_.emplace(ExpertKey{layer, expert}, std::move(weights));
+    shard->experts_.emplace(ExpertKey{layer, expert},
+                            std::make_shared<const FeedForwardWeights>(std::move(weights)));
   }
+  return shard;
+}
+
+absl::StatusOr<std::unique_ptr<ExpertShard>> ExpertShard::Rebuild(
+    checkpoint::Checkpoint& checkpoint, const ExpertShard* base,
+    const std::vector<ExpertKey>& experts, int64_t* bytes_read) {
+  const auto& config = checkpoint.config();
+  std::unique_ptr<ExpertShard> shard(new ExpertShard(config.hidden_size, config.n_routed_experts));
+  const uint64_t before = checkpoint.BytesRead();
+  for (const ExpertKey& key : experts) {
+    if (base != nullptr) {
+      auto it = base->experts_.find(key);
+      if (it != base->experts_.end()) {
+        shard->experts_.emplace(key, it->second);
+        continue;
+      }
+    }
+    ASSIGN_OR_RETURN(FeedForwardWeights weights, LoadRoutedExpert(checkpoint, key.first, key.second));
+    shard->experts_.emplace(key, std::make_shared<const FeedForwardWeights>(std::move(weights)));
+  }
+  if (bytes_read != nullptr) *bytes_read = static_cast<int64_t>(checkpoint.BytesRead() - before);
   return shard;
 }
 
@@ -50,7 +72,7 @@ std::vector<ExpertKey> ExpertShard::HeldExperts() const {
 
 int64_t ExpertShard::StorageBytes() const {
   int64_t bytes = 0;
-  for (const auto& [key, weights] : experts_) bytes += weights.StorageBytes();
+  for (const auto& [key, weights] : experts_) bytes += weights->StorageBytes();
   return bytes;
 }
 
@@ -88,7 +110,7 @@ absl::Status ExpertShard::ComputePartial(int layer, const float* hidden, int64_t
   std::vector<float> gathered;
   std::vector<float> result;
   for (const auto& [expert, assigned] : rows_by_expert) {
-    const FeedForwardWeights& weights = experts_.at({layer, expert});
+    const FeedForwardWeights& weights = *experts_.at({layer, expert});
     const int64_t count = static_cast<int64_t>(assigned.size());
     gathered.resize(static_cast<size_t>(count * hidden_size));
     result.resize(static_cast<size_t>(count * hidden_size));
@@ -112,7 +134,7 @@ absl::Status ExpertShard::ComputeExpert(int layer, int expert, const float* x, i
     return absl::FailedPreconditionError(
         absl::StrCat("routed expert ", expert, " of layer ", layer, " is not held here"));
   }
-  SwiGluFeedForward(it->second, x, rows, out);
+  SwiGluFeedForward(*it->second, x, rows, out);
   return absl::OkStatus();
 }
 

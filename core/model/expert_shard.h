@@ -25,6 +25,12 @@ class ExpertShard : public RoutedExperts {
                                                            const std::vector<ExpertKey>& experts);
   // Every routed expert of every MoE layer.
   static absl::StatusOr<std::unique_ptr<ExpertShard>> LoadAll(checkpoint::Checkpoint& checkpoint);
+  // A shard holding exactly `experts`: those `base` holds share its weights (no copy, no read),
+  // only the others are read from the checkpoint (their byte ranges). `base` may be null.
+  // `bytes_read` (if not null) gets the checkpoint bytes read for the new ones.
+  static absl::StatusOr<std::unique_ptr<ExpertShard>> Rebuild(
+      checkpoint::Checkpoint& checkpoint, const ExpertShard* base,
+      const std::vector<ExpertKey>& experts, int64_t* bytes_read = nullptr);
 
   bool Holds(int layer, int expert) const { return experts_.count({layer, expert}) > 0; }
   std::vector<ExpertKey> HeldExperts() const;
@@ -54,7 +60,8 @@ class ExpertShard : public RoutedExperts {
       : hidden_size_(hidden_size), num_experts_(num_experts) {}
   int hidden_size_;
   int num_experts_;
-  std::map<ExpertKey, FeedForwardWeights> experts_;
+  // Shared between shards rebuilt from one another (weights are immutable once loaded).
+  std::map<ExpertKey, std::shared_ptr<const FeedForwardWeights>> experts_;
 };
 
 // out[rows, hidden] = down(silu(gate(x)) * up(x)) for x [rows, hidden] (model.py MLP/Expert).

@@ -123,13 +123,13 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
   }
   log_dir_ = buffer.data();
   const std::string model = FixtureDir();
-  std::vector<std::string> security = {"--insecure-plaintext"};
+  security_flags_ = {"--insecure-plaintext"};
   if (options_.tls) {
     if (absl::Status status = comm::GenerateThrowawayCertificates(log_dir_); !status.ok()) {
       error_ = std::string(status.message());
       return;
     }
-    security = {"--tls-ca", tls_file("ca.pem"), "--tls-cert", tls_file("node.pem"),
+    security_flags_ = {"--tls-ca", tls_file("ca.pem"), "--tls-cert", tls_file("node.pem"),
                 "--tls-key", tls_file("node.key")};
     comm::TlsOptions tls;
     tls.ca_file = tls_file("ca.pem");
@@ -150,7 +150,7 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
                   std::to_string(options_.expert_nodes)};
   router_.argv.insert(router_.argv.end(), options_.router_flags.begin(),
                       options_.router_flags.end());
-  router_.argv.insert(router_.argv.end(), security.begin(), security.end());
+  router_.argv.insert(router_.argv.end(), security_flags_.begin(), security_flags_.end());
   if (!Spawn(router_, "moemesh-router http listening on ", 60)) return;
   control_address_ =
       FindAddress(ReadFile(router_.log_path), "moemesh-router control listening on ");
@@ -160,14 +160,7 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
     return;
   }
 
-  for (int i = 0; i < options_.expert_nodes; ++i) {
-    Process process;
-    process.name = "expert-" + std::to_string(i);
-    process.argv = {Binary("moemesh-expert-node"), "--model", model, "--router", control_address_,
-                    "--host", "127.0.0.1", "--port", "0", "--node-name", process.name};
-    process.argv.insert(process.argv.end(), security.begin(), security.end());
-    experts_.push_back(std::move(process));
-  }
+  for (int i = 0; i < options_.expert_nodes; ++i) experts_.push_back(ExpertProcess(i));
   for (int i = 0; i < options_.attention_nodes; ++i) {
     Process process;
     process.name = "attention-" + std::to_string(i);
@@ -178,7 +171,7 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
                     "--micro-batches", std::to_string(options_.micro_batches)};
     process.argv.insert(process.argv.end(), options_.attention_flags.begin(),
                         options_.attention_flags.end());
-    process.argv.insert(process.argv.end(), security.begin(), security.end());
+    process.argv.insert(process.argv.end(), security_flags_.begin(), security_flags_.end());
     attention_.push_back(std::move(process));
   }
   for (Process& process : experts_) {
@@ -199,7 +192,7 @@ Cluster::~Cluster() {
     std::fprintf(stderr, "---- cluster logs (%s) ----\n%s", log_dir_.c_str(), LogTails().c_str());
   }
   for (Process& process : attention_) Stop(process);
-  for (Process& process : experts_) Stop(process);
+  for (Process& process : experts_) Stop(process, SIGINT);
   Stop(router_);
   if (!log_dir_.empty() && !::testing::Test::HasFailure() && ok()) {
     std::error_code ignored;
@@ -263,9 +256,57 @@ bool Cluster::Spawn(Process& process, const std::string& marker, double timeout_
   return false;
 }
 
-void Cluster::Stop(Process& process) {
+Cluster::Process Cluster::ExpertProcess(int index) const {
+  Process process;
+  process.name = "expert-" + std::to_string(index);
+  process.argv = {Binary("moemesh-expert-node"), "--model", FixtureDir(), "--router",
+                  control_address_, "--host", "127.0.0.1", "--port", "0", "--node-name",
+                  process.name};
+  process.argv.insert(process.argv.end(), options_.expert_flags.begin(),
+                      options_.expert_flags.end());
+  process.argv.insert(process.argv.end(), security_flags_.begin(), security_flags_.end());
+  return process;
+}
+
+int Cluster::AddExpert(std::string* error, const std::vector<std::string>& extra_flags) {
+  Process process = ExpertProcess(static_cast<int>(experts_.size()));
+  process.argv.insert(process.argv.end(), extra_flags.begin(), extra_flags.end());
+  experts_.push_back(std::move(process));
+  error_.clear();
+  if (!Spawn(experts_.back(), "moemesh-expert-node listening on ", 60)) {
+    if (error != nullptr) *error = error_;
+    error_.clear();
+    return -1;
+  }
+  return static_cast<int>(experts_.size()) - 1;
+}
+
+void Cluster::SignalExpert(int i, int signal) {
+  const Process& process = experts_.at(i);
+  if (process.pid > 0) ::kill(process.pid, signal);
+}
+
+int Cluster::WaitExpertExit(int i, double seconds) {
+  Process& process = experts_.at(i);
+  if (process.pid <= 0) return -1;
+  const auto deadline = Clock::now() + std::chrono::milliseconds(int64_t(seconds * 1000));
+  while (true) {
+    int status = 0;
+    if (::waitpid(process.pid, &status, WNOHANG) == process.pid) {
+      process.pid = -1;
+      if (WIFSIGNALED(status)) return -100 - WTERMSIG(status);
+      return WEXITSTATUS(status);
+    }
+    if (Clock::now() > deadline) return -1;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+}
+
+std::string Cluster::ExpertLog(int i) const { return ReadFile(experts_.at(i).log_path); }
+
+void Cluster::Stop(Process& process, int signal) {
   if (process.pid <= 0) return;
-  ::kill(process.pid, SIGTERM);
+  ::kill(process.pid, signal);
   const auto deadline = Clock::now() + std::chrono::seconds(5);
   int status = 0;
   while (true) {
@@ -303,7 +344,7 @@ void Cluster::KillExpert(int i, int signal) {
 
 bool Cluster::RestartExpert(int i, std::string* error, bool same_port) {
   Process& process = experts_.at(i);
-  Stop(process);
+  Stop(process, SIGINT);
   for (size_t a = 0; a + 1 < process.argv.size(); ++a) {
     if (process.argv[a] == "--port") {
       process.argv[a + 1] = same_port ? std::to_string(PortOf(process.address)) : "0";

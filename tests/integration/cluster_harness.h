@@ -38,6 +38,7 @@ struct ClusterOptions {
   int micro_batches = 2;
   std::vector<std::string> router_flags = {};   // extra flags for moemesh-router
   std::vector<std::string> attention_flags = {};  // extra flags for every attention node
+  std::vector<std::string> expert_flags = {};     // extra flags for every expert node
   double ready_timeout_seconds = 120;
   // mTLS between the processes (a throwaway CA in the log dir, core/comm/tls.h); otherwise
   // --insecure-plaintext. Defaults to on when MOEMESH_TEST_TLS=1 (the "tls." ctest variant).
@@ -78,6 +79,16 @@ class Cluster {
   // port or (same_port) on the one it had, as a restarted pod would.
   void KillExpert(int i, int signal = SIGKILL);
   bool RestartExpert(int i, std::string* error, bool same_port = false);
+  // Starts one more expert node ("expert-N", N = its index) while the cluster serves, with
+  // `extra_flags` after the usual ones; returns its index, or -1 (`error` says why).
+  int AddExpert(std::string* error, const std::vector<std::string>& extra_flags = {});
+  // Sends `signal` to expert node i without waiting (SIGTERM drains it).
+  void SignalExpert(int i, int signal);
+  // Waits up to `seconds` for expert node i to exit and reaps it: its exit code, or -1 if it
+  // is still running (or was killed by a signal: -100 - signal).
+  int WaitExpertExit(int i, double seconds);
+  int expert_count() const { return static_cast<int>(experts_.size()); }
+  std::string ExpertLog(int i) const;
 
   // AttentionService.GetStatus of attention node i (all -1 on RPC failure).
   struct NodeStatus {
@@ -107,10 +118,13 @@ class Cluster {
   };
 
   bool Spawn(Process& process, const std::string& marker, double timeout_seconds);
-  void Stop(Process& process);
+  // SIGINT for expert nodes (SIGTERM would drain them), SIGTERM for the others; SIGKILL after 5 s.
+  void Stop(Process& process, int signal = SIGTERM);
+  Process ExpertProcess(int index) const;
 
   ClusterOptions options_;
   std::string error_;
+  std::vector<std::string> security_flags_;  // --tls-* or --insecure-plaintext, every process
   std::string log_dir_;
   int http_port_ = 0;
   std::string control_address_;

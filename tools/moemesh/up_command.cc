@@ -1,6 +1,8 @@
 // `moemesh up`: the whole cluster as local processes on loopback: one router, A attention nodes
 // and E expert nodes. Waits for /ready, prints the URL, and stops every process it started on
-// Ctrl-C (SIGINT/SIGTERM) or as soon as one of them dies.
+// Ctrl-C (SIGINT/SIGTERM) or when the router exits. A node that exits while the cluster serves
+// (an expert node drained with SIGTERM, or any node that dies) is reported and the rest keep
+// serving.
 #include <fcntl.h>
 #include <signal.h>
 #include <sys/prctl.h>
@@ -35,14 +37,18 @@ constexpr char kUsage[] =
     "usage: moemesh up --model DIR [--attention-nodes A] [--expert-nodes E] [--port P]\n"
     "                  [--host 127.0.0.1] [--log-dir DIR] [--cache-tokens N]\n"
     "                  [--ready-timeout-seconds S] [--served-model-name NAME]\n"
+    "                  [--redundant-experts R] [--rebalance-interval S]\n"
     "                  [--api-key K] [--api-key-file F] [--admin-api-key K]\n"
     "                  [--tls-ca F --tls-cert F --tls-key F | --insecure-plaintext]\n"
     "Starts moemesh-router, A moemesh-attention-node and E moemesh-expert-node processes\n"
     "(found beside this binary), waits until GET /ready answers 200, prints the URL, and runs\n"
-    "until Ctrl-C or until one of the processes exits; then it stops them all.\n"
+    "until Ctrl-C or until the router exits; then it stops them all. A node that exits while\n"
+    "serving (e.g. an expert node drained with `kill -TERM PID`) is reported; the rest serve on.\n"
     "The processes talk mTLS: with a throwaway CA generated in the log dir unless --tls-* files\n"
     "are given; --insecure-plaintext turns TLS off (development only). API keys go to the\n"
-    "router (MOEMESH_API_KEY is passed on too).\n";
+    "router (MOEMESH_API_KEY is passed on too).\n"
+    "  --redundant-experts R   redundant physical experts per MoE layer (router flag)\n"
+    "  --rebalance-interval S  re-plan the placement from the load every S seconds (0 = never)\n";
 
 volatile sig_atomic_t stop_requested = 0;
 void OnStopSignal(int) { stop_requested = 1; }
@@ -51,6 +57,7 @@ struct Child {
   std::string name;
   pid_t pid = -1;
   std::string log_path;
+  bool expert = false;  // stopped with SIGINT: SIGTERM would drain it first
 };
 
 // A free loopback TCP port (bound then released; the child binds it right after).
@@ -112,7 +119,7 @@ std::string Tail(const std::string& path, size_t lines) {
 
 void StopAll(std::vector<Child>& children) {
   for (const Child& child : children) {
-    if (child.pid > 0) ::kill(child.pid, SIGTERM);
+    if (child.pid > 0) ::kill(child.pid, child.expert ? SIGINT : SIGTERM);
   }
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
   for (Child& child : children) {
@@ -192,6 +199,8 @@ int RunUp(const Arguments& arguments) {
                                            {"cache-tokens"},
                                            {"ready-timeout-seconds"},
                                            {"served-model-name"},
+                                           {"redundant-experts"},
+                                           {"rebalance-interval"},
                                            {"api-key"},
                                            {"api-key-file"},
                                            {"admin-api-key"},
@@ -214,10 +223,15 @@ int RunUp(const Arguments& arguments) {
   auto port = parsed->GetInt("port", 8000);
   auto cache_tokens = parsed->GetInt("cache-tokens", 65536);
   auto ready_timeout = parsed->GetDouble("ready-timeout-seconds", 180);
+  auto redundant_experts = parsed->GetInt("redundant-experts", 0);
+  auto rebalance_interval = parsed->GetDouble("rebalance-interval", 0);
   if (!model || !attention_nodes.ok() || !expert_nodes.ok() || !port.ok() || !cache_tokens.ok() ||
-      !ready_timeout.ok() || *attention_nodes < 1 || *expert_nodes < 1 || *port < 0) {
+      !ready_timeout.ok() || !redundant_experts.ok() || !rebalance_interval.ok() ||
+      *attention_nodes < 1 || *expert_nodes < 1 || *port < 0 || *redundant_experts < 0 ||
+      *rebalance_interval < 0) {
     std::fprintf(stderr,
-                 "moemesh up: --model is required; node counts must be >= 1, numbers valid\n%s",
+                 "moemesh up: --model is required; node counts must be >= 1, "
+                 "--redundant-experts and --rebalance-interval >= 0, numbers valid\n%s",
                  kUsage);
     return 2;
   }
@@ -255,14 +269,16 @@ int RunUp(const Arguments& arguments) {
   const int control_port = FreePort();
   const std::string control_address = absl::StrCat(host, ":", control_port);
   std::vector<Child> children;
-  auto start = [&](const std::string& name, std::vector<std::string> command) -> bool {
+  auto start = [&](const std::string& name, std::vector<std::string> command,
+                   bool expert = false) -> bool {
     const std::string log_path = (log_dir / (name + ".log")).string();
     absl::StatusOr<pid_t> pid = Spawn(command, log_path);
     if (!pid.ok()) {
       std::fprintf(stderr, "moemesh up: cannot start %s\n", name.c_str());
       return false;
     }
-    children.push_back({name, *pid, log_path});
+    children.push_back({name, *pid, log_path, expert});
+    std::fprintf(stderr, "moemesh up: started %s (pid %d)\n", name.c_str(), static_cast<int>(*pid));
     return true;
   };
   std::vector<std::string> router = {(bin_dir / "moemesh-router").string(),
@@ -273,7 +289,9 @@ int RunUp(const Arguments& arguments) {
                                      "--attention-nodes", std::to_string(*attention_nodes),
                                      "--expert-nodes", std::to_string(*expert_nodes),
                                      // A sequence may use at most one attention node's cache.
-                                     "--max-model-len", std::to_string(*cache_tokens)};
+                                     "--max-model-len", std::to_string(*cache_tokens),
+                                     "--redundant-experts", std::to_string(*redundant_experts),
+                                     "--rebalance-interval", absl::StrCat(*rebalance_interval)};
   if (auto name = parsed->Get("served-model-name")) {
     router.push_back("--served-model-name");
     router.push_back(*name);
@@ -288,7 +306,8 @@ int RunUp(const Arguments& arguments) {
     started = start(absl::StrCat("expert-", i),
                     secured({(bin_dir / "moemesh-expert-node").string(), "--model",
                              model_dir.string(), "--router", control_address, "--host", host,
-                             "--node-name", absl::StrCat("expert-", i)}));
+                             "--node-name", absl::StrCat("expert-", i)}),
+                    /*expert=*/true);
   }
   for (int64_t i = 0; started && i < *attention_nodes; ++i) {
     started = start(absl::StrCat("attention-", i),
@@ -343,10 +362,27 @@ int RunUp(const Arguments& arguments) {
   }
   while (!stop_requested) {
     if (const Child* exited = FindExited(children, &exit_status)) {
-      std::fprintf(stderr, "moemesh up: %s %s; stopping the cluster:\n%s", exited->name.c_str(),
-                   DescribeExit(exit_status).c_str(), Tail(exited->log_path, 20).c_str());
-      StopAll(children);
-      return 1;
+      if (exited->name == "router") {
+        std::fprintf(stderr, "moemesh up: the router %s; stopping the cluster:\n%s",
+                     DescribeExit(exit_status).c_str(), Tail(exited->log_path, 20).c_str());
+        StopAll(children);
+        return 1;
+      }
+      int attention_left = 0, experts_left = 0;
+      for (const Child& child : children) {
+        if (child.pid <= 0 || child.name == "router") continue;
+        (child.expert ? experts_left : attention_left) += 1;
+      }
+      const bool drained = exited->expert && WIFEXITED(exit_status) && WEXITSTATUS(exit_status) == 0;
+      std::fprintf(stderr,
+                   "moemesh up: %s %s%s; the cluster keeps serving with %d attention and %d "
+                   "expert nodes%s\n%s",
+                   exited->name.c_str(), DescribeExit(exit_status).c_str(),
+                   drained ? " (drained: its experts were re-placed first)" : "", attention_left,
+                   experts_left,
+                   drained ? "" : " (requests needing experts only it held wait or fail with 503)",
+                   drained ? "" : Tail(exited->log_path, 20).c_str());
+      std::fflush(stderr);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }

@@ -280,7 +280,7 @@ TEST(MetricsIntegrationTest, PrometheusSeesRoutedTokensEqualToPromptsTimesTopKAn
 // Cells of the dashboard's heatmap in a DOM dump: (layer, expert) -> data-total.
 std::map<LayerExpert, int64_t> HeatmapCells(const std::string& dom) {
   std::map<LayerExpert, int64_t> cells;
-  static const std::regex kTd("<td[^>]*class=\"cell\"[^>]*>");
+  static const std::regex kTd("<(?:td|rect)[^>]*class=\"cell\"[^>]*>");
   static const std::regex kLayer("data-layer=\"(\\d+)\"");
   static const std::regex kExpert("data-expert=\"(\\d+)\"");
   static const std::regex kTotal("data-total=\"(\\d+)\"");

@@ -29,6 +29,14 @@ TEST(HostileConfigTest, OutOfRangeNumbersAreRefused) {
     EXPECT_NE(parsed.status().message().find("hidden_size"), std::string::npos)
         << parsed.status();
   }
+  for (const char* key : {"model_type", "scoring_func", "norm_topk_prob"}) {
+    nlohmann::json typed = FixtureConfig();
+    typed[key] = 7;  // a number where a string / bool belongs: no exception escapes
+    absl::StatusOr<ModelConfig> parsed = ParseModelConfig(typed.dump(), "hostile");
+    if (std::string(key) == "model_type") {
+      EXPECT_FALSE(parsed.ok());
+    }
+  }
   nlohmann::json config = FixtureConfig();
   config["hidden_size"] = 64.0;  // an integral float is still an integer
   absl::StatusOr<ModelConfig> integral = ParseModelConfig(config.dump(), "integral");

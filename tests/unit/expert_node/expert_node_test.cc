@@ -1,15 +1,18 @@
 // In-process cluster on loopback: the router's ControlPlane served over gRPC, expert nodes with
 // the tiny-r1 fixture registering, loading their placement share and answering Dispatch over the
 // real GrpcExpertTransport.
+#include <atomic>
 #include <random>
 #include <set>
 #include <thread>
+#include <tuple>
 
 #include "core/checkpoint/checkpoint.h"
 #include "core/comm/grpc_expert_transport.h"
 #include "core/comm/grpc_server.h"
 #include "core/model/expert_shard.h"
 #include "expert_node/expert_service.h"
+#include "core/kernels/cpu/elementwise.h"
 #include "gtest/gtest.h"
 #include "router/control_plane.h"
 #include "tests/unit/comm/grpc_test_util.h"
@@ -140,9 +143,6 @@ TEST_F(ExpertNodeClusterTest, NodesLoadTheirShareAndDispatchMatchesComputePartia
 
   auto all = model::ExpertShard::LoadAll(*checkpoint_);
   ASSERT_TRUE(all.ok()) << all.status();
-  auto even_ref = model::ExpertShard::Load(*checkpoint_, ShareOf(placement, even->node_id()));
-  auto odd_ref = model::ExpertShard::Load(*checkpoint_, ShareOf(placement, odd->node_id()));
-  ASSERT_TRUE(even_ref.ok() && odd_ref.ok());
 
   comm::GrpcExpertTransport transport;
   const int hidden_size = checkpoint_->config().hidden_size;
@@ -151,28 +151,60 @@ TEST_F(ExpertNodeClusterTest, NodesLoadTheirShareAndDispatchMatchesComputePartia
     const auto hidden = RandomHidden(rows, 100 + layer);
     const auto decision = RandomDecision(rows, 200 + layer);
     const uint64_t version = placement.version();
-    auto even_future = transport.Dispatch(
-        even->node_id(), even->address(), 0,
-        BatchFor(layer, hidden, decision, [](int e) { return e % 2 == 0; }, version));
-    auto odd_future = transport.Dispatch(
-        odd->node_id(), odd->address(), 1,
-        BatchFor(layer, hidden, decision, [](int e) { return e % 2 == 1; }, version));
+    const comm::DispatchBatch even_batch =
+        BatchFor(layer, hidden, decision, [](int e) { return e % 2 == 0; }, version);
+    const comm::DispatchBatch odd_batch =
+        BatchFor(layer, hidden, decision, [](int e) { return e % 2 == 1; }, version);
+    auto even_future = transport.Dispatch(even->node_id(), even->address(), 0, even_batch);
+    auto odd_future = transport.Dispatch(odd->node_id(), odd->address(), 1, odd_batch);
     auto even_result = even_future.get();
     auto odd_result = odd_future.get();
     ASSERT_TRUE(even_result.ok()) << even_result.status();
     ASSERT_TRUE(odd_result.ok()) << odd_result.status();
-    std::vector<float> even_expected(rows * hidden_size), odd_expected(rows * hidden_size),
-        full(rows * hidden_size);
-    ASSERT_TRUE((*even_ref)->ComputePartial(layer, hidden.data(), rows, decision,
-                                            even_expected.data()).ok());
-    ASSERT_TRUE((*odd_ref)->ComputePartial(layer, hidden.data(), rows, decision,
-                                           odd_expected.data()).ok());
-    ASSERT_TRUE((*all)->Compute(layer, hidden.data(), rows, decision, full.data()).ok());
-    EXPECT_EQ(even_result->partial_sum, even_expected) << "layer " << layer;  // bitwise
-    EXPECT_EQ(odd_result->partial_sum, odd_expected) << "layer " << layer;
-    for (size_t i = 0; i < full.size(); ++i) {
-      ASSERT_NEAR(even_result->partial_sum[i] + odd_result->partial_sum[i], full[i], 1e-5);
+    // Each (row, expert) output is the expert's FFN on that row, unweighted, in slice order.
+    for (const auto* pair : {&even_batch, &odd_batch}) {
+      const comm::DispatchResult& result = pair == &even_batch ? *even_result : *odd_result;
+      size_t expected_rows = 0;
+      for (const auto& slice : pair->slices) expected_rows += slice.rows.size();
+      ASSERT_EQ(result.expert_outputs.size(), expected_rows * hidden_size);
+      size_t offset = 0;
+      for (const auto& slice : pair->slices) {
+        std::vector<float> x(slice.rows.size() * hidden_size), y(x.size());
+        for (size_t r = 0; r < slice.rows.size(); ++r) {
+          std::copy_n(hidden.data() + slice.rows[r] * hidden_size, hidden_size,
+                      x.data() + r * hidden_size);
+        }
+        ASSERT_TRUE((*all)->ComputeExpert(layer, slice.expert, x.data(),
+                                          static_cast<int64_t>(slice.rows.size()), y.data())
+                        .ok());
+        EXPECT_TRUE(std::equal(y.begin(), y.end(), result.expert_outputs.begin() + offset))
+            << "layer " << layer << " expert " << slice.expert;  // bitwise
+        offset += y.size();
+      }
     }
+    // Weighted and added per row in ascending expert id over both nodes: bitwise the single
+    // process's sum over all experts.
+    std::vector<std::vector<std::tuple<int, float, const float*>>> per_row(rows);
+    for (const auto* pair : {&even_batch, &odd_batch}) {
+      const comm::DispatchResult& result = pair == &even_batch ? *even_result : *odd_result;
+      const float* data = result.expert_outputs.data();
+      for (const auto& slice : pair->slices) {
+        for (size_t r = 0; r < slice.rows.size(); ++r) {
+          per_row[slice.rows[r]].emplace_back(slice.expert, slice.gate_weights[r], data);
+          data += hidden_size;
+        }
+      }
+    }
+    std::vector<float> combined(rows * hidden_size, 0.0f), full(rows * hidden_size);
+    for (int64_t r = 0; r < rows; ++r) {
+      std::sort(per_row[r].begin(), per_row[r].end(),
+                [](const auto& a, const auto& b) { return std::get<0>(a) < std::get<0>(b); });
+      for (const auto& [expert, weight, output] : per_row[r]) {
+        kernels::Axpy(hidden_size, weight, output, combined.data() + r * hidden_size);
+      }
+    }
+    ASSERT_TRUE((*all)->Compute(layer, hidden.data(), rows, decision, full.data()).ok());
+    EXPECT_EQ(combined, full) << "layer " << layer;  // bitwise
   }
   EXPECT_GE(even->service().counters().rows, 21u);
 }
@@ -245,6 +277,64 @@ TEST_F(ExpertNodeClusterTest, KilledNodeFailsFastGoesUnhealthyAndGetsItsExpertsB
   auto again = transport.Dispatch(id, b_->address(), 0, batch()).get();
   ASSERT_TRUE(again.ok()) << again.status();
   EXPECT_EQ(plane_->FirstUnservedExpert(), std::nullopt);
+}
+
+// Make-before-break on the expert side: a node joins, the router plans a target, the nodes load
+// what they gain and the router commits; while an attention node still reports the old version
+// every node keeps its old experts too, and frees them only once it reports the new one.
+TEST_F(ExpertNodeClusterTest, OldExpertsAreFreedOnlyAfterTheAttentionNodeSwitches) {
+  moemesh::v1::RegisterRequest attention;
+  attention.set_kind(moemesh::v1::NODE_KIND_ATTENTION);
+  attention.set_address("127.0.0.1:1");
+  attention.set_preferred_id("fake-attention");
+  moemesh::v1::RegisterReply registered;
+  ASSERT_TRUE(plane_->Register(nullptr, &attention, &registered).ok());
+  const moemesh::v1::Placement before = plane_->CurrentPlacement();
+  std::atomic<uint64_t> used{before.version()};
+  std::atomic<bool> stop{false};
+  std::thread heartbeats([&] {
+    while (!stop) {
+      moemesh::v1::HeartbeatRequest request;
+      request.set_node_id("fake-attention");
+      request.set_used_placement_version(used);
+      moemesh::v1::HeartbeatReply reply;
+      plane_->Heartbeat(nullptr, &request, &reply);
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+  });
+  std::unique_ptr<ExpertNode> c = StartNode("ex-c");
+  ASSERT_NE(c, nullptr);
+  moemesh::v1::Placement after;
+  for (int i = 0; i < 1000; ++i) {
+    after = plane_->CurrentPlacement();
+    if (!ShareOf(after, "ex-c").empty()) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_FALSE(ShareOf(after, "ex-c").empty()) << "the joining node got no experts";
+  EXPECT_GT(after.version(), before.version());
+  auto held = [](ExpertNode* node) { return node->service().shard()->HeldExperts(); };
+  auto union_of = [&](const std::string& id) {
+    std::set<model::ExpertKey> keys;
+    for (const auto& key : ShareOf(before, id)) keys.insert(key);
+    for (const auto& key : ShareOf(after, id)) keys.insert(key);
+    return std::vector<model::ExpertKey>(keys.begin(), keys.end());
+  };
+  // Committed, but the attention node still uses the old version: old and new experts held.
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  EXPECT_EQ(held(a_.get()), union_of("ex-a"));
+  EXPECT_EQ(held(b_.get()), union_of("ex-b"));
+  EXPECT_NE(held(a_.get()), ShareOf(after, "ex-a")) << "the re-plan moved nothing off ex-a";
+  // It switches: the old experts go.
+  used = after.version();
+  bool freed = false;
+  for (int i = 0; i < 500 && !freed; ++i) {
+    freed = held(a_.get()) == ShareOf(after, "ex-a") && held(b_.get()) == ShareOf(after, "ex-b");
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  EXPECT_TRUE(freed);
+  EXPECT_EQ(held(c.get()), ShareOf(after, "ex-c"));
+  stop = true;
+  heartbeats.join();
 }
 
 }  // namespace

@@ -1,0 +1,280 @@
+// Rebalance benchmark: C streaming clients run continuously against a cluster while the
+// elastic expert pool changes under them: a forced re-plan from the load so far (POST
+// /v1/placement/rebalance), then `cycles` times an extra expert node joining (re-plan onto it)
+// and draining again (SIGTERM: re-plan without it). Every token's arrival time is recorded; ITL
+// samples are split into "steady" (before the first change), "during" (a token that arrived
+// while a change was being planned, loaded and committed) and "after". Prints ITL p50 / p99 per
+// phase, the re-plan's predicted balancedness before / after, the measured per-layer
+// balancedness of the router's recent window before and after, and the failed requests.
+//
+// usage: bench_rebalance --url http://127.0.0.1:PORT --join-command "EXPERT NODE COMMAND"
+//          [--concurrency 8] [--prompt-tokens 64] [--output-tokens 96] [--steady-seconds 20]
+//          [--cycles 2]
+// The join command is run through /bin/sh -c with " --node-name bench-join-N" appended; it must
+// exec the node (e.g. "exec build/bin/moemesh-expert-node --model DIR --router HOST:PORT").
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+#include <random>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/numbers.h"
+#include "httplib.h"
+#include "nlohmann/json.hpp"
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using nlohmann::json;
+
+const Clock::time_point kStart = Clock::now();
+double Now() { return std::chrono::duration<double>(Clock::now() - kStart).count(); }
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const double rank = p * (v.size() - 1);
+  const size_t low = static_cast<size_t>(rank);
+  const size_t high = std::min(low + 1, v.size() - 1);
+  return v[low] + (rank - low) * (v[high] - v[low]);
+}
+
+void Die(const std::string& message) {
+  std::fprintf(stderr, "bench_rebalance: %s\n", message.c_str());
+  std::exit(1);
+}
+
+struct Samples {
+  std::mutex mutex;
+  std::vector<std::pair<double, double>> itl;  // (arrival time, gap) in seconds
+  int requests = 0;
+  int errors = 0;
+};
+
+// One streaming request; records the gap before every token after the first.
+void Request(const std::string& url, const std::vector<int32_t>& prompt, int output_tokens,
+             Samples& samples) {
+  httplib::Client client(url);
+  client.set_read_timeout(600, 0);
+  client.set_connection_timeout(10, 0);
+  json body = {{"prompt", prompt},   {"max_tokens", output_tokens}, {"temperature", 0},
+               {"ignore_eos", true}, {"stream", true},              {"return_token_ids", true}};
+  httplib::Request request;
+  request.method = "POST";
+  request.path = "/v1/completions";
+  request.set_header("Content-Type", "application/json");
+  request.body = body.dump();
+  std::vector<double> times;
+  std::string buffer;
+  bool error_event = false;
+  request.content_receiver = [&](const char* data, size_t length, uint64_t, uint64_t) {
+    const double now = Now();
+    buffer.append(data, length);
+    size_t end;
+    while ((end = buffer.find("\n\n")) != std::string::npos) {
+      const std::string event = buffer.substr(0, end);
+      buffer.erase(0, end + 2);
+      if (event.rfind("data: ", 0) != 0) continue;
+      const std::string payload = event.substr(6);
+      if (payload == "[DONE]") continue;
+      json chunk = json::parse(payload, nullptr, false);
+      if (chunk.contains("error")) error_event = true;
+      if (chunk.is_discarded() || !chunk.contains("choices") || chunk["choices"].empty()) continue;
+      const json& choice = chunk["choices"][0];
+      const size_t count = choice.contains("token_ids") ? choice["token_ids"].size() : 0;
+      for (size_t i = 0; i < count; ++i) times.push_back(now);
+    }
+    return true;
+  };
+  httplib::Result result = client.send(request);
+  std::lock_guard<std::mutex> lock(samples.mutex);
+  ++samples.requests;
+  if (!result || result->status != 200 || error_event ||
+      static_cast<int>(times.size()) != output_tokens) {
+    ++samples.errors;
+    std::fprintf(stderr, "request failed: %s\n",
+                 result ? std::to_string(result->status).c_str()
+                        : httplib::to_string(result.error()).c_str());
+    return;
+  }
+  for (size_t i = 1; i < times.size(); ++i) samples.itl.push_back({times[i], times[i] - times[i - 1]});
+}
+
+json GetJson(const std::string& url, const std::string& path) {
+  httplib::Client client(url);
+  client.set_read_timeout(30, 0);
+  auto result = client.Get(path);
+  if (!result || result->status != 200) return json();
+  return json::parse(result->body, nullptr, false);
+}
+
+// Mean over layers of the router's measured recent-window balancedness.
+double MeasuredBalancedness(const std::string& url) {
+  const json load = GetJson(url, "/v1/experts/load");
+  if (!load.contains("layers") || load["layers"].empty()) return 0;
+  double sum = 0;
+  for (const json& layer : load["layers"]) sum += layer["balancedness"].get<double>();
+  return sum / static_cast<double>(load["layers"].size());
+}
+
+bool InPlacement(const json& placement, const std::string& node) {
+  if (!placement.contains("expert_nodes")) return false;
+  for (const json& n : placement["expert_nodes"]) {
+    if (n["node"] == node) return n["in_placement"].get<bool>() && placement["target"].is_null();
+  }
+  return false;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string url, join_command;
+  int concurrency = 8, prompt_tokens = 64, output_tokens = 96, cycles = 2;
+  double steady_seconds = 20;
+  for (int i = 1; i + 1 < argc; i += 2) {
+    const std::string flag = argv[i], value = argv[i + 1];
+    bool ok = true;
+    if (flag == "--url") url = value;
+    else if (flag == "--join-command") join_command = value;
+    else if (flag == "--concurrency") ok = absl::SimpleAtoi(value, &concurrency);
+    else if (flag == "--prompt-tokens") ok = absl::SimpleAtoi(value, &prompt_tokens);
+    else if (flag == "--output-tokens") ok = absl::SimpleAtoi(value, &output_tokens);
+    else if (flag == "--cycles") ok = absl::SimpleAtoi(value, &cycles);
+    else if (flag == "--steady-seconds") ok = absl::SimpleAtod(value, &steady_seconds);
+    else Die("unknown flag " + flag);
+    if (!ok) Die("bad value for " + flag);
+  }
+  if (url.empty() || join_command.empty()) Die("--url and --join-command are required");
+
+  Samples samples;
+  std::atomic<bool> stop{false};
+  std::vector<std::thread> clients;
+  for (int c = 0; c < concurrency; ++c) {
+    clients.emplace_back([&, c] {
+      std::mt19937 random(1234 + c);
+      std::uniform_int_distribution<int32_t> token(1000, 100000);
+      while (!stop) {
+        std::vector<int32_t> prompt(prompt_tokens);
+        for (int32_t& id : prompt) id = token(random);
+        Request(url, prompt, output_tokens, samples);
+      }
+    });
+  }
+  std::vector<std::pair<double, double>> windows;  // [start, end] of each change
+  const double warm = Now() + 3;
+  std::this_thread::sleep_for(std::chrono::duration<double>(3 + steady_seconds));
+  const double steady_end = Now();
+  const double measured_before = MeasuredBalancedness(url);
+
+  // 1. A forced re-plan from the (skewed) load window.
+  json rebalance;
+  {
+    httplib::Client client(url);
+    client.set_read_timeout(600, 0);
+    const double start = Now();
+    auto result = client.Post("/v1/placement/rebalance", "{}", "application/json");
+    windows.push_back({start, Now()});
+    if (!result || result->status != 200) Die("rebalance failed");
+    rebalance = json::parse(result->body);
+  }
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  // 2. Join and drain cycles.
+  for (int cycle = 0; cycle < cycles; ++cycle) {
+    const std::string name = "bench-join-" + std::to_string(cycle);
+    const std::string command = join_command + " --node-name " + name;
+    double start = Now();
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+      ::execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    while (!InPlacement(GetJson(url, "/v1/placement"), name)) {
+      if (Now() - start > 300) Die("the joining node was not placed within 300 s");
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    windows.push_back({start, Now()});
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+    start = Now();
+    ::kill(pid, SIGTERM);
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    windows.push_back({start, Now()});
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) Die("the drained node did not exit 0");
+    std::this_thread::sleep_for(std::chrono::seconds(2));
+  }
+  const double after_start = Now();
+  std::this_thread::sleep_for(std::chrono::duration<double>(steady_seconds));
+  const double measured_after = MeasuredBalancedness(url);
+  stop = true;
+  for (std::thread& client : clients) client.join();
+
+  std::vector<double> steady, during, after;
+  double during_seconds = 0;
+  for (const auto& [s, e] : windows) during_seconds += e - s;
+  for (const auto& [t, gap] : samples.itl) {
+    bool in_window = false;
+    for (const auto& [s, e] : windows) in_window |= t >= s && t <= e;
+    if (in_window) during.push_back(gap);
+    else if (t >= warm && t <= steady_end) steady.push_back(gap);
+    else if (t >= after_start) after.push_back(gap);
+  }
+  std::printf("concurrency %d, prompt %d tokens, output %d tokens; %zu placement changes "
+              "(%.1f s in total); %d requests, %d failed\n",
+              concurrency, prompt_tokens, output_tokens, windows.size(), during_seconds,
+              samples.requests, samples.errors);
+  std::printf("\n| phase | ITL samples | ITL p50 ms | ITL p99 ms |\n|---|---|---|---|\n");
+  for (const auto& [name, v] : {std::pair<const char*, std::vector<double>*>{"steady", &steady},
+                                {"during placement changes", &during},
+                                {"after", &after}}) {
+    std::printf("| %s | %zu | %.1f | %.1f |\n", name, v->size(), 1e3 * Percentile(*v, 0.5),
+                1e3 * Percentile(*v, 0.99));
+  }
+  std::printf("\np99 during / steady: %.2fx\n",
+              Percentile(steady, 0.99) > 0 ? Percentile(during, 0.99) / Percentile(steady, 0.99) : 0);
+  std::printf("re-plan: %s\n", rebalance.dump().c_str());
+  // Wire encoding: one output per (row, expert) instead of one partial sum per (row, node).
+  double expert_rows = 0, rows = 0;
+  const json targets = GetJson(url, "/v1/metrics/targets");
+  for (const json& group : targets.is_array() ? targets : json::array()) {
+    if (group["labels"]["kind"] != "expert") continue;
+    const std::string address = group["targets"][0];
+    httplib::Client client("http://" + address);
+    client.set_read_timeout(10, 0);
+    auto result = client.Get("/metrics");
+    if (!result || result->status != 200) continue;
+    size_t begin = 0;
+    const std::string& text = result->body;
+    while (begin < text.size()) {
+      size_t end = text.find('\n', begin);
+      if (end == std::string::npos) end = text.size();
+      const std::string line = text.substr(begin, end - begin);
+      begin = end + 1;
+      double value = 0;
+      const size_t space = line.rfind(' ');
+      if (line.empty() || line[0] == '#' || space == std::string::npos ||
+          !absl::SimpleAtod(line.substr(space + 1), &value)) {
+        continue;
+      }
+      if (line.rfind("moemesh_expert_rows_total{", 0) == 0) expert_rows += value;
+      if (line.rfind("moemesh_expert_dispatch_rows_total", 0) == 0) rows += value;
+    }
+  }
+  if (rows > 0) {
+    std::printf("wire (expert nodes still running): %.0f (row, expert) outputs for %.0f dispatched "
+                "rows: %.2fx the floats of per-node partial sums\n",
+                expert_rows, rows, expert_rows / rows);
+  }
+  std::printf("measured mean layer balancedness (router's recent window): before %.3f, after %.3f\n",
+              measured_before, measured_after);
+  return samples.errors == 0 ? 0 : 1;
+}
