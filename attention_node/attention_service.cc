@@ -120,7 +120,8 @@ absl::StatusOr<std::unique_ptr<AttentionNode>> AttentionNode::Start(AttentionNod
 
   node->service_ = std::make_unique<AttentionServiceImpl>(node->scheduler_.get());
   node->server_ = comm::StartGrpcServer(absl::StrCat(options.host, ":", options.port),
-                                        {node->service_.get()}, &node->port_);
+                                        {node->service_.get()}, &node->port_,
+                                        comm::kAttentionMaxMessageBytes);
   if (node->server_ == nullptr) {
     return absl::UnavailableError(
         absl::StrCat("cannot listen on ", options.host, ":", options.port));

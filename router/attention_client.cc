@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "router/sequence_replay.h"
+#include "core/comm/tls.h"
 
 namespace moemesh::router {
 namespace {
@@ -268,8 +269,7 @@ moemesh::v1::AttentionService::Stub* GrpcAttentionBackend::StubFor(const std::st
   absl::MutexLock lock(&mutex_);
   auto& stub = stubs_[address];
   if (!stub) {
-    stub = moemesh::v1::AttentionService::NewStub(
-        grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+    stub = moemesh::v1::AttentionService::NewStub(comm::CreateServiceChannel(address));
   }
   return stub.get();
 }

@@ -6,6 +6,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/time/time.h"
+#include "core/obs/log.h"
 #include "core/placement/planner.h"
 #include "router/placement_plan.h"
 
@@ -48,6 +50,9 @@ void ControlPlane::PublishLocked(uint64_t version) {
     published_health_.push_back(Serving(node));
   }
   counters_.placement_versions = version;
+  obs::LogInfo("placement version {} published: {} expert nodes, {} serving", version,
+               placement_.nodes_size(),
+               std::count(published_health_.begin(), published_health_.end(), true));
   if (target_.has_value() && target_->placement.version() < version) {
     AbandonTargetLocked("the committed placement changed (node health or restart)");
   }
@@ -66,7 +71,16 @@ void ControlPlane::AbandonTargetLocked(const std::string& why) {
 }
 
 void ControlPlane::RefreshLocked(absl::Time now) {
-  for (Node& node : nodes_) node.alive = now - node.last_heartbeat <= options_.heartbeat_timeout;
+  for (Node& node : nodes_) {
+    const bool alive = now - node.last_heartbeat <= options_.heartbeat_timeout;
+    if (node.alive && !alive) {
+      obs::LogWarn("node {} lost: no heartbeat for {} (address={})", node.id,
+                   absl::FormatDuration(now - node.last_heartbeat), node.address);
+    } else if (!node.alive && alive) {
+      obs::LogInfo("node {} heartbeating again (address={})", node.id, node.address);
+    }
+    node.alive = alive;
+  }
   // A drained node that stopped heartbeating has left.
   nodes_.erase(std::remove_if(nodes_.begin(), nodes_.end(),
                               [](const Node& node) {
@@ -135,7 +149,7 @@ void ControlPlane::MaybeComputePlacementLocked() {
   last_plan_ = absl::Now();
 }
 
-grpc::Status ControlPlane::Register(grpc::ServerContext*, const moemesh::v1::RegisterRequest* request,
+grpc::Status ControlPlane::Register(grpc::ServerContext* context, const moemesh::v1::RegisterRequest* request,
                                     moemesh::v1::RegisterReply* reply) {
   const NodeKind kind = request->kind();
   if (kind != moemesh::v1::NODE_KIND_EXPERT && kind != moemesh::v1::NODE_KIND_ATTENTION) {
@@ -169,6 +183,10 @@ grpc::Status ControlPlane::Register(grpc::ServerContext*, const moemesh::v1::Reg
     joined = expert;
   }
   // New or restarted: whatever it held before is gone.
+  obs::LogInfo("node {} {}: kind={} address={} peer={}", node->id,
+               node->address.empty() ? "registered" : "rejoined (restarted)",
+               expert ? "expert" : "attention", request->address(),
+               context != nullptr ? context->peer() : std::string("in-process"));
   node->address = request->address();
   node->metrics_address = request->metrics_address();
   node->last_heartbeat = now;

@@ -1,26 +1,21 @@
 #include "router/http_server.h"
 
-#include <dirent.h>
-#include <netdb.h>
-#include <signal.h>
-#include <sys/socket.h>
-
-#include <cerrno>
-#include <cstdlib>
-
-#include <chrono>
+#include <algorithm>
 #include <deque>
-#include <map>
 #include <exception>
+#include <map>
 #include <optional>
+#include <random>
 #include <utility>
 #include <vector>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
-#include "httplib.h"
+#include "core/obs/log.h"
 
 namespace moemesh::router {
 namespace {
@@ -28,6 +23,7 @@ namespace {
 using nlohmann::json;
 
 constexpr char kJson[] = "application/json";
+constexpr char kEventStream[] = "text/event-stream; charset=utf-8";
 
 // One backend callback: an event of choice `choice`, or the end of its stream.
 struct Item {
@@ -37,191 +33,305 @@ struct Item {
   absl::Status status;
 };
 
-// Events of all of a request's sequences, in arrival order (filled by backend threads).
+// Events of all of a request's sequences, in arrival order (filled by backend threads). Every
+// Push calls the wake function (under the queue's lock, so that clearing it waits for a Push
+// in progress).
 class EventQueue {
  public:
   void Push(Item item) {
     absl::MutexLock lock(&mutex_);
     items_.push_back(std::move(item));
+    if (wake_) wake_();
   }
-  // Next item, waiting up to `timeout`; nullopt when none came.
-  std::optional<Item> Pop(absl::Duration timeout) {
+  std::optional<Item> TryPop() {
     absl::MutexLock lock(&mutex_);
-    mutex_.AwaitWithTimeout(
-        absl::Condition(+[](std::deque<Item>* items) { return !items->empty(); }, &items_),
-        timeout);
     if (items_.empty()) return std::nullopt;
     Item item = std::move(items_.front());
     items_.pop_front();
     return item;
   }
+  void SetWake(std::function<void()> wake) {
+    absl::MutexLock lock(&mutex_);
+    wake_ = std::move(wake);
+  }
 
  private:
   absl::Mutex mutex_;
   std::deque<Item> items_;
+  std::function<void()> wake_;
 };
 
-void SetError(httplib::Response& res, const ApiError& error) {
-  res.status = error.http_status;
-  res.set_content(ErrorBody(error), kJson);
+HttpResponse ErrorResponse(const ApiError& error) {
+  return MakeResponse(error.http_status, ErrorBody(error));
 }
 
 uint64_t Micros(absl::Duration d) { return static_cast<uint64_t>(absl::ToInt64Microseconds(d)); }
 
-// The numeric host and port of a socket address (as httplib fills Request::remote_addr).
-bool HostAndPort(const sockaddr_storage& addr, socklen_t len, std::string* host, int* port) {
-  char buffer[NI_MAXHOST];
-  if (getnameinfo(reinterpret_cast<const sockaddr*>(&addr), len, buffer, sizeof(buffer), nullptr,
-                  0, NI_NUMERICHOST) != 0) {
-    return false;
-  }
-  *host = buffer;
-  if (addr.ss_family == AF_INET) {
-    *port = ntohs(reinterpret_cast<const sockaddr_in&>(addr).sin_port);
-  } else if (addr.ss_family == AF_INET6) {
-    *port = ntohs(reinterpret_cast<const sockaddr_in6&>(addr).sin6_port);
-  } else {
-    return false;
-  }
-  return true;
-}
-
-// The connection socket of `req`, found among the process's descriptors by its local and remote
-// address (cpp-httplib 0.11 does not hand the socket to handlers); -1 when not found. Only
-// meaningful on the thread serving `req`, which keeps the socket open meanwhile.
-int FindConnectionSocket(const httplib::Request& req) {
-  DIR* dir = opendir("/proc/self/fd");
-  if (dir == nullptr) return -1;
-  const int dir_fd = dirfd(dir);
-  int found = -1;
-  while (dirent* entry = readdir(dir)) {
-    char* end = nullptr;
-    const long fd = std::strtol(entry->d_name, &end, 10);
-    if (end == entry->d_name || *end != '\0' || fd == dir_fd) continue;
-    sockaddr_storage addr{};
-    socklen_t len = sizeof(addr);
-    std::string host;
-    int port = -1;
-    if (getsockname(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&addr), &len) != 0 ||
-        !HostAndPort(addr, len, &host, &port) ||
-        (req.local_port > 0 && port != req.local_port)) {
-      continue;
+// A client's X-Request-Id when it is 1-128 characters of [A-Za-z0-9._:-]; else a new one.
+std::string RequestId(const HttpRequest& request) {
+  if (std::optional<std::string_view> given = request.Header("x-request-id")) {
+    bool ok = !given->empty() && given->size() <= 128;
+    for (char c : *given) {
+      ok = ok && (absl::ascii_isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' ||
+                  c == ':' || c == '-');
     }
-    len = sizeof(addr);
-    if (getpeername(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&addr), &len) != 0 ||
-        !HostAndPort(addr, len, &host, &port) || port != req.remote_port ||
-        host != req.remote_addr) {
-      continue;
-    }
-    found = static_cast<int>(fd);
-    break;
+    if (ok) return std::string(*given);
   }
-  closedir(dir);
-  return found;
-}
-
-// True when the peer of connected socket `fd` has closed (FIN or reset). Data waiting (a
-// pipelined request) is left unread. A client that half-closes after sending counts as gone.
-bool PeerClosed(int fd) {
-  char byte;
-  const ssize_t n = recv(fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-  if (n > 0) return false;
-  if (n == 0) return true;
-  return errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR;
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  return absl::StrFormat("%016x%016x", rng(), rng());
 }
 
 }  // namespace
 
-// One completion request in flight. Non-movable (the builder points into `prepared`).
-struct HttpServer::Run {
-  Run(PreparedRequest p, const ModelInfo& model, std::string id, int64_t created)
-      : prepared(std::move(p)), builder(prepared, model, std::move(id), created) {}
-  ~Run() {
-    handles.clear();  // cancel and join the sequences before the builder goes
-    if (!reported) Report(false, 500);  // a handler that threw
+// One completion request in flight, as the producer of its HTTP response: Poll (on the
+// connection's thread) applies the sequences' events to the ResponseBuilder and writes the
+// whole body (non-streaming) or SSE events (streaming). Destroying it cancels and joins the
+// sequences.
+class HttpServer::Completion : public ResponseProducer {
+ public:
+  Completion(HttpServer* server, PreparedRequest p, std::string id, absl::Time received,
+             std::string request_id)
+      : server_(server),
+        prepared_(std::move(p)),
+        builder_(prepared_, server->model_, std::move(id), absl::ToUnixSeconds(received)),
+        received_(received),
+        deadline_(received + absl::Seconds(server->options_.request_timeout_seconds)),
+        last_write_(received),
+        request_id_(std::move(request_id)),
+        observer_(server->options_.observer) {
+    queue_->SetWake([this] { Wake(); });
+  }
+
+  ~Completion() override {
+    queue_->SetWake({});
+    handles_.clear();  // cancel and join the sequences before the builder goes
+    if (!reported_) Report(false, 500);
+  }
+
+  // Starts every choice's sequence; an error (e.g. no healthy node: 503) fails the request
+  // before any byte is sent.
+  std::optional<ApiError> StartSequences() {
+    const auto& sequences = prepared_.sequences;
+    for (size_t i = 0; i < sequences.size(); ++i) {
+      std::shared_ptr<EventQueue> queue = queue_;
+      const int choice = static_cast<int>(i);
+      SequenceObserver observer;
+      observer.on_event = [queue, choice](const moemesh::v1::SequenceEvent& event) {
+        queue->Push(Item{choice, false, event, absl::OkStatus()});
+      };
+      observer.on_end = [queue, choice](const absl::Status& status) {
+        queue->Push(Item{choice, true, {}, status});
+      };
+      absl::StatusOr<std::unique_ptr<SequenceHandle>> handle =
+          server_->backend_->AddSequence(sequences[i], std::move(observer));
+      if (!handle.ok()) {
+        CancelAll();
+        ApiError error = ToApiError(handle.status());
+        Fail(error);
+        return error;
+      }
+      handles_.push_back(*std::move(handle));
+      server_->stats_.sequences_started.fetch_add(1, std::memory_order_relaxed);
+    }
+    return std::nullopt;
+  }
+
+  bool streaming() const { return prepared_.api.stream; }
+
+  void Poll(ResponseSink& sink) override {
+    if (done_) return;
+    if (streaming()) return PollStream(sink);
+    std::optional<ApiError> error;
+    while (!error && !builder_.all_finished()) {
+      std::optional<Item> item = queue_->TryPop();
+      if (!item) break;
+      std::vector<std::string> unused;
+      error = Apply(*item, &unused);
+    }
+    if (!error && !builder_.all_finished()) error = StopOrDeadline();
+    if (error) {
+      CancelAll();
+      Finish();
+      Fail(*error);
+      done_ = true;
+      return sink.Respond(ErrorResponse(*error));
+    }
+    if (builder_.all_finished()) {
+      Finish();
+      done_ = true;
+      Report(true, 200);
+      sink.Respond(MakeResponse(200, DumpJson(builder_.Response())));
+    }
+  }
+
+  void Cancel() override {
+    if (done_) return;
+    done_ = true;
+    server_->stats_.client_disconnects.fetch_add(1, std::memory_order_relaxed);
+    CancelAll();
+    Finish();
+    Report(false, 499);
+    obs::LogInfo("request {} ended: the client closed the connection", request_id_);
+  }
+
+ private:
+  void PollStream(ResponseSink& sink) {
+    auto write = [&](const std::string& payload) {
+      sink.Write(absl::StrCat("data: ", payload, "\n\n"));
+      last_write_ = absl::Now();
+    };
+    if (!stream_started_) {
+      stream_started_ = true;
+      server_->stats_.streaming_requests.fetch_add(1, std::memory_order_relaxed);
+      sink.StartStream(200, kEventStream, {{"Cache-Control", "no-cache"}});
+      for (const std::string& chunk : builder_.StartChunks()) write(chunk);
+    }
+    std::optional<ApiError> error;
+    while (!error && !builder_.all_finished()) {
+      std::optional<Item> item = queue_->TryPop();
+      if (!item) break;
+      std::vector<std::string> chunks;
+      error = Apply(*item, &chunks);
+      for (const std::string& chunk : chunks) write(chunk);
+    }
+    if (!error && !builder_.all_finished()) error = StopOrDeadline();
+    if (error) {
+      server_->stats_.errors.fetch_add(1, std::memory_order_relaxed);
+      CancelAll();
+      Finish();
+      done_ = true;
+      Report(false, error->http_status);
+      LogError(*error);
+      write(DumpJson(ErrorJson(*error)));
+      return sink.End();
+    }
+    if (builder_.all_finished()) {
+      for (const std::string& chunk : builder_.EndChunks()) write(chunk);
+      write("[DONE]");
+      Finish();
+      done_ = true;
+      Report(true, 200);
+      return sink.End();
+    }
+    // An SSE comment now and then, so that a client gone while the sequence waits (admission,
+    // long prefill) is noticed by a failing write.
+    if (absl::Now() - last_write_ > absl::Seconds(2)) {
+      sink.Write(": keep-alive\n\n");
+      last_write_ = absl::Now();
+    }
+  }
+
+  std::optional<ApiError> StopOrDeadline() {
+    if (server_->stopping_.load()) {
+      return ApiErrorFromHttpStatus(503, "the router is shutting down");
+    }
+    if (absl::Now() >= deadline_) {
+      return ApiErrorFromHttpStatus(
+          504, absl::StrCat("the request timed out after ",
+                            server_->options_.request_timeout_seconds, " seconds"));
+    }
+    return std::nullopt;
   }
 
   // Tells the observer (once) how the request ended.
   void Report(bool ok, int http_status) {
-    if (reported || observer == nullptr) return;
-    reported = true;
+    if (reported_) return;
+    reported_ = true;
+    if (observer_ == nullptr) return;
     RequestOutcome outcome;
     outcome.ok = ok;
     outcome.http_status = ok ? 200 : http_status;
     if (ok) {
-      for (size_t i = 0; i < prepared.sequences.size(); ++i) {
-        outcome.finish_reasons.push_back(builder.finish_reason(static_cast<int>(i)));
+      for (size_t i = 0; i < prepared_.sequences.size(); ++i) {
+        outcome.finish_reasons.push_back(builder_.finish_reason(static_cast<int>(i)));
       }
     }
-    outcome.prompt_tokens = builder.prompt_tokens();
-    outcome.completion_tokens = builder.completion_tokens();
-    outcome.e2e_seconds = absl::ToDoubleSeconds(absl::Now() - received);
-    observer->OnRequestEnd(outcome);
+    outcome.prompt_tokens = builder_.prompt_tokens();
+    outcome.completion_tokens = builder_.completion_tokens();
+    outcome.e2e_seconds = absl::ToDoubleSeconds(absl::Now() - received_);
+    observer_->OnRequestEnd(outcome);
   }
 
-  void CancelAll(RouterStats& stats) {
-    for (size_t i = 0; i < handles.size(); ++i) {
-      if (handles[i] && !builder.finished(static_cast<int>(i))) {
-        handles[i]->Cancel();
-        stats.sequences_cancelled.fetch_add(1, std::memory_order_relaxed);
+  // A non-streaming failure: counted and reported (the caller answers it).
+  void Fail(const ApiError& error) {
+    server_->stats_.errors.fetch_add(1, std::memory_order_relaxed);
+    Report(false, error.http_status);
+    LogError(error);
+  }
+
+  void LogError(const ApiError& error) {
+    obs::LogWarn("request {} failed: {} {}", request_id_, error.http_status, error.message);
+  }
+
+  void CancelAll() {
+    for (size_t i = 0; i < handles_.size(); ++i) {
+      if (handles_[i] && !builder_.finished(static_cast<int>(i))) {
+        handles_[i]->Cancel();
+        server_->stats_.sequences_cancelled.fetch_add(1, std::memory_order_relaxed);
       }
     }
-    cancelled = true;
   }
 
   // Applies one item; chunks (streaming) go to `chunks`. Returns an error that fails the request.
-  std::optional<ApiError> Apply(const Item& item, RouterStats& stats,
-                                std::vector<std::string>* chunks) {
+  std::optional<ApiError> Apply(const Item& item, std::vector<std::string>* chunks) {
+    RouterStats& stats = server_->stats_;
     if (item.end) {
-      if (builder.finished(item.choice)) return std::nullopt;
-      return builder.OnStreamEnd(item.choice, item.status);
+      if (builder_.finished(item.choice)) return std::nullopt;
+      return builder_.OnStreamEnd(item.choice, item.status);
     }
-    if (!first_token && item.event.tokens_size() > 0) {
-      first_token = true;
-      stats.ttft_us_sum.fetch_add(Micros(absl::Now() - received), std::memory_order_relaxed);
+    if (!first_token_ && item.event.tokens_size() > 0) {
+      first_token_ = true;
+      stats.ttft_us_sum.fetch_add(Micros(absl::Now() - received_), std::memory_order_relaxed);
       stats.ttft_count.fetch_add(1, std::memory_order_relaxed);
-      if (observer != nullptr) observer->OnFirstToken(absl::ToDoubleSeconds(absl::Now() - received));
+      if (observer_ != nullptr) {
+        observer_->OnFirstToken(absl::ToDoubleSeconds(absl::Now() - received_));
+      }
     }
-    if (observer != nullptr && item.event.tokens_size() > 0) {
+    if (observer_ != nullptr && item.event.tokens_size() > 0) {
       const absl::Time now = absl::Now();
-      auto [last, first_of_choice] = last_token.emplace(item.choice, now);
+      auto [last, first_of_choice] = last_token_.emplace(item.choice, now);
       if (!first_of_choice) {
-        observer->OnInterTokenLatency(
+        observer_->OnInterTokenLatency(
             absl::ToDoubleSeconds(now - last->second) / item.event.tokens_size(),
             item.event.tokens_size());
         last->second = now;
       }
     }
-    ResponseBuilder::EventResult result = builder.OnEvent(item.choice, item.event);
+    ResponseBuilder::EventResult result = builder_.OnEvent(item.choice, item.event);
     if (result.error) return result.error;
-    if (result.cancel_sequence && item.choice < static_cast<int>(handles.size())) {
-      handles[item.choice]->Cancel();
+    if (result.cancel_sequence && item.choice < static_cast<int>(handles_.size())) {
+      handles_[item.choice]->Cancel();
       stats.sequences_cancelled.fetch_add(1, std::memory_order_relaxed);
     }
     for (std::string& chunk : result.chunks) chunks->push_back(std::move(chunk));
     return std::nullopt;
   }
 
-  void Finish(RouterStats& stats) {
-    stats.prompt_tokens.fetch_add(builder.prompt_tokens(), std::memory_order_relaxed);
-    stats.completion_tokens.fetch_add(builder.completion_tokens(), std::memory_order_relaxed);
-    stats.request_us_sum.fetch_add(Micros(absl::Now() - received), std::memory_order_relaxed);
+  void Finish() {
+    if (finished_) return;
+    finished_ = true;
+    RouterStats& stats = server_->stats_;
+    stats.prompt_tokens.fetch_add(builder_.prompt_tokens(), std::memory_order_relaxed);
+    stats.completion_tokens.fetch_add(builder_.completion_tokens(), std::memory_order_relaxed);
+    stats.request_us_sum.fetch_add(Micros(absl::Now() - received_), std::memory_order_relaxed);
   }
 
-  PreparedRequest prepared;
-  ResponseBuilder builder;
-  std::shared_ptr<EventQueue> queue = std::make_shared<EventQueue>();
-  absl::Time received;
-  absl::Time deadline;
-  absl::Time last_write;
-  bool stream_started = false;
-  bool done = false;
-  bool first_token = false;
-  bool cancelled = false;
-  HttpServerObserver* observer = nullptr;
-  bool reported = false;
-  std::map<int, absl::Time> last_token;  // per choice: when its latest tokens came
-  std::vector<std::unique_ptr<SequenceHandle>> handles;  // last: destroyed first
+  HttpServer* server_;
+  PreparedRequest prepared_;
+  ResponseBuilder builder_;
+  std::shared_ptr<EventQueue> queue_ = std::make_shared<EventQueue>();
+  absl::Time received_;
+  absl::Time deadline_;
+  absl::Time last_write_;
+  std::string request_id_;
+  HttpServerObserver* observer_;
+  bool stream_started_ = false;
+  bool done_ = false;
+  bool first_token_ = false;
+  bool finished_ = false;
+  bool reported_ = false;
+  std::map<int, absl::Time> last_token_;  // per choice: when its latest tokens came
+  std::vector<std::unique_ptr<SequenceHandle>> handles_;  // last: destroyed first
 };
 
 HttpServer::HttpServer(const ModelInfo& model, AttentionBackend* backend,
@@ -231,317 +341,157 @@ HttpServer::HttpServer(const ModelInfo& model, AttentionBackend* backend,
 HttpServer::~HttpServer() { Stop(); }
 
 absl::Status HttpServer::Start() {
-  // A client that goes away mid-stream must not kill the process with SIGPIPE.
-  signal(SIGPIPE, SIG_IGN);
-  server_ = std::make_unique<httplib::Server>();
-  const int threads = options_.threads;
-  server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-  server_->set_payload_max_length(options_.max_body_bytes);
-  server_->set_keep_alive_max_count(1000);
   Install();
-  if (options_.port == 0) {
-    port_ = server_->bind_to_any_port(options_.host);
-  } else {
-    port_ = server_->bind_to_port(options_.host, options_.port) ? options_.port : -1;
+  HttpTransportOptions transport = options_.transport;
+  transport.host = options_.host;
+  transport.port = options_.port;
+  transport.io_threads = options_.threads;
+  transport.max_body_bytes = options_.max_body_bytes;
+  transport.error_response = [](int status, std::string message) {
+    ApiError error = ApiErrorFromHttpStatus(status, std::move(message));
+    if (status >= 400 && status < 500) error.type = "invalid_request_error";
+    return ErrorResponse(error);
+  };
+  transport_ = std::make_unique<HttpTransport>(
+      std::move(transport), [this](HttpRequest& request) { return Handle(request); });
+  if (absl::Status status = transport_->Start(); !status.ok()) {
+    transport_.reset();
+    return status;
   }
-  if (port_ <= 0) {
-    return absl::UnavailableError(
-        absl::StrCat("cannot listen on ", options_.host, ":", options_.port));
-  }
-  thread_ = std::thread([this] { server_->listen_after_bind(); });
+  port_ = transport_->port();
   return absl::OkStatus();
 }
 
 void HttpServer::Stop() {
   stopping_.store(true);
-  if (server_) server_->stop();
-  if (thread_.joinable()) thread_.join();
+  if (transport_) transport_->Stop();
+}
+
+HttpResponse HttpServer::Handle(HttpRequest& request) {
+  request.request_id = RequestId(request);
+  HttpResponse response;
+  if (std::optional<ApiError> denied = CheckApiAuth(options_.auth, request)) {
+    obs::LogWarn("request {} refused: {} {} from {}: {}", request.request_id, request.method,
+                 request.path, request.remote, denied->message);
+    response = ErrorResponse(*denied);
+    if (denied->http_status == 401) response.SetHeader("WWW-Authenticate", "Bearer");
+  } else {
+    const HttpRoute* match = nullptr;
+    std::string allow;
+    for (const HttpRoute& route : routes_) {
+      const bool path_matches =
+          route.prefix ? request.path.size() > route.path.size() &&
+                             request.path.compare(0, route.path.size(), route.path) == 0
+                       : request.path == route.path;
+      if (!path_matches) continue;
+      if (route.method == request.method) {
+        match = &route;
+        break;
+      }
+      if (allow.find(route.method) == std::string::npos) {
+        absl::StrAppend(&allow, allow.empty() ? "" : ", ", route.method);
+      }
+    }
+    if (match != nullptr) {
+      if (match->prefix) request.path_suffix = request.path.substr(match->path.size());
+      try {
+        response = match->handler(request);
+      } catch (const std::exception& e) {
+        response = ErrorResponse(
+            ApiErrorFromHttpStatus(500, absl::StrCat("internal error: ", e.what())));
+      }
+    } else if (!allow.empty()) {
+      response = ErrorResponse(ApiErrorFromHttpStatus(
+          405, absl::StrCat("method ", request.method, " is not allowed for ", request.path,
+                            " (use ", allow, ")")));
+      response.status = 405;
+      response.SetHeader("Allow", allow);
+    } else {
+      ApiError error = ApiErrorFromHttpStatus(
+          404, absl::StrCat("no route for ", request.method, " ", request.path));
+      error.type = "invalid_request_error";
+      response = ErrorResponse(error);
+    }
+  }
+  response.SetHeader("X-Request-Id", request.request_id);
+  return response;
 }
 
 void HttpServer::Install() {
-  httplib::Server& s = *server_;
-
-  // Any handler failure becomes a 500 error body; the server never goes down on input.
-  auto guard = [](auto handler) {
-    return [handler](const httplib::Request& req, httplib::Response& res) {
-      try {
-        handler(req, res);
-      } catch (const std::exception& e) {
-        res.content_provider_ = nullptr;
-        SetError(res, ApiErrorFromHttpStatus(500, absl::StrCat("internal error: ", e.what())));
-      } catch (...) {
-        res.content_provider_ = nullptr;
-        SetError(res, ApiErrorFromHttpStatus(500, "internal error"));
-      }
-    };
-  };
-
-  s.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
-    if (!res.body.empty() || res.content_provider_) return;
-    std::string message =
-        res.status == 404 ? absl::StrCat("no route for ", req.method, " ", req.path)
-        : res.status == 413 ? std::string("the request body is too large")
-                            : absl::StrCat("HTTP error ", res.status);
-    ApiError error = ApiErrorFromHttpStatus(res.status, message);
-    if (res.status == 404) error.type = "invalid_request_error";
-    res.set_content(ErrorBody(error), kJson);
-  });
-
-  s.Get("/health", guard([](const httplib::Request&, httplib::Response& res) {
-    res.set_content(R"({"status":"ok"})", kJson);
-  }));
-
-  s.Get("/ready", guard([this](const httplib::Request&, httplib::Response& res) {
-    absl::Status ready = backend_->Ready();
-    if (ready.ok()) {
-      res.set_content(R"({"status":"ready"})", kJson);
-      return;
-    }
-    SetError(res, ApiErrorFromHttpStatus(503, std::string(ready.message())));
-  }));
-
-  s.Get("/v1/models", guard([this](const httplib::Request&, httplib::Response& res) {
-    res.set_content(DumpJson(ModelsJson(model_)), kJson);
-  }));
-
-  s.Get(R"(/v1/models/(.+))", guard([this](const httplib::Request& req, httplib::Response& res) {
-    const std::string id = req.matches[1];
-    if (id != model_.served_name) return SetError(res, ModelNotFoundError(id, model_));
-    res.set_content(DumpJson(ModelJson(model_)), kJson);
-  }));
-
+  routes_.clear();
+  routes_.push_back({"GET", "/health", [](const HttpRequest&) {
+                       return MakeResponse(200, R"({"status":"ok"})");
+                     }});
+  routes_.push_back({"GET", "/ready", [this](const HttpRequest&) {
+                       absl::Status ready = backend_->Ready();
+                       if (ready.ok()) return MakeResponse(200, R"({"status":"ready"})");
+                       return ErrorResponse(
+                           ApiErrorFromHttpStatus(503, std::string(ready.message())));
+                     }});
+  routes_.push_back({"GET", "/v1/models", [this](const HttpRequest&) {
+                       return MakeResponse(200, DumpJson(ModelsJson(model_)));
+                     }});
+  routes_.push_back({"GET", "/v1/models/",
+                     [this](const HttpRequest& request) {
+                       if (request.path_suffix != model_.served_name) {
+                         return ErrorResponse(ModelNotFoundError(request.path_suffix, model_));
+                       }
+                       return MakeResponse(200, DumpJson(ModelJson(model_)));
+                     },
+                     /*prefix=*/true});
+  routes_.push_back({"POST", "/v1/chat/completions", [this](const HttpRequest& request) {
+                       return Completions(Endpoint::kChatCompletions, request);
+                     }});
+  routes_.push_back({"POST", "/v1/completions", [this](const HttpRequest& request) {
+                       return Completions(Endpoint::kCompletions, request);
+                     }});
   // vLLM's text endpoints and /version: plain (body) -> (status, JSON) handlers (openai_api.h).
-  auto reply = [](httplib::Response& res, const JsonReply& answer) {
-    res.status = answer.http_status;
-    res.set_content(DumpJson(answer.body), kJson);
+  auto reply = [](const JsonReply& answer) {
+    return MakeResponse(answer.http_status, DumpJson(answer.body));
   };
-  s.Post("/tokenize", guard([this, reply](const httplib::Request& req, httplib::Response& res) {
-    reply(res, TokenizeEndpoint(req.body, model_));
-  }));
-  s.Post("/detokenize", guard([this, reply](const httplib::Request& req, httplib::Response& res) {
-    reply(res, DetokenizeEndpoint(req.body, model_));
-  }));
-  s.Get("/version", guard([reply](const httplib::Request&, httplib::Response& res) {
-    reply(res, VersionEndpoint());
-  }));
+  routes_.push_back({"POST", "/tokenize", [this, reply](const HttpRequest& request) {
+                       return reply(TokenizeEndpoint(request.body, model_));
+                     }});
+  routes_.push_back({"POST", "/detokenize", [this, reply](const HttpRequest& request) {
+                       return reply(DetokenizeEndpoint(request.body, model_));
+                     }});
+  routes_.push_back({"GET", "/version", [reply](const HttpRequest&) {
+                       return reply(VersionEndpoint());
+                     }});
+  for (const HttpRoute& route : options_.routes) routes_.push_back(route);
+}
 
-  auto completions = [this](Endpoint endpoint) {
-    return [this, endpoint](const httplib::Request& req, httplib::Response& res) {
-      stats_.requests.fetch_add(1, std::memory_order_relaxed);
-      const absl::Time received = absl::Now();
-      HttpServerObserver* const observer = options_.observer;
-      if (observer != nullptr) observer->OnRequestStart();
-      std::shared_ptr<Run> run;
-      auto fail = [&](const ApiError& error) {
-        stats_.errors.fetch_add(1, std::memory_order_relaxed);
-        SetError(res, error);
-        if (run != nullptr) {
-          run->Report(false, error.http_status);
-        } else if (observer != nullptr) {
-          RequestOutcome outcome;
-          outcome.http_status = error.http_status;
-          outcome.e2e_seconds = absl::ToDoubleSeconds(absl::Now() - received);
-          observer->OnRequestEnd(outcome);
-        }
-      };
-      absl::StatusOr<ApiRequest> parsed = ParseRequest(endpoint, req.body, model_);
-      if (!parsed.ok()) return fail(ToApiError(parsed.status()));
-      const std::string id = NewResponseId(endpoint);
-      absl::StatusOr<PreparedRequest> prepared = PrepareRequest(*std::move(parsed), model_, id);
-      if (!prepared.ok()) return fail(ToApiError(prepared.status()));
-      const int64_t created = absl::ToUnixSeconds(received);
-      run = std::make_shared<Run>(*std::move(prepared), model_, id, created);
-      run->observer = observer;
-      run->received = received;
-      run->deadline = received + absl::Seconds(options_.request_timeout_seconds);
-      run->last_write = received;
-
-      // Start every choice's sequence before answering, so that a missing node is a 503.
-      const auto& sequences = run->prepared.sequences;
-      for (size_t i = 0; i < sequences.size(); ++i) {
-        std::shared_ptr<EventQueue> queue = run->queue;
-        const int choice = static_cast<int>(i);
-        SequenceObserver observer;
-        observer.on_event = [queue, choice](const moemesh::v1::SequenceEvent& event) {
-          queue->Push(Item{choice, false, event, absl::OkStatus()});
-        };
-        observer.on_end = [queue, choice](const absl::Status& status) {
-          queue->Push(Item{choice, true, {}, status});
-        };
-        absl::StatusOr<std::unique_ptr<SequenceHandle>> handle =
-            backend_->AddSequence(sequences[i], std::move(observer));
-        if (!handle.ok()) {
-          run->CancelAll(stats_);
-          ApiError error = ToApiError(handle.status());
-          return fail(error);
-        }
-        run->handles.push_back(*std::move(handle));
-        stats_.sequences_started.fetch_add(1, std::memory_order_relaxed);
-      }
-
-      if (!run->prepared.api.stream) {
-        // No bytes go out until the response is complete, so a client that went away is
-        // noticed by watching its socket; then the sequences are cancelled.
-        const int client_fd = FindConnectionSocket(req);
-        absl::Time next_check = absl::Now() + absl::Milliseconds(200);
-        while (!run->builder.all_finished()) {
-          std::optional<ApiError> error;
-          const absl::Time now = absl::Now();
-          if (client_fd >= 0 && now >= next_check) {
-            next_check = now + absl::Milliseconds(200);
-            if (PeerClosed(client_fd)) {
-              stats_.client_disconnects.fetch_add(1, std::memory_order_relaxed);
-              run->CancelAll(stats_);
-              run->Finish(stats_);
-              run->Report(false, 499);
-              SetError(res, ApiErrorFromHttpStatus(499, "the client closed the connection"));
-              return;
-            }
-          }
-          if (stopping_.load()) {
-            error = ApiErrorFromHttpStatus(503, "the router is shutting down");
-          } else if (now >= run->deadline) {
-            error = ApiErrorFromHttpStatus(
-                504, absl::StrCat("the request timed out after ", options_.request_timeout_seconds,
-                                  " seconds"));
-          } else if (std::optional<Item> item =
-                         run->queue->Pop(std::min(absl::Milliseconds(100), run->deadline - now))) {
-            std::vector<std::string> unused;
-            error = run->Apply(*item, stats_, &unused);
-          }
-          if (error) {
-            run->CancelAll(stats_);
-            run->Finish(stats_);
-            return fail(*error);
-          }
-        }
-        run->Finish(stats_);
-        res.set_content(DumpJson(run->builder.Response()), kJson);
-        run->Report(true, 200);
-        return;
-      }
-
-      stats_.streaming_requests.fetch_add(1, std::memory_order_relaxed);
-      res.set_header("Cache-Control", "no-cache");
-      res.set_chunked_content_provider(
-          "text/event-stream",
-          [this, run](size_t /*offset*/, httplib::DataSink& sink) -> bool {
-            try {
-              auto write_raw = [&](const std::string& text) {
-                run->last_write = absl::Now();
-                return sink.write(text.data(), text.size());
-              };
-              auto write = [&](const std::string& payload) {
-                return write_raw(absl::StrCat("data: ", payload, "\n\n"));
-              };
-              auto disconnected = [&] {
-                stats_.client_disconnects.fetch_add(1, std::memory_order_relaxed);
-                run->CancelAll(stats_);
-                run->Finish(stats_);
-                run->done = true;
-                run->Report(false, 499);
-                return false;
-              };
-              auto end_with_error = [&](const ApiError& error) {
-                stats_.errors.fetch_add(1, std::memory_order_relaxed);
-                run->CancelAll(stats_);
-                run->Finish(stats_);
-                run->done = true;
-                run->Report(false, error.http_status);
-                write(DumpJson(ErrorJson(error)));
-                sink.done();
-                return true;
-              };
-              if (run->done) {
-                sink.done();
-                return true;
-              }
-              if (!run->stream_started) {
-                run->stream_started = true;
-                for (const std::string& chunk : run->builder.StartChunks()) {
-                  if (!write(chunk)) return disconnected();
-                }
-                return true;
-              }
-              const absl::Time now = absl::Now();
-              if (stopping_.load()) {
-                return end_with_error(ApiErrorFromHttpStatus(503, "the router is shutting down"));
-              }
-              if (now >= run->deadline) {
-                return end_with_error(ApiErrorFromHttpStatus(
-                    504, absl::StrCat("the request timed out after ",
-                                      options_.request_timeout_seconds, " seconds")));
-              }
-              std::optional<Item> item =
-                  run->queue->Pop(std::min(absl::Milliseconds(100), run->deadline - now));
-              if (!item) {
-                // An SSE comment now and then, so that a client gone while the sequence waits
-                // (admission, long prefill) is noticed by a failing write.
-                if (absl::Now() - run->last_write > absl::Seconds(2)) {
-                  if (!write_raw(": keep-alive\n\n")) return disconnected();
-                }
-                return true;
-              }
-              std::vector<std::string> chunks;
-              std::optional<ApiError> error = run->Apply(*item, stats_, &chunks);
-              for (const std::string& chunk : chunks) {
-                if (!write(chunk)) return disconnected();
-              }
-              if (error) return end_with_error(*error);
-              if (run->builder.all_finished()) {
-                for (const std::string& chunk : run->builder.EndChunks()) {
-                  if (!write(chunk)) return disconnected();
-                }
-                if (!write("[DONE]")) return disconnected();
-                run->Finish(stats_);
-                run->done = true;
-                run->Report(true, 200);
-                sink.done();
-              }
-              return true;
-            } catch (...) {
-              run->CancelAll(stats_);
-              run->done = true;
-              return false;
-            }
-          },
-          [this, run](bool /*success*/) {
-            if (!run->done) {
-              stats_.client_disconnects.fetch_add(1, std::memory_order_relaxed);
-              run->CancelAll(stats_);
-              run->Report(false, 499);
-            }
-            // The sequences are joined when the last reference to `run` goes.
-          });
-    };
+HttpResponse HttpServer::Completions(Endpoint endpoint, const HttpRequest& request) {
+  stats_.requests.fetch_add(1, std::memory_order_relaxed);
+  const absl::Time received = absl::Now();
+  HttpServerObserver* const observer = options_.observer;
+  if (observer != nullptr) observer->OnRequestStart();
+  auto fail = [&](const absl::Status& status) {
+    const ApiError error = ToApiError(status);
+    stats_.errors.fetch_add(1, std::memory_order_relaxed);
+    if (observer != nullptr) {
+      RequestOutcome outcome;
+      outcome.http_status = error.http_status;
+      outcome.e2e_seconds = absl::ToDoubleSeconds(absl::Now() - received);
+      observer->OnRequestEnd(outcome);
+    }
+    obs::LogInfo("request {} refused: {} {}", request.request_id, error.http_status,
+                 error.message);
+    return ErrorResponse(error);
   };
-  if (options_.install_routes) options_.install_routes(s);
-  s.Post("/v1/chat/completions", guard(completions(Endpoint::kChatCompletions)));
-  s.Post("/v1/completions", guard(completions(Endpoint::kCompletions)));
-
-  // A known path with the wrong method: 405 with an Allow header and an OpenAI error body
-  // (httplib would answer 404). Registered last, so the real routes match first.
-  auto not_allowed = [](std::string allow) {
-    return [allow](const httplib::Request& req, httplib::Response& res) {
-      res.set_header("Allow", allow);
-      SetError(res, ApiErrorFromHttpStatus(
-                        405, absl::StrCat("method ", req.method, " is not allowed for ", req.path,
-                                          " (use ", allow, ")")));
-      res.status = 405;
-    };
-  };
-  const std::pair<const char*, const char*> known[] = {
-      {"/v1/chat/completions", "POST"}, {"/v1/completions", "POST"}, {"/v1/models", "GET"},
-      {R"(/v1/models/(.+))", "GET"},    {"/health", "GET"},          {"/ready", "GET"},
-      {"/tokenize", "POST"},            {"/detokenize", "POST"},     {"/version", "GET"}};
-  for (const auto& [path, allow] : known) {
-    const std::string method = allow;
-    if (method != "GET") s.Get(path, not_allowed(allow));
-    if (method != "POST") s.Post(path, not_allowed(allow));
-    s.Put(path, not_allowed(allow));
-    s.Patch(path, not_allowed(allow));
-    s.Delete(path, not_allowed(allow));
+  absl::StatusOr<ApiRequest> parsed = ParseRequest(endpoint, request.body, model_);
+  if (!parsed.ok()) return fail(parsed.status());
+  const std::string id = NewResponseId(endpoint);
+  absl::StatusOr<PreparedRequest> prepared = PrepareRequest(*std::move(parsed), model_, id);
+  if (!prepared.ok()) return fail(prepared.status());
+  auto completion = std::make_shared<Completion>(this, *std::move(prepared), id, received,
+                                                 request.request_id);
+  if (std::optional<ApiError> error = completion->StartSequences()) {
+    return ErrorResponse(*error);
   }
+  HttpResponse response;
+  response.producer = std::move(completion);
+  return response;
 }
 
 }  // namespace moemesh::router

@@ -1,5 +1,8 @@
 // The router's HTTP server: the OpenAI API (chat/completions, completions, models) with SSE
-// streaming, /health and /ready, over an AttentionBackend that runs the sequences.
+// streaming, /health and /ready, over an AttentionBackend that runs the sequences. Requests
+// arrive through HttpTransport (Boost.Beast, event-driven); this layer routes them (404 / 405),
+// checks API keys (api_auth.h), accepts or generates X-Request-Id (echoed on every response)
+// and answers completions through ResponseProducers, so an open stream holds no thread.
 #pragma once
 
 #include <atomic>
@@ -11,12 +14,11 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "router/api_auth.h"
 #include "router/attention_backend.h"
+#include "router/http_transport.h"
+#include "router/http_types.h"
 #include "router/openai_api.h"
-
-namespace httplib {
-class Server;
-}
 
 namespace moemesh::router {
 
@@ -47,11 +49,15 @@ struct HttpServerOptions {
   std::string host = "127.0.0.1";
   int port = 0;                           // 0 picks a free port (see HttpServer::port())
   double request_timeout_seconds = 600;   // whole request; then 504 / an SSE error event
-  int threads = 64;                       // connections served at once (one per open stream)
+  int threads = 4;                        // I/O (event-loop) threads; streams hold none
   size_t max_body_bytes = 32u << 20;      // larger bodies get 413
   HttpServerObserver* observer = nullptr;  // not owned; outlives the server
-  // Optional: installs more routes (/metrics, /dashboard, ...) before the server starts.
-  std::function<void(httplib::Server&)> install_routes;
+  // More routes (/metrics, /dashboard, ...), matched after the built-in ones.
+  std::vector<HttpRoute> routes;
+  // Connection limits and deadlines; its host, port, io_threads, max_body_bytes and
+  // error_response are set from the fields above.
+  HttpTransportOptions transport;
+  ApiAuthOptions auth;
 };
 
 // Counters and timings of the HTTP layer, for the metrics exporter (a later issue). Times in
@@ -83,16 +89,24 @@ class HttpServer {
   // Stops accepting, ends open requests' waits, joins the serving thread. Idempotent.
   void Stop();
   const RouterStats& stats() const { return stats_; }
+  // Connection counters of the transport (after Start).
+  const HttpTransportStats* transport_stats() const {
+    return transport_ ? &transport_->stats() : nullptr;
+  }
+
+  // Routes, checks and answers one request (what the transport calls). Public for tests.
+  HttpResponse Handle(HttpRequest& request);
 
  private:
-  struct Run;
+  class Completion;
   void Install();
+  HttpResponse Completions(Endpoint endpoint, const HttpRequest& request);
 
   const ModelInfo& model_;
   AttentionBackend* backend_;
   HttpServerOptions options_;
-  std::unique_ptr<httplib::Server> server_;
-  std::thread thread_;
+  std::vector<HttpRoute> routes_;
+  std::unique_ptr<HttpTransport> transport_;
   int port_ = 0;
   RouterStats stats_;
   std::atomic<bool> stopping_{false};

@@ -3,6 +3,7 @@
 //   moemesh-router --model DIR [--host 127.0.0.1] [--port 0] [--control-port 0]
 //                  [--attention-nodes 1] [--expert-nodes 1] [--served-model-name NAME]
 //                  [--max-model-len N] [--request-timeout-seconds 600] [--chat-template FILE]
+//                  [--api-key K | --api-key-file F] [--admin-api-key K] [--http-* limits]
 //                  [--redundant-experts R] [--rebalance-interval S] [--rebalance-min-gain G]
 //                  [--failover-timeout-seconds 30]
 //
@@ -10,18 +11,22 @@
 // "moemesh-router http listening on HOST:PORT" once both servers accept; runs until SIGINT or
 // SIGTERM.
 #include <signal.h>
+#include <sys/resource.h>
 
 #include <cstdint>
 #include <iostream>
 #include <string>
 #include <vector>
 #include <algorithm>
+#include <cstdlib>
 
 #include "absl/flags/flag.h"
 #include "core/comm/service_flags.h"
 #include "absl/strings/str_cat.h"
 #include "core/checkpoint/model_config.h"
 #include "core/comm/grpc_server.h"
+#include "core/obs/log.h"
+#include "router/api_auth.h"
 #include "router/attention_client.h"
 #include "router/control_plane.h"
 #include "router/http_server.h"
@@ -41,7 +46,23 @@ ABSL_FLAG(std::string, chat_template, "",
           "Jinja chat template file to use instead of tokenizer_config.json's chat_template "
           "(e.g. deploy/templates/deepseek-r1-tools.jinja)");
 ABSL_FLAG(double, request_timeout_seconds, 600, "a request still running after this fails (504)");
-ABSL_FLAG(int, http_threads, 64, "HTTP connections served at once");
+ABSL_FLAG(int, http_threads, 4, "HTTP I/O (event-loop) threads; open streams hold no thread");
+ABSL_FLAG(int, http_max_connections, 8192, "open HTTP connections served; more get 503");
+ABSL_FLAG(int, http_backlog, 4096, "listen backlog of the HTTP port (capped by net.core.somaxconn)");
+ABSL_FLAG(double, http_header_timeout_seconds, 10, "a request's headers must arrive within this");
+ABSL_FLAG(double, http_body_timeout_seconds, 60, "a request's body must arrive within this");
+ABSL_FLAG(double, http_idle_timeout_seconds, 75, "an idle keep-alive connection is closed after this");
+ABSL_FLAG(std::string, http_tls_cert, "", "PEM certificate chain: serve HTTPS on --port (with --http-tls-key)");
+ABSL_FLAG(std::string, http_tls_key, "", "PEM private key of --http-tls-cert");
+ABSL_FLAG(std::vector<std::string>, api_key, {},
+          "API keys (comma-separated, repeatable) required on /v1/* as 'Authorization: Bearer'; "
+          "also MOEMESH_API_KEY (comma-separated) and --api-key-file");
+ABSL_FLAG(std::string, api_key_file, "", "file with one API key per line ('#' comments)");
+ABSL_FLAG(std::vector<std::string>, admin_api_key, {},
+          "keys for admin endpoints (/admin/*, /v1/placement/*); also MOEMESH_ADMIN_API_KEY");
+ABSL_FLAG(bool, protect_operations, false,
+          "require an API key on /health, /ready, /metrics and /dashboard too");
+ABSL_FLAG(std::string, log_level, "", "debug, info, warn, error or off (default: MOEMESH_LOG_LEVEL or info)");
 ABSL_FLAG(double, failover_timeout_seconds, 30,
           "a sequence whose attention node is lost waits this long for another one to continue it");
 ABSL_FLAG(double, load_window_seconds, 60,
@@ -60,6 +81,20 @@ int main(int argc, char** argv) {
       "moemesh-router --model DIR [--host H] [--port P] [--control-port C] "
       "[--attention-nodes A] [--expert-nodes E] [--served-model-name NAME] [--max-model-len N] "
       "[--chat-template FILE]");
+  if (absl::Status status = moemesh::obs::InitLogging("moemesh-router", absl::GetFlag(FLAGS_log_level));
+      !status.ok()) {
+    std::cerr << "moemesh-router: " << status.message() << "\n";
+    return 2;
+  }
+  auto api_keys = moemesh::router::CollectApiKeys(
+      absl::GetFlag(FLAGS_api_key), absl::GetFlag(FLAGS_api_key_file), std::getenv("MOEMESH_API_KEY"));
+  auto admin_keys = moemesh::router::CollectApiKeys(absl::GetFlag(FLAGS_admin_api_key), "",
+                                                    std::getenv("MOEMESH_ADMIN_API_KEY"));
+  if (!api_keys.ok() || !admin_keys.ok()) {
+    std::cerr << "moemesh-router: " << (api_keys.ok() ? admin_keys.status() : api_keys.status()).message()
+              << "\n";
+    return 2;
+  }
   const std::string model_dir = absl::GetFlag(FLAGS_model);
   if (model_dir.empty()) {
     std::cerr << "moemesh-router: --model DIR is required\n";
@@ -76,6 +111,12 @@ int main(int argc, char** argv) {
   if (!config.ok()) {
     std::cerr << "moemesh-router: " << config.status() << "\n";
     return 1;
+  }
+
+  // Thousands of open streams need as many descriptors: take the hard limit.
+  if (rlimit files{}; getrlimit(RLIMIT_NOFILE, &files) == 0 && files.rlim_cur < files.rlim_max) {
+    files.rlim_cur = files.rlim_max;
+    setrlimit(RLIMIT_NOFILE, &files);
   }
 
   // SIGINT / SIGTERM are taken by WaitForSignal below; block them before any thread starts.
@@ -101,7 +142,8 @@ int main(int argc, char** argv) {
   moemesh::comm::EnableHealthAndReflection();
   int control_port = 0;
   std::unique_ptr<grpc::Server> control_server = moemesh::comm::StartGrpcServer(
-      absl::StrCat(host, ":", absl::GetFlag(FLAGS_control_port)), {&control}, &control_port);
+      absl::StrCat(host, ":", absl::GetFlag(FLAGS_control_port)), {&control}, &control_port,
+      moemesh::comm::kControlMaxMessageBytes);
   if (!control_server) {
     std::cerr << "moemesh-router: cannot start the control plane on " << host << ":"
               << absl::GetFlag(FLAGS_control_port) << "\n";
@@ -149,10 +191,23 @@ int main(int argc, char** argv) {
   http_options.request_timeout_seconds = absl::GetFlag(FLAGS_request_timeout_seconds);
   http_options.threads = absl::GetFlag(FLAGS_http_threads);
   http_options.observer = &metrics;
-  http_options.install_routes = [&metrics, &control](httplib::Server& server) {
-    metrics.InstallRoutes(server);
-    moemesh::router::InstallPlacementRoutes(server, &control);
-  };
+  http_options.routes = metrics.Routes();
+  for (moemesh::router::HttpRoute& route : moemesh::router::PlacementRoutes(&control)) {
+    http_options.routes.push_back(std::move(route));
+  }
+  http_options.transport.max_connections = absl::GetFlag(FLAGS_http_max_connections);
+  http_options.transport.backlog = absl::GetFlag(FLAGS_http_backlog);
+  http_options.transport.header_timeout_seconds = absl::GetFlag(FLAGS_http_header_timeout_seconds);
+  http_options.transport.body_timeout_seconds = absl::GetFlag(FLAGS_http_body_timeout_seconds);
+  http_options.transport.idle_timeout_seconds = absl::GetFlag(FLAGS_http_idle_timeout_seconds);
+  http_options.transport.tls_cert_file = absl::GetFlag(FLAGS_http_tls_cert);
+  http_options.transport.tls_key_file = absl::GetFlag(FLAGS_http_tls_key);
+  http_options.auth.api_keys = *std::move(api_keys);
+  http_options.auth.admin_api_keys = *std::move(admin_keys);
+  http_options.auth.protect_operations = absl::GetFlag(FLAGS_protect_operations);
+  if (!http_options.auth.enabled()) {
+    moemesh::obs::LogWarn("no --api-key given: the HTTP API is open to anyone who can reach it");
+  }
   moemesh::router::HttpServer http((*model)->info, &backend, http_options);
   if (absl::Status status = http.Start(); !status.ok()) {
     std::cerr << "moemesh-router: " << status << "\n";

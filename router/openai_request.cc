@@ -5,6 +5,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/text/utf8.h"
 #include "router/openai_internal.h"
+#include "router/request_limits.h"
 
 namespace moemesh::router {
 namespace {
@@ -62,12 +63,10 @@ absl::StatusOr<ApiRequest> ParseRequest(Endpoint endpoint, std::string_view body
   if (!text::IsValidUtf8(body)) {
     return ApiStatus(absl::StatusCode::kInvalidArgument, "the request body is not valid UTF-8");
   }
-  Json parsed = Json::parse(body.begin(), body.end(), nullptr, /*allow_exceptions=*/false);
-  if (parsed.is_discarded()) {
-    return ApiStatus(absl::StatusCode::kInvalidArgument,
-                     "the request body is not valid JSON (or holds an invalid escape such as a lone "
-                     "UTF-16 surrogate)");
-  }
+  // Depth, size and count limits (request_limits.h), enforced while parsing.
+  absl::StatusOr<Json> limited = ParseLimitedBody(body);
+  if (!limited.ok()) return limited.status();
+  Json parsed = *std::move(limited);
   if (!parsed.is_object()) {
     return ApiStatus(absl::StatusCode::kInvalidArgument, "the request body must be a JSON object");
   }

@@ -3,7 +3,6 @@
 #include <string>
 
 #include "absl/strings/numbers.h"
-#include "httplib.h"
 #include "nlohmann/json.hpp"
 
 namespace moemesh::router {
@@ -28,43 +27,40 @@ json PlacementJson(const moemesh::v1::Placement& placement) {
 
 }  // namespace
 
-void InstallPlacementRoutes(httplib::Server& server, ControlPlane* control) {
-  server.Post("/v1/placement/rebalance", [control](const httplib::Request& request,
-                                                   httplib::Response& res) {
+std::vector<HttpRoute> PlacementRoutes(ControlPlane* control) {
+  std::vector<HttpRoute> routes;
+  routes.push_back({"POST", "/v1/placement/rebalance", [control](const HttpRequest& request) {
     double timeout_seconds = 300;
-    if (request.has_param("timeout_seconds") &&
-        (!absl::SimpleAtod(request.get_param_value("timeout_seconds"), &timeout_seconds) ||
-         timeout_seconds <= 0)) {
-      res.status = 400;
-      res.set_content(ErrorBody("timeout_seconds must be a positive number",
-                                "invalid_request_error", "invalid_value")
-                          .dump(),
-                      "application/json");
-      return;
+    if (std::optional<std::string> value = request.QueryParam("timeout_seconds");
+        value && (!absl::SimpleAtod(*value, &timeout_seconds) || timeout_seconds <= 0)) {
+      return MakeResponse(400, ErrorBody("timeout_seconds must be a positive number",
+                                         "invalid_request_error", "invalid_value")
+                                   .dump());
     }
-    absl::StatusOr<RebalanceResult> result = control->Rebalance(absl::Seconds(timeout_seconds));
-    if (!result.ok()) {
-      const bool before_first = control->CurrentPlacement().version() == 0;
-      res.status = absl::IsDeadlineExceeded(result.status()) ? 504 : before_first ? 503 : 409;
-      res.set_content(ErrorBody(std::string(result.status().message()),
-                                res.status == 409 ? "invalid_request_error" : "server_error",
-                                res.status == 504   ? "timeout"
-                                : res.status == 503 ? "not_ready"
-                                                    : "cannot_place")
-                          .dump(),
-                      "application/json");
-      return;
-    }
-    res.set_content(json{{"version", result->version},
-                         {"changed", result->changed},
-                         {"reason", result->reason},
-                         {"balancedness_before", result->balancedness_before},
-                         {"balancedness_after", result->balancedness_after},
-                         {"plan_to_commit_seconds", result->plan_to_commit_seconds}}
-                        .dump(),
-                    "application/json");
-  });
-  server.Get("/v1/placement", [control](const httplib::Request&, httplib::Response& res) {
+    return RunBlocking([control, timeout_seconds] {
+      absl::StatusOr<RebalanceResult> result = control->Rebalance(absl::Seconds(timeout_seconds));
+      if (!result.ok()) {
+        const bool before_first = control->CurrentPlacement().version() == 0;
+        const int status =
+            absl::IsDeadlineExceeded(result.status()) ? 504 : before_first ? 503 : 409;
+        return MakeResponse(status,
+                            ErrorBody(std::string(result.status().message()),
+                                      status == 409 ? "invalid_request_error" : "server_error",
+                                      status == 504   ? "timeout"
+                                      : status == 503 ? "not_ready"
+                                                      : "cannot_place")
+                                .dump());
+      }
+      return MakeResponse(200, json{{"version", result->version},
+                                    {"changed", result->changed},
+                                    {"reason", result->reason},
+                                    {"balancedness_before", result->balancedness_before},
+                                    {"balancedness_after", result->balancedness_after},
+                                    {"plan_to_commit_seconds", result->plan_to_commit_seconds}}
+                                   .dump());
+    });
+  }});
+  routes.push_back({"GET", "/v1/placement", [control](const HttpRequest&) {
     json body;
     body["committed"] = PlacementJson(control->CurrentPlacement());
     if (auto target = control->TargetPlacement()) {
@@ -87,9 +83,11 @@ void InstallPlacementRoutes(httplib::Server& server, ControlPlane* control) {
                                       {"drain_state", node.drain_state},
                                       {"drain_message", node.drain_message}});
     }
-    res.set_header("Cache-Control", "no-cache");
-    res.set_content(body.dump(), "application/json");
-  });
+    HttpResponse response = MakeResponse(200, body.dump());
+    response.SetHeader("Cache-Control", "no-cache");
+    return response;
+  }});
+  return routes;
 }
 
 }  // namespace moemesh::router

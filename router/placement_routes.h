@@ -1,4 +1,4 @@
-// HTTP routes of the elastic expert pool (installed through HttpServerOptions::install_routes):
+// HTTP routes of the elastic expert pool (added to HttpServerOptions::routes):
 //   POST /v1/placement/rebalance   re-plan now from the recent load; answers once committed:
 //                                  {"version", "changed", "reason", "balancedness_before",
 //                                   "balancedness_after", "plan_to_commit_seconds"}
@@ -9,15 +9,15 @@
 //                                  expert node's state (loaded version, held experts, drain)
 #pragma once
 
-#include "router/control_plane.h"
+#include <vector>
 
-namespace httplib {
-class Server;
-}
+#include "router/control_plane.h"
+#include "router/http_types.h"
 
 namespace moemesh::router {
 
-// `control` is not owned and must outlive the server.
-void InstallPlacementRoutes(httplib::Server& server, ControlPlane* control);
+// `control` is not owned and must outlive the server. The rebalance call blocks until the
+// commit, so it runs off the I/O threads (RunBlocking).
+std::vector<HttpRoute> PlacementRoutes(ControlPlane* control);
 
 }  // namespace moemesh::router

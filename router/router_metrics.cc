@@ -4,7 +4,6 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "httplib.h"
 #include "nlohmann/json.hpp"
 
 namespace moemesh::router {
@@ -221,25 +220,31 @@ void RouterMetrics::Refresh() {
   }
 }
 
-void RouterMetrics::InstallRoutes(httplib::Server& server) {
-  server.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-    res.set_content(registry_->SerializeText(), "text/plain; version=0.0.4; charset=utf-8");
-  });
-  server.Get("/v1/experts/load", [this](const httplib::Request&, httplib::Response& res) {
-    res.set_header("Cache-Control", "no-cache");
-    res.set_content(load_->LoadJson(control_->CurrentPlacement()).dump(), "application/json");
-  });
-  server.Get("/dashboard", [](const httplib::Request&, httplib::Response& res) {
-    res.set_content(DashboardHtml(), "text/html; charset=utf-8");
-  });
-  server.Get("/v1/metrics/targets", [this](const httplib::Request&, httplib::Response& res) {
-    nlohmann::json groups = nlohmann::json::array();
-    for (const MetricsTarget& target : control_->MetricsTargets()) {
-      groups.push_back({{"targets", {target.metrics_address}},
-                        {"labels", {{"node", target.node_id}, {"kind", target.kind}}}});
-    }
-    res.set_content(groups.dump(), "application/json");
-  });
+std::vector<HttpRoute> RouterMetrics::Routes() {
+  std::vector<HttpRoute> routes;
+  routes.push_back({"GET", "/metrics", [this](const HttpRequest&) {
+                      return MakeResponse(200, registry_->SerializeText(),
+                                          "text/plain; version=0.0.4; charset=utf-8");
+                    }});
+  routes.push_back({"GET", "/v1/experts/load", [this](const HttpRequest&) {
+                      HttpResponse response = MakeResponse(
+                          200, load_->LoadJson(control_->CurrentPlacement()).dump());
+                      response.SetHeader("Cache-Control", "no-cache");
+                      return response;
+                    }});
+  routes.push_back({"GET", "/dashboard", [](const HttpRequest&) {
+                      return MakeResponse(200, DashboardHtml(), "text/html; charset=utf-8");
+                    }});
+  routes.push_back({"GET", "/v1/metrics/targets", [this](const HttpRequest&) {
+                      nlohmann::json groups = nlohmann::json::array();
+                      for (const MetricsTarget& target : control_->MetricsTargets()) {
+                        groups.push_back({{"targets", {target.metrics_address}},
+                                          {"labels",
+                                           {{"node", target.node_id}, {"kind", target.kind}}}});
+                      }
+                      return MakeResponse(200, groups.dump());
+                    }});
+  return routes;
 }
 
 }  // namespace moemesh::router

@@ -17,10 +17,6 @@
 #include "router/expert_load.h"
 #include "router/http_server.h"
 
-namespace httplib {
-class Server;
-}
-
 namespace moemesh::router {
 
 class RouterMetrics : public HttpServerObserver {
@@ -40,8 +36,8 @@ class RouterMetrics : public HttpServerObserver {
   // A sequence found no attention node to continue on and failed.
   void OnFailoverExhausted();
 
-  // Adds the GET routes above to `server`.
-  void InstallRoutes(httplib::Server& server);
+  // The GET routes above (for HttpServerOptions::routes).
+  std::vector<HttpRoute> Routes();
   obs::MetricsRegistry& registry() { return *registry_; }
 
  private:

@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# Builds the text-layer libFuzzer targets with clang (ASan + UBSan) in their own build directory
-# and runs each for a bounded time over its seed corpus (tests/fuzz/corpus/). Exit status is
-# non-zero when a fuzzer finds a crash or a failed check. Only core/text and tests/fuzz are
-# built, so the rest of the tree does not need to compile with clang.
-#   FUZZ_SECONDS   seconds per fuzzer (default 20)
+# Builds the libFuzzer targets with clang (ASan + UBSan) in their own build directory and runs
+# each for a bounded time over its seed corpus (tests/fuzz/corpus/): the text layer, the
+# router's request path, the checkpoint parsers and the expert node's dispatch decoding (see
+# tests/fuzz/README.md). Exit status is non-zero when a fuzzer finds a crash or a failed check.
+# Only the sources the fuzzers need are built, so the rest of the tree does not need to compile
+# with clang.
+#   FUZZ_SECONDS   seconds per fuzzer (default 15; five fuzzers)
 #   FUZZ_BUILD_DIR build directory (default build-fuzz)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-FUZZ_SECONDS=${FUZZ_SECONDS:-20}
+FUZZ_SECONDS=${FUZZ_SECONDS:-15}
 FUZZ_BUILD_DIR=${FUZZ_BUILD_DIR:-build-fuzz}
 if ! command -v clang++ >/dev/null; then bash scripts/install-deps.sh --with-tests; fi
 cmake -S tests/fuzz -B "$FUZZ_BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \

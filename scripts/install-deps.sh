@@ -11,6 +11,9 @@ PACKAGES=(
   prometheus-cpp-dev
   nlohmann-json3-dev libpcre2-dev libcpp-httplib-dev
   libopenblas-dev
+  # The router's HTTP front (Boost.Beast over Asio, OpenSSL for TLS), logs (spdlog), openssl CLI
+  # (moemesh up's throwaway CA for mTLS).
+  libboost-dev libboost-system-dev libssl-dev openssl libspdlog-dev
 )
 if [[ ${1:-} == --with-tests ]]; then
   PACKAGES+=(
@@ -18,6 +21,8 @@ if [[ ${1:-} == --with-tests ]]; then
     # libFuzzer (scripts/fuzz.sh)
     clang libclang-rt-14-dev
     python3 curl
+    # HTTP load benchmark of the router (bench/http).
+    wrk
     # Observability tests: a real Prometheus server and promtool, headless Chromium for /dashboard.
     prometheus chromium chromium-driver
   )

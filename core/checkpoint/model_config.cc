@@ -1,7 +1,11 @@
 #include "core/checkpoint/model_config.h"
 
+#include <cmath>
+#include <cstdint>
 #include <fstream>
+#include <limits>
 #include <sstream>
+#include <type_traits>
 
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
@@ -26,8 +30,37 @@ absl::Status ReadNumber(const json& object, const char* key, bool required, T& o
     return absl::InvalidArgumentError(
         absl::StrCat(source, ": field '", key, "' must be a number, got ", it->dump()));
   }
-  out = it->get<T>();
+  // A hostile config must not reach an out-of-range conversion (undefined behaviour).
+  const double value = it->get<double>();
+  bool fits = std::isfinite(value);
+  if constexpr (std::is_integral_v<T>) {
+    fits = fits && value == std::floor(value) &&
+           value >= static_cast<double>(std::numeric_limits<T>::min()) &&
+           value < std::ldexp(1.0, std::numeric_limits<T>::digits);
+    if (fits && it->is_number_unsigned()) {
+      fits = it->get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<T>::max());
+    }
+  } else {
+    fits = fits && std::fabs(value) <= static_cast<double>(std::numeric_limits<T>::max());
+  }
+  if (!fits) {
+    return absl::InvalidArgumentError(absl::StrCat(source, ": field '", key, "' is out of range: ",
+                                                   it->dump()));
+  }
+  out = it->is_number_integer() ? static_cast<T>(it->get<int64_t>()) : static_cast<T>(value);
   return absl::OkStatus();
+}
+
+// `object[key]` when it has type T's JSON type, else `fallback` (never throws on a hostile type).
+template <typename T>
+T ValueOr(const json& object, const char* key, T fallback) {
+  auto it = object.find(key);
+  if (it == object.end()) return fallback;
+  if constexpr (std::is_same_v<T, bool>) {
+    return it->is_boolean() ? it->get<bool>() : fallback;
+  } else {
+    return it->is_string() ? it->get<std::string>() : fallback;
+  }
 }
 
 }  // namespace
@@ -45,7 +78,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
   if (root.is_discarded() || !root.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
   }
-  const std::string model_type = root.value("model_type", std::string());
+  const std::string model_type = ValueOr(root, "model_type", std::string());
   if (model_type != "deepseek_v3") {
     return absl::InvalidArgumentError(absl::StrCat(
         source, ": model_type is '", model_type, "', moemesh serves only 'deepseek_v3'"));
@@ -95,10 +128,10 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
     return status;
   if (auto status = ReadNumber(root, "rope_theta", false, config.rope_theta, source); !status.ok())
     return status;
-  config.norm_topk_prob = root.value("norm_topk_prob", true);
-  config.tie_word_embeddings = root.value("tie_word_embeddings", false);
-  config.scoring_func = root.value("scoring_func", std::string("sigmoid"));
-  config.topk_method = root.value("topk_method", std::string("noaux_tc"));
+  config.norm_topk_prob = ValueOr(root, "norm_topk_prob", true);
+  config.tie_word_embeddings = ValueOr(root, "tie_word_embeddings", false);
+  config.scoring_func = ValueOr(root, "scoring_func", std::string("sigmoid"));
+  config.topk_method = ValueOr(root, "topk_method", std::string("noaux_tc"));
   if (config.scoring_func != "sigmoid" && config.scoring_func != "softmax") {
     return absl::InvalidArgumentError(
         absl::StrCat(source, ": unsupported scoring_func '", config.scoring_func, "'"));
@@ -137,9 +170,14 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
     }
     Fp8Quantization quantization;
     if (auto block = it->find("weight_block_size"); block != it->end()) {
-      if (!block->is_array() || block->size() != 2 || !(*block)[0].is_number_integer() ||
-          !(*block)[1].is_number_integer() || (*block)[0].get<int>() <= 0 ||
-          (*block)[1].get<int>() <= 0) {
+      auto positive_int = [](const json& v) {
+        return v.is_number_integer() && v.get<int64_t>() > 0 &&
+               v.get<int64_t>() <= std::numeric_limits<int>::max() &&
+               !(v.is_number_unsigned() &&
+                 v.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int>::max()));
+      };
+      if (!block->is_array() || block->size() != 2 || !positive_int((*block)[0]) ||
+          !positive_int((*block)[1])) {
         return absl::InvalidArgumentError(absl::StrCat(
             source, ": quantization_config.weight_block_size must be two positive integers"));
       }

@@ -1,5 +1,7 @@
 #include "core/comm/control_client.h"
 
+#include "core/comm/tls.h"
+
 #include <chrono>
 #include <thread>
 
@@ -31,8 +33,7 @@ class GrpcControlClient : public ControlClient {
     args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
     args.SetMaxReceiveMessageSize(-1);
-    stub_ = moemesh::v1::ControlPlane::NewStub(grpc::CreateCustomChannel(
-        options_.router_address, grpc::InsecureChannelCredentials(), args));
+    stub_ = moemesh::v1::ControlPlane::NewStub(CreateServiceChannel(options_.router_address, args));
     interval_ = absl::Seconds(options_.heartbeat_interval_seconds);
     thread_ = std::thread([this] { Loop(); });
   }

@@ -1,5 +1,7 @@
 #include "core/comm/grpc_expert_transport.h"
 
+#include "core/comm/tls.h"
+
 #include <algorithm>
 #include <optional>
 #include <vector>
@@ -38,7 +40,7 @@ class GrpcExpertTransport::Stream {
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, std::min(100, max_backoff_ms));
     args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, std::min(100, max_backoff_ms));
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, max_backoff_ms);
-    auto channel = grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args);
+    auto channel = CreateServiceChannel(address_, args);
     stub_ = moemesh::v1::ExpertService::NewStub(channel);
     // Corked: the constructor of the stream does not wait for the connection; the first Write
     // does, bounded by the dispatch deadline (the watchdog cancels the call).

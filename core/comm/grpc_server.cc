@@ -1,5 +1,7 @@
 #include "core/comm/grpc_server.h"
 
+#include "core/comm/tls.h"
+
 #include "grpcpp/ext/proto_server_reflection_plugin.h"
 #include "grpcpp/health_check_service_interface.h"
 
@@ -12,13 +14,12 @@ void EnableHealthAndReflection() {
 
 std::unique_ptr<grpc::Server> StartGrpcServer(const std::string& address,
                                               std::initializer_list<grpc::Service*> services,
-                                              int* bound_port) {
+                                              int* bound_port, int max_message_bytes) {
   EnableHealthAndReflection();
   grpc::ServerBuilder builder;
   int port = 0;
-  builder.AddListeningPort(address, grpc::InsecureServerCredentials(), &port);
-  // Dispatches of a real-width micro-batch exceed gRPC's 4 MiB default.
-  builder.SetMaxReceiveMessageSize(-1);
+  builder.AddListeningPort(address, ServiceServerCredentials(), &port);
+  builder.SetMaxReceiveMessageSize(max_message_bytes);
   builder.SetMaxSendMessageSize(-1);
   for (grpc::Service* service : services) builder.RegisterService(service);
   std::unique_ptr<grpc::Server> server = builder.BuildAndStart();

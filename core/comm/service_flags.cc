@@ -2,10 +2,14 @@
 
 #include <pthread.h>
 
+#include <cstdio>
+#include <cstdlib>
+
 #include <algorithm>
 #include <string>
 
 #include "absl/flags/parse.h"
+#include "core/comm/tls.h"
 #include "absl/flags/usage.h"
 
 namespace moemesh::comm {
@@ -24,7 +28,14 @@ std::vector<char*> ParseServiceFlags(int argc, char** argv, const char* usage) {
   }
   std::vector<char*> arguments;
   for (std::string& argument : storage) arguments.push_back(argument.data());
-  return absl::ParseCommandLine(static_cast<int>(arguments.size()), arguments.data());
+  std::vector<char*> positional =
+      absl::ParseCommandLine(static_cast<int>(arguments.size()), arguments.data());
+  // Every service's gRPC security comes from the same flags (tls.h).
+  if (absl::Status tls = ConfigureServiceTlsFromFlags(); !tls.ok()) {
+    std::fprintf(stderr, "%s: %s\n", argc > 0 ? argv[0] : "moemesh", std::string(tls.message()).c_str());
+    std::exit(2);
+  }
+  return positional;
 }
 
 }  // namespace moemesh::comm

@@ -11,7 +11,9 @@
 namespace moemesh::comm {
 
 // absl flag names use '_'; this accepts "--node-name" as well as "--node_name" (and
-// "--node-name=value"), then runs absl::ParseCommandLine. Returns the positional arguments.
+// "--node-name=value"), then runs absl::ParseCommandLine and configures the process's gRPC
+// security from --tls-* / --insecure-plaintext (tls.h; exits with status 2 and a message when
+// neither is given or a file is unreadable). Returns the positional arguments.
 std::vector<char*> ParseServiceFlags(int argc, char** argv, const char* usage);
 
 // Blocks SIGINT and SIGTERM (and `extra` signals) in this thread and in every thread it starts

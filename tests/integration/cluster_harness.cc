@@ -16,6 +16,8 @@
 #include <thread>
 
 #include "gtest/gtest.h"
+#include "core/comm/throwaway_ca.h"
+#include "core/comm/tls.h"
 #include "httplib.h"
 #include "moemesh/v1/attention.grpc.pb.h"
 #include <grpcpp/grpcpp.h>
@@ -126,6 +128,11 @@ std::string CompareGreedy(const json& prompt, const std::vector<int64_t>& genera
   return "";
 }
 
+bool ClusterOptions::TlsFromEnvironment() {
+  const char* value = std::getenv("MOEMESH_TEST_TLS");
+  return value != nullptr && std::string(value) == "1";
+}
+
 Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
   char pattern[] = "/tmp/moemesh-it-XXXXXX";
   const char* tmp = std::getenv("TMPDIR");
@@ -138,6 +145,25 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
   }
   log_dir_ = buffer.data();
   const std::string model = options_.model_dir.empty() ? FixtureDir() : options_.model_dir;
+  security_flags_ = {"--insecure-plaintext"};
+  if (options_.tls) {
+    if (absl::Status status = comm::GenerateThrowawayCertificates(log_dir_); !status.ok()) {
+      error_ = std::string(status.message());
+      return;
+    }
+    security_flags_ = {"--tls-ca", tls_file("ca.pem"), "--tls-cert", tls_file("node.pem"),
+                "--tls-key", tls_file("node.key")};
+    comm::TlsOptions tls;
+    tls.ca_file = tls_file("ca.pem");
+    tls.cert_file = tls_file("node.pem");
+    tls.key_file = tls_file("node.key");
+    if (absl::Status status = comm::ConfigureServiceTls(tls); !status.ok()) {
+      error_ = std::string(status.message());
+      return;
+    }
+  } else {
+    comm::ResetServiceTls();
+  }
 
   router_.name = "router";
   router_.argv = {Binary("moemesh-router"), "--model", model, "--host", "127.0.0.1", "--port", "0",
@@ -146,6 +172,7 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
                   std::to_string(options_.expert_nodes)};
   router_.argv.insert(router_.argv.end(), options_.router_flags.begin(),
                       options_.router_flags.end());
+  router_.argv.insert(router_.argv.end(), security_flags_.begin(), security_flags_.end());
   if (!Spawn(router_, "moemesh-router http listening on ", 60)) return;
   control_address_ =
       FindAddress(ReadFile(router_.log_path), "moemesh-router control listening on ");
@@ -166,6 +193,7 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
                     "--micro-batches", std::to_string(options_.micro_batches)};
     process.argv.insert(process.argv.end(), options_.attention_flags.begin(),
                         options_.attention_flags.end());
+    process.argv.insert(process.argv.end(), security_flags_.begin(), security_flags_.end());
     attention_.push_back(std::move(process));
   }
   for (Process& process : experts_) {
@@ -263,6 +291,7 @@ Cluster::Process Cluster::ExpertProcess(int index) const {
                   process.name};
   process.argv.insert(process.argv.end(), options_.expert_flags.begin(),
                       options_.expert_flags.end());
+  process.argv.insert(process.argv.end(), security_flags_.begin(), security_flags_.end());
   return process;
 }
 
@@ -401,8 +430,7 @@ bool Cluster::RestartExpert(int i, std::string* error, bool same_port) {
 }
 
 Cluster::NodeStatus Cluster::AttentionStatus(int i) {
-  auto channel =
-      grpc::CreateChannel(attention_.at(i).address, grpc::InsecureChannelCredentials());
+  auto channel = comm::CreateServiceChannel(attention_.at(i).address);
   auto stub = moemesh::v1::AttentionService::NewStub(channel);
   grpc::ClientContext context;
   context.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));

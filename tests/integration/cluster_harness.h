@@ -44,6 +44,10 @@ struct ClusterOptions {
   std::vector<std::string> attention_flags = {};  // extra flags for every attention node
   std::vector<std::string> expert_flags = {};     // extra flags for every expert node
   double ready_timeout_seconds = 120;
+  // mTLS between the processes (a throwaway CA in the log dir, core/comm/tls.h); otherwise
+  // --insecure-plaintext. Defaults to on when MOEMESH_TEST_TLS=1 (the "tls." ctest variant).
+  bool tls = TlsFromEnvironment();
+  static bool TlsFromEnvironment();
 };
 
 struct HttpResult {
@@ -67,6 +71,9 @@ class Cluster {
   int http_port() const { return http_port_; }
   const std::string& control_address() const { return control_address_; }
   const std::string& attention_address(int i) const { return attention_[i].address; }
+  const std::string& expert_address(int i) const { return experts_[i].address; }
+  // With tls: the PEM files every process uses (ca.pem, node.pem, node.key in log_dir()).
+  std::string tls_file(const std::string& name) const { return log_dir_ + "/" + name; }
   const std::string& log_dir() const { return log_dir_; }
   // Process ids (-1 when not running), e.g. to read /proc/<pid>/status.
   pid_t attention_pid(int i) const { return attention_[i].pid; }
@@ -131,6 +138,7 @@ class Cluster {
 
   ClusterOptions options_;
   std::string error_;
+  std::vector<std::string> security_flags_;  // --tls-* or --insecure-plaintext, every process
   std::string log_dir_;
   int http_port_ = 0;
   std::string control_address_;

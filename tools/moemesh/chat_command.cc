@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <string>
 
 #include "httplib.h"
@@ -41,6 +42,11 @@ int RunChat(const Arguments& arguments) {
   }
   httplib::Client client(url);
   client.set_read_timeout(600, 0);
+  // A router started with --api-key wants it as a Bearer token (MOEMESH_API_KEY, as the router).
+  if (const char* key = std::getenv("MOEMESH_API_KEY"); key != nullptr && *key != '\0') {
+    const std::string keys = key;
+    client.set_bearer_token_auth(keys.substr(0, keys.find(',')));  // the first of a list
+  }
   std::string model = parsed->Get("model").value_or("");
   if (model.empty()) {
     auto models = client.Get("/v1/models");

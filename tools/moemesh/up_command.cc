@@ -23,6 +23,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "core/comm/throwaway_ca.h"
 #include "httplib.h"
 #include "tools/moemesh/arguments.h"
 #include "tools/moemesh/commands.h"
@@ -37,10 +38,15 @@ constexpr char kUsage[] =
     "                  [--host 127.0.0.1] [--log-dir DIR] [--cache-tokens N]\n"
     "                  [--ready-timeout-seconds S] [--served-model-name NAME]\n"
     "                  [--redundant-experts R] [--rebalance-interval S] [--chat-template FILE]\n"
+    "                  [--api-key K] [--api-key-file F] [--admin-api-key K]\n"
+    "                  [--tls-ca F --tls-cert F --tls-key F | --insecure-plaintext]\n"
     "Starts moemesh-router, A moemesh-attention-node and E moemesh-expert-node processes\n"
     "(found beside this binary), waits until GET /ready answers 200, prints the URL, and runs\n"
     "until Ctrl-C or until the router exits; then it stops them all. A node that exits while\n"
     "serving (e.g. an expert node drained with `kill -TERM PID`) is reported; the rest serve on.\n"
+    "The processes talk mTLS: with a throwaway CA generated in the log dir unless --tls-* files\n"
+    "are given; --insecure-plaintext turns TLS off (development only). API keys go to the\n"
+    "router (MOEMESH_API_KEY is passed on too).\n"
     "  --redundant-experts R   redundant physical experts per MoE layer (router flag)\n"
     "  --rebalance-interval S  re-plan the placement from the load every S seconds (0 = never)\n"
     "  --chat-template FILE    Jinja chat template for the router (instead of the checkpoint's)\n";
@@ -148,6 +154,40 @@ const Child* FindExited(std::vector<Child>& children, int* exit_status) {
   return nullptr;
 }
 
+// The router's API-key flags, from up's own.
+std::vector<std::string> ApiKeyFlags(const ParsedArguments& parsed) {
+  std::vector<std::string> flags;
+  for (const char* name : {"api-key", "api-key-file", "admin-api-key"}) {
+    if (auto value = parsed.Get(name)) {
+      flags.push_back(absl::StrCat("--", name));
+      flags.push_back(*value);
+    }
+  }
+  return flags;
+}
+
+// The gRPC security flags every process gets (core/comm/tls.h): the given files, a throwaway CA
+// generated in `log_dir` (the default), or --insecure-plaintext.
+absl::StatusOr<std::vector<std::string>> SecurityFlags(const ParsedArguments& parsed,
+                                                       const fs::path& log_dir,
+                                                       const std::string& host) {
+  if (parsed.Has("insecure-plaintext")) return std::vector<std::string>{"--insecure-plaintext"};
+  std::string ca = parsed.Get("tls-ca").value_or(""), cert = parsed.Get("tls-cert").value_or(""),
+              key = parsed.Get("tls-key").value_or("");
+  if (ca.empty() && cert.empty() && key.empty()) {
+    const fs::path dir = log_dir / "tls";
+    fs::create_directories(dir);
+    if (absl::Status status = comm::GenerateThrowawayCertificates(dir.string(), {host});
+        !status.ok()) {
+      return status;
+    }
+    ca = (dir / "ca.pem").string();
+    cert = (dir / "node.pem").string();
+    key = (dir / "node.key").string();
+  }
+  return std::vector<std::string>{"--tls-ca", ca, "--tls-cert", cert, "--tls-key", key};
+}
+
 }  // namespace
 
 int RunUp(const Arguments& arguments) {
@@ -163,6 +203,13 @@ int RunUp(const Arguments& arguments) {
                                            {"redundant-experts"},
                                            {"rebalance-interval"},
                                            {"chat-template"},
+                                           {"api-key"},
+                                           {"api-key-file"},
+                                           {"admin-api-key"},
+                                           {"tls-ca"},
+                                           {"tls-cert"},
+                                           {"tls-key"},
+                                           {"insecure-plaintext", true},
                                            {"help", true}});
   if (!parsed.ok()) {
     std::fprintf(stderr, "moemesh up: %s\n%s", std::string(parsed.status().message()).c_str(), kUsage);
@@ -209,6 +256,11 @@ int RunUp(const Arguments& arguments) {
                                ? fs::path(*parsed->Get("log-dir"))
                                : fs::temp_directory_path() / absl::StrCat("moemesh-up-", ::getpid());
   fs::create_directories(log_dir);
+  absl::StatusOr<std::vector<std::string>> security = SecurityFlags(*parsed, log_dir, host);
+  if (!security.ok()) {
+    std::fprintf(stderr, "moemesh up: %s\n", std::string(security.status().message()).c_str());
+    return 1;
+  }
 
   struct sigaction action {};
   action.sa_handler = OnStopSignal;
@@ -251,20 +303,25 @@ int RunUp(const Arguments& arguments) {
     router.push_back("--chat-template");
     router.push_back(fs::absolute(*chat_template).string());
   }
-  bool started = start("router", router);
+  auto secured = [&security](std::vector<std::string> command) {
+    command.insert(command.end(), security->begin(), security->end());
+    return command;
+  };
+  for (const std::string& flag : ApiKeyFlags(*parsed)) router.push_back(flag);
+  bool started = start("router", secured(router));
   for (int64_t i = 0; started && i < *expert_nodes; ++i) {
     started = start(absl::StrCat("expert-", i),
-                    {(bin_dir / "moemesh-expert-node").string(), "--model", model_dir.string(),
-                     "--router", control_address, "--host", host, "--node-name",
-                     absl::StrCat("expert-", i)},
+                    secured({(bin_dir / "moemesh-expert-node").string(), "--model",
+                             model_dir.string(), "--router", control_address, "--host", host,
+                             "--node-name", absl::StrCat("expert-", i)}),
                     /*expert=*/true);
   }
   for (int64_t i = 0; started && i < *attention_nodes; ++i) {
     started = start(absl::StrCat("attention-", i),
-                    {(bin_dir / "moemesh-attention-node").string(), "--model", model_dir.string(),
-                     "--router", control_address, "--host", host, "--node-name",
-                     absl::StrCat("attention-", i), "--cache-tokens",
-                     std::to_string(*cache_tokens)});
+                    secured({(bin_dir / "moemesh-attention-node").string(), "--model",
+                             model_dir.string(), "--router", control_address, "--host", host,
+                             "--node-name", absl::StrCat("attention-", i), "--cache-tokens",
+                             std::to_string(*cache_tokens)}));
   }
   if (!started) {
     StopAll(children);

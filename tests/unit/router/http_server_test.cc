@@ -16,6 +16,7 @@
 
 #include "absl/strings/str_split.h"
 #include "gtest/gtest.h"
+#include "tests/unit/router/fake_backend.h"
 #include "tests/unit/router/router_fixture.h"
 #include "httplib.h"
 
@@ -26,77 +27,6 @@ using nlohmann::json;
 using text::TokenId;
 using Event = moemesh::v1::SequenceEvent;
 
-
-std::vector<TokenId> Ids(const std::string& text) { return Model().tokenizer->Encode(text); }
-
-Event Tokens(const std::vector<TokenId>& ids, Event::FinishReason finish = Event::NOT_FINISHED) {
-  Event event;
-  for (TokenId id : ids) event.add_tokens()->set_token_id(static_cast<uint32_t>(id));
-  event.set_finish_reason(finish);
-  return event;
-}
-
-// Emits `script` (one event per `delay`) for every sequence; then, when `hang`, waits for Cancel.
-class FakeBackend : public AttentionBackend {
- public:
-  std::atomic<bool> available{true};
-  std::atomic<bool> ready{false};
-  std::vector<Event> script;
-  std::chrono::milliseconds delay{0};
-  bool hang = false;
-  std::atomic<int> started{0};
-  std::atomic<int> cancelled{0};
-  std::atomic<int> ended{0};
-  std::mutex mutex;
-  std::vector<moemesh::v1::AddSequenceRequest> requests;
-
-  absl::Status Ready() override {
-    return ready ? absl::OkStatus() : absl::UnavailableError("0 of 2 expert nodes registered");
-  }
-
-  absl::StatusOr<std::unique_ptr<SequenceHandle>> AddSequence(
-      const moemesh::v1::AddSequenceRequest& request, SequenceObserver observer) override {
-    if (!available) return absl::UnavailableError("no healthy attention node");
-    {
-      std::lock_guard<std::mutex> lock(mutex);
-      requests.push_back(request);
-    }
-    ++started;
-    return std::unique_ptr<SequenceHandle>(new Sequence(this, std::move(observer)));
-  }
-
- private:
-  class Sequence : public SequenceHandle {
-   public:
-    Sequence(FakeBackend* backend, SequenceObserver observer) : backend_(backend) {
-      thread_ = std::thread([this, observer = std::move(observer)] {
-        for (const Event& event : backend_->script) {
-          for (auto waited = std::chrono::milliseconds(0); waited < backend_->delay && !cancel_;
-               waited += std::chrono::milliseconds(2)) {
-            std::this_thread::sleep_for(std::chrono::milliseconds(2));
-          }
-          if (cancel_) break;
-          observer.on_event(event);
-        }
-        while (backend_->hang && !cancel_) std::this_thread::sleep_for(std::chrono::milliseconds(2));
-        ++backend_->ended;
-        observer.on_end(cancel_ ? absl::CancelledError("cancelled") : absl::OkStatus());
-      });
-    }
-    ~Sequence() override {
-      Cancel();
-      thread_.join();
-    }
-    void Cancel() override {
-      if (!cancel_.exchange(true)) ++backend_->cancelled;
-    }
-
-   private:
-    FakeBackend* backend_;
-    std::atomic<bool> cancel_{false};
-    std::thread thread_;
-  };
-};
 
 class HttpServerTest : public ::testing::Test {
  protected:
@@ -200,7 +130,7 @@ TEST_F(HttpServerTest, StreamingSseFraming) {
                   std::string(kChat) + R"(,"stream":true,"stream_options":{"include_usage":true}})");
   ASSERT_TRUE(res);
   EXPECT_EQ(res->status, 200);
-  EXPECT_EQ(res->get_header_value("Content-Type"), "text/event-stream");
+  EXPECT_EQ(res->get_header_value("Content-Type"), "text/event-stream; charset=utf-8");
   std::vector<std::string> data = SseData(res->body);
   ASSERT_GE(data.size(), 4u);
   EXPECT_EQ(data.back(), "[DONE]");

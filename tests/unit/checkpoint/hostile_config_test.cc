@@ -1,0 +1,48 @@
+// A hostile config.json (found by fuzz_checkpoint): numbers out of the range of the field's C++
+// type are refused with a message naming the field, never converted (undefined behaviour).
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "core/checkpoint/model_config.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace moemesh::checkpoint {
+namespace {
+
+nlohmann::json FixtureConfig() {
+  std::ifstream in(MOEMESH_SHARED_DIR "/fixtures/tiny-r1/config.json");
+  std::stringstream text;
+  text << in.rdbuf();
+  return nlohmann::json::parse(text.str());
+}
+
+TEST(HostileConfigTest, OutOfRangeNumbersAreRefused) {
+  ASSERT_TRUE(ParseModelConfig(FixtureConfig().dump(), "fixture").ok());
+  for (const char* value : {"6.66667e+29", "1e300", "-3e10", "2147483648", "1.5",
+                            "18446744073709551615"}) {
+    nlohmann::json config = FixtureConfig();
+    config["hidden_size"] = nlohmann::json::parse(value);
+    absl::StatusOr<ModelConfig> parsed = ParseModelConfig(config.dump(), "hostile");
+    ASSERT_FALSE(parsed.ok()) << value;
+    EXPECT_NE(parsed.status().message().find("hidden_size"), std::string::npos)
+        << parsed.status();
+  }
+  for (const char* key : {"model_type", "scoring_func", "norm_topk_prob"}) {
+    nlohmann::json typed = FixtureConfig();
+    typed[key] = 7;  // a number where a string / bool belongs: no exception escapes
+    absl::StatusOr<ModelConfig> parsed = ParseModelConfig(typed.dump(), "hostile");
+    if (std::string(key) == "model_type") {
+      EXPECT_FALSE(parsed.ok());
+    }
+  }
+  nlohmann::json config = FixtureConfig();
+  config["hidden_size"] = 64.0;  // an integral float is still an integer
+  absl::StatusOr<ModelConfig> integral = ParseModelConfig(config.dump(), "integral");
+  ASSERT_TRUE(integral.ok()) << integral.status();
+  EXPECT_EQ(integral->hidden_size, 64);
+}
+
+}  // namespace
+}  // namespace moemesh::checkpoint
