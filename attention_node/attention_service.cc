@@ -13,6 +13,15 @@ grpc::Status AttentionServiceImpl::AddSequence(
   if (request->sequence_id().empty()) {
     return grpc::Status(grpc::StatusCode::INVALID_ARGUMENT, "sequence_id is empty");
   }
+  ++open_streams_;
+  struct Closed {
+    std::atomic<int>& open;
+    ~Closed() { --open; }
+  } closed{open_streams_};
+  if (!admitting_.load()) {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE,
+                        "attention node draining: it admits no new sequences");
+  }
   auto events = std::make_shared<EventQueue>();
   if (absl::Status status = scheduler_->Add(*request, events); !status.ok()) {
     const grpc::StatusCode code = status.code() == absl::StatusCode::kAlreadyExists
@@ -28,8 +37,18 @@ grpc::Status AttentionServiceImpl::AddSequence(
       scheduler_->Abort(request->sequence_id());
       return grpc::Status(grpc::StatusCode::CANCELLED, "client cancelled; sequence aborted");
     }
+    const bool last =
+        event.has_value() && event->finish_reason() != moemesh::v1::SequenceEvent::NOT_FINISHED;
+    if (!last && handing_over_.load()) {
+      // Draining and out of time: the router continues the sequence elsewhere from the tokens
+      // it received (a token popped here and not written is recomputed there, identically).
+      scheduler_->Abort(request->sequence_id());
+      moemesh::v1::SequenceEvent handed;
+      handed.set_finish_reason(moemesh::v1::SequenceEvent::HANDED_OVER);
+      writer->Write(handed);
+      return grpc::Status::OK;
+    }
     if (!event.has_value()) continue;
-    const bool last = event->finish_reason() != moemesh::v1::SequenceEvent::NOT_FINISHED;
     if (!writer->Write(*event)) {
       scheduler_->Abort(request->sequence_id());
       return grpc::Status(grpc::StatusCode::CANCELLED, "stream broken; sequence aborted");
@@ -124,6 +143,7 @@ absl::StatusOr<std::unique_ptr<AttentionNode>> AttentionNode::Start(AttentionNod
         heartbeat.set_running_sequences(static_cast<uint32_t>(status.running));
         heartbeat.set_waiting_sequences(static_cast<uint32_t>(status.waiting));
         heartbeat.set_used_placement_version(raw->placement_.UsedVersion());
+        heartbeat.set_draining(raw->draining_.load());
         if (raw->metrics_ != nullptr) raw->metrics_->FillHeartbeat(heartbeat);
       });
   node->control_for_refresh_.store(node->control_.get());
@@ -152,6 +172,29 @@ DispatchStatistics AttentionNode::dispatch_statistics() const {
     total.redispatches += statistics.redispatches;
   }
   return total;
+}
+
+int AttentionNode::Drain(absl::Duration timeout, absl::Duration handover_timeout) {
+  draining_.store(true);
+  if (service_ == nullptr) {
+    Shutdown();
+    return 0;
+  }
+  service_->StopAdmitting();
+  auto wait_for_streams = [this](absl::Duration limit) {
+    const absl::Time deadline = absl::Now() + limit;
+    while (service_->open_streams() > 0 && absl::Now() < deadline) {
+      absl::SleepFor(absl::Milliseconds(20));
+    }
+  };
+  wait_for_streams(timeout);
+  const int handed_over = service_->open_streams();
+  if (handed_over > 0) {
+    service_->HandOver();
+    wait_for_streams(handover_timeout);
+  }
+  Shutdown();
+  return handed_over;
 }
 
 void AttentionNode::Shutdown() {

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "attention_node/node_metrics.h"
 #include "attention_node/placement_table.h"
 #include "attention_node/remote_routed_experts.h"
@@ -24,7 +25,9 @@ namespace moemesh::attention_node {
 class AttentionServiceImpl final : public moemesh::v1::AttentionService::Service {
  public:
   explicit AttentionServiceImpl(Scheduler* scheduler) : scheduler_(scheduler) {}
-  // Streams the sequence's events; a cancelled call (client gone) aborts the sequence.
+  // Streams the sequence's events; a cancelled call (client gone) aborts the sequence. While
+  // draining, new calls get UNAVAILABLE (the router picks another node); after HandOver() the
+  // stream ends with a HANDED_OVER event and its sequence is aborted here.
   grpc::Status AddSequence(grpc::ServerContext* context,
                            const moemesh::v1::AddSequenceRequest* request,
                            grpc::ServerWriter<moemesh::v1::SequenceEvent>* writer) override;
@@ -34,8 +37,18 @@ class AttentionServiceImpl final : public moemesh::v1::AttentionService::Service
                          const moemesh::v1::NodeStatusRequest* request,
                          moemesh::v1::NodeStatus* reply) override;
 
+  // Drain, step 1: refuse new sequences. Running ones go on.
+  void StopAdmitting() { admitting_.store(false); }
+  // Drain, step 2: give every running sequence back to the router (HANDED_OVER).
+  void HandOver() { handing_over_.store(true); }
+  // AddSequence calls still streaming.
+  int open_streams() const { return open_streams_.load(); }
+
  private:
   Scheduler* scheduler_;
+  std::atomic<bool> admitting_{true};
+  std::atomic<bool> handing_over_{false};
+  std::atomic<int> open_streams_{0};
 };
 
 struct AttentionNodeOptions {
@@ -63,6 +76,11 @@ class AttentionNode {
   Scheduler& scheduler() { return *scheduler_; }
   // Summed over the micro-batch lanes.
   DispatchStatistics dispatch_statistics() const;
+  // Graceful leave (SIGTERM): stops admitting sequences (heartbeats say draining, so the router
+  // sends none), waits up to `timeout` for the running ones to finish, hands the others back to
+  // the router (which continues them on another node), waits for their streams to close (at
+  // most `handover_timeout`), then Shutdown(). Returns how many sequences were handed back.
+  int Drain(absl::Duration timeout, absl::Duration handover_timeout = absl::Seconds(10));
   void Shutdown();
   // Null unless started with options.metrics.
   const AttentionNodeMetrics* metrics() const { return metrics_.get(); }
@@ -85,6 +103,7 @@ class AttentionNode {
   std::atomic<comm::ControlClient*> control_for_refresh_{nullptr};  // set once control_ exists
   int port_ = 0;
   bool shut_down_ = false;
+  std::atomic<bool> draining_{false};  // told to the router in every heartbeat
 };
 
 }  // namespace moemesh::attention_node

@@ -1,6 +1,7 @@
 // moemesh-attention-node: embeddings, attention with the paged latent KV cache, dense layers,
 // the MoE gate and shared expert, lm_head and sampling; dispatches routed experts to the expert
 // nodes its placement names. Serves AttentionService to the router.
+#include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <string>
@@ -24,12 +25,16 @@ ABSL_FLAG(int, micro_batches, 2, "concurrent micro-batches per step (1 = no over
 ABSL_FLAG(double, dispatch_timeout_seconds, 10.0, "expert round trip deadline");
 ABSL_FLAG(int, compute_threads, 1, "OpenBLAS/OpenMP threads per micro-batch");
 ABSL_FLAG(int, metrics_port, 0, "port of GET /metrics (Prometheus); 0 picks one, -1 disables");
+ABSL_FLAG(double, drain_timeout, 20,
+          "on SIGTERM: seconds running sequences may take to finish before the rest are handed "
+          "back to the router (which continues them on another attention node)");
 
 int main(int argc, char** argv) {
   moemesh::comm::ParseServiceFlags(
       argc, argv,
       "moemesh-attention-node --model DIR --router HOST:PORT [--host H] [--port P] "
-      "[--node-name NAME] [--cache-tokens N] [--max-batch-tokens N] [--micro-batches M]");
+      "[--node-name NAME] [--cache-tokens N] [--max-batch-tokens N] [--micro-batches M] "
+      "[--drain-timeout S]");
   if (absl::GetFlag(FLAGS_model).empty()) {
     std::fprintf(stderr, "moemesh-attention-node: --model is required\n");
     return 2;
@@ -87,8 +92,20 @@ int main(int argc, char** argv) {
   };
   int signal;
   while ((signal = moemesh::comm::WaitForSignal(signals)) == SIGUSR1) print_statistics();
-  std::fprintf(stderr, "moemesh-attention-node: signal %d, shutting down\n", signal);
   print_statistics();
+  if (signal == SIGTERM) {
+    // Graceful leave (a pod being deleted, a rolling update): no new sequences, the running
+    // ones finish or are handed back; nothing is lost.
+    const double drain_seconds = std::max(0.0, absl::GetFlag(FLAGS_drain_timeout));
+    std::fprintf(stderr, "moemesh-attention-node: SIGTERM, draining (up to %.1f s)\n",
+                 drain_seconds);
+    std::fflush(stderr);
+    const int handed_over = (*node)->Drain(absl::Seconds(drain_seconds));
+    std::fprintf(stderr, "moemesh-attention-node: drained, %d sequence(s) handed back\n",
+                 handed_over);
+    return 0;
+  }
+  std::fprintf(stderr, "moemesh-attention-node: signal %d, shutting down\n", signal);
   (*node)->Shutdown();
   return 0;
 }

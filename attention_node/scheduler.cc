@@ -383,7 +383,10 @@ void Scheduler::RunStep() {
       sequence.cached += static_cast<int64_t>(item.tokens.size());
       if (!item.samples) continue;
       const float* logits = results[lane]->data() + g * vocab;
-      const int32_t token = sequence.sampler.Sample(logits, vocab);
+      // The token's absolute position: prompt plus the tokens before it (a replayed sequence,
+      // whose prompt carries its earlier output, draws at the same positions).
+      const int32_t token =
+          sequence.sampler.Sample(logits, vocab, static_cast<int64_t>(sequence.tokens.size()));
       sequence.generated.push_back(token);
       sequence.tokens.push_back(token);
       SequenceEvent event;

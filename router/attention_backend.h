@@ -38,9 +38,10 @@ class AttentionBackend {
   // Unavailable with the reason. Backs GET /ready.
   virtual absl::Status Ready() = 0;
 
-  // Picks an attention node (once per sequence) and starts `request` on it. Unavailable, naming
-  // the missing piece, when there is no healthy attention node or an expert has no healthy
-  // holder; then no callback is ever called.
+  // Picks an attention node and starts `request` on it. Unavailable, naming the missing piece,
+  // when there is no healthy attention node or an expert has no healthy holder; then no
+  // callback is ever called. A backend may move a running sequence to another node (when its
+  // node is lost or drains); the observer still sees one sequence, each token once.
   virtual absl::StatusOr<std::unique_ptr<SequenceHandle>> AddSequence(
       const moemesh::v1::AddSequenceRequest& request, SequenceObserver observer) = 0;
 };

@@ -184,6 +184,7 @@ grpc::Status ControlPlane::Register(grpc::ServerContext*, const moemesh::v1::Reg
   node->running_sequences = 0;
   node->waiting_sequences = 0;
   node->used_version = 0;
+  node->attention_draining = false;
   const std::string id = node->id;
   if (expert) {
     if (node->in_placement) {
@@ -240,6 +241,7 @@ grpc::Status ControlPlane::Heartbeat(grpc::ServerContext*,
     node->waiting_sequences = request->waiting_sequences();
     if (request->used_placement_version() != node->used_version) wake_ = true;
     node->used_version = request->used_placement_version();
+    node->attention_draining = request->draining();
   }
   RefreshLocked(now);
   node = FindLocked(request->node_id());
@@ -631,12 +633,18 @@ bool ControlPlane::Ready(std::string* why) {
   return reasons.empty();
 }
 
-std::optional<AttentionNodeInfo> ControlPlane::PickAttentionNode(uint64_t reserve_tokens) {
+std::optional<AttentionNodeInfo> ControlPlane::PickAttentionNode(
+    uint64_t reserve_tokens, const std::vector<std::string>& avoid_addresses) {
   absl::MutexLock lock(&mutex_);
   RefreshLocked(absl::Now());
   Node* best = nullptr;
   for (Node& node : nodes_) {
     if (node.kind != moemesh::v1::NODE_KIND_ATTENTION || !node.alive) continue;
+    if (node.attention_draining) continue;
+    if (std::find(avoid_addresses.begin(), avoid_addresses.end(), node.address) !=
+        avoid_addresses.end()) {
+      continue;
+    }
     if (best == nullptr || node.cache_free_tokens > best->cache_free_tokens) best = &node;
   }
   if (best == nullptr) return std::nullopt;
@@ -647,7 +655,8 @@ std::optional<AttentionNodeInfo> ControlPlane::PickAttentionNode(uint64_t reserv
                          best->cache_free_tokens,
                          best->cache_capacity_tokens,
                          best->running_sequences,
-                         best->waiting_sequences};
+                         best->waiting_sequences,
+                         best->attention_draining};
   best->cache_free_tokens -= std::min(best->cache_free_tokens, reserve_tokens);
   return info;
 }
@@ -660,7 +669,8 @@ std::vector<AttentionNodeInfo> ControlPlane::AttentionNodes() {
     if (node.kind != moemesh::v1::NODE_KIND_ATTENTION) continue;
     result.push_back(AttentionNodeInfo{node.id, node.address, node.metrics_address, node.alive,
                                        node.cache_free_tokens, node.cache_capacity_tokens,
-                                       node.running_sequences, node.waiting_sequences});
+                                       node.running_sequences, node.waiting_sequences,
+                                       node.attention_draining});
   }
   return result;
 }

@@ -85,6 +85,7 @@ struct AttentionNodeInfo {
   uint64_t cache_capacity_tokens = 0;
   uint32_t running_sequences = 0;
   uint32_t waiting_sequences = 0;
+  bool draining = false;  // admits no new sequences (its heartbeat says so)
 };
 
 // What the router knows about one expert node.
@@ -159,8 +160,10 @@ class ControlPlane final : public moemesh::v1::ControlPlane::Service {
   bool Ready(std::string* why);
   // The healthy attention node with the most free cache tokens (first registered on ties), or
   // nullopt. `reserve_tokens` is subtracted from its free estimate until its next heartbeat, so a
-  // burst of sequences spreads over the nodes.
-  std::optional<AttentionNodeInfo> PickAttentionNode(uint64_t reserve_tokens = 0);
+  // burst of sequences spreads over the nodes. Draining nodes and nodes whose address is in
+  // `avoid_addresses` (they just failed the sequence) are never picked.
+  std::optional<AttentionNodeInfo> PickAttentionNode(
+      uint64_t reserve_tokens = 0, const std::vector<std::string>& avoid_addresses = {});
   // Every registered attention node, in registration order.
   std::vector<AttentionNodeInfo> AttentionNodes();
   // Every registered expert node, in registration order.
@@ -196,7 +199,7 @@ class ControlPlane final : public moemesh::v1::ControlPlane::Service {
     bool in_placement = false;
     int max_experts_per_layer = 0;
     uint32_t held_experts = 0;
-    bool draining = false;
+    bool draining = false;  // asks to leave the placement (SIGTERM)
     moemesh::v1::HeartbeatReply::DrainState drain = moemesh::v1::HeartbeatReply::DRAIN_NONE;
     std::string drain_message;
     uint64_t removed_version = 0;  // committed version that no longer gives it experts
@@ -206,6 +209,7 @@ class ControlPlane final : public moemesh::v1::ControlPlane::Service {
     uint32_t running_sequences = 0;
     uint32_t waiting_sequences = 0;
     uint64_t used_version = 0;
+    bool attention_draining = false;  // admits no new sequences (SIGTERM)
   };
   // A target placement being prepared.
   struct Target {

@@ -4,6 +4,7 @@
 //                  [--attention-nodes 1] [--expert-nodes 1] [--served-model-name NAME]
 //                  [--max-model-len N] [--request-timeout-seconds 600]
 //                  [--redundant-experts R] [--rebalance-interval S] [--rebalance-min-gain G]
+//                  [--failover-timeout-seconds 30]
 //
 // Prints (and flushes) "moemesh-router control listening on HOST:PORT" and
 // "moemesh-router http listening on HOST:PORT" once both servers accept; runs until SIGINT or
@@ -38,6 +39,8 @@ ABSL_FLAG(std::string, served_model_name, "", "model name in the API (default: t
 ABSL_FLAG(int64_t, max_model_len, 0, "context length, prompt plus completion (default: max_position_embeddings)");
 ABSL_FLAG(double, request_timeout_seconds, 600, "a request still running after this fails (504)");
 ABSL_FLAG(int, http_threads, 64, "HTTP connections served at once");
+ABSL_FLAG(double, failover_timeout_seconds, 30,
+          "a sequence whose attention node is lost waits this long for another one to continue it");
 ABSL_FLAG(double, load_window_seconds, 60,
           "window of the 'recent' expert load and of moemesh_layer_balancedness");
 ABSL_FLAG(int, redundant_experts, 0,
@@ -113,11 +116,26 @@ int main(int argc, char** argv) {
     }
     return absl::OkStatus();
   };
-  backend_options.pick_node = [&control](uint64_t reserve) -> absl::StatusOr<std::string> {
-    auto node = control.PickAttentionNode(reserve);
+  backend_options.pick_node =
+      [&control](uint64_t reserve,
+                 const std::vector<std::string>& avoid) -> absl::StatusOr<std::string> {
+    auto node = control.PickAttentionNode(reserve, avoid);
     if (!node) return absl::UnavailableError("no healthy attention node");
     return node->address;
   };
+  // Attention-node loss: sequences move to another node (prompt + streamed tokens).
+  backend_options.failed_nodes = [&control] {
+    std::vector<std::string> failed;
+    for (const auto& node : control.AttentionNodes()) {
+      if (!node.healthy) failed.push_back(node.address);
+    }
+    return failed;
+  };
+  backend_options.failover_timeout = absl::Seconds(absl::GetFlag(FLAGS_failover_timeout_seconds));
+  backend_options.on_resubmit = [&metrics](const std::string& reason, int64_t tokens) {
+    metrics.OnSequenceResubmitted(reason, tokens);
+  };
+  backend_options.on_failover_exhausted = [&metrics] { metrics.OnFailoverExhausted(); };
   moemesh::router::GrpcAttentionBackend backend(std::move(backend_options));
 
   moemesh::router::HttpServerOptions http_options;

@@ -81,8 +81,26 @@ RouterMetrics::RouterMetrics(ControlPlane* control, ExpertLoadTracker* load)
   min_used_version_ = &r.Gauge("moemesh_placement_min_used_version",
                                "Oldest placement version an attention node may still use.")
                            .Add({});
+  resubmissions_family_ = &r.Counter(
+      "moemesh_sequence_resubmissions_total",
+      "Sequences moved to another attention node as prompt + streamed tokens, by reason: "
+      "node_failed (stream broken, node unavailable), node_unhealthy (no heartbeat), "
+      "node_drained (handed back by a draining node).");
+  resubmitted_tokens_ =
+      &r.Counter("moemesh_resubmitted_tokens_total",
+                 "Streamed tokens of resubmitted sequences, recomputed (prefilled) by their new node.")
+           .Add({});
+  failovers_exhausted_ =
+      &r.Counter("moemesh_failover_exhausted_total",
+                 "Sequences that lost their attention node and found no other within the timeout.")
+           .Add({});
+  node_draining_family_ = &r.Gauge("moemesh_node_draining",
+                                   "1 while an attention node drains (admits no new sequences).");
   for (const char* reason : {"stop", "length"}) {
     Labeled(*success_family_, success_, "finished_reason", reason);
+  }
+  for (const char* reason : {"node_failed", "node_unhealthy", "node_drained"}) {
+    Labeled(*resubmissions_family_, resubmissions_, "reason", reason);
   }
   registry_->AddRefresh([this] { Refresh(); });
 }
@@ -120,6 +138,13 @@ void RouterMetrics::OnRequestEnd(const RequestOutcome& outcome) {
   }
 }
 
+void RouterMetrics::OnSequenceResubmitted(const std::string& reason, int64_t recomputed_tokens) {
+  Labeled(*resubmissions_family_, resubmissions_, "reason", reason).Increment();
+  resubmitted_tokens_->Increment(static_cast<double>(recomputed_tokens));
+}
+
+void RouterMetrics::OnFailoverExhausted() { failovers_exhausted_->Increment(); }
+
 void RouterMetrics::Refresh() {
   const moemesh::v1::Placement placement = control_->CurrentPlacement();
   placement_version_->Set(static_cast<double>(placement.version()));
@@ -134,6 +159,13 @@ void RouterMetrics::Refresh() {
   };
   for (const AttentionNodeInfo& node : control_->AttentionNodes()) {
     healthy_gauge(node.node_id, "attention").Set(node.healthy ? 1 : 0);
+    auto draining = node_draining_.find(node.node_id);
+    if (draining == node_draining_.end()) {
+      draining =
+          node_draining_.emplace(node.node_id, &node_draining_family_->Add({{"node", node.node_id}}))
+              .first;
+    }
+    draining->second->Set(node.draining ? 1 : 0);
     if (!node.healthy) continue;
     running += node.running_sequences;
     waiting += node.waiting_sequences;

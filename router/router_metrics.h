@@ -33,6 +33,13 @@ class RouterMetrics : public HttpServerObserver {
   void OnInterTokenLatency(double seconds, int count) override;
   void OnRequestEnd(const RequestOutcome& outcome) override;
 
+  // A sequence moved to another attention node (GrpcAttentionBackendOptions::on_resubmit):
+  // `reason` labels moemesh_sequence_resubmissions_total; `recomputed_tokens` (the tokens it
+  // had streamed, prefilled again by the new node) adds to moemesh_resubmitted_tokens_total.
+  void OnSequenceResubmitted(const std::string& reason, int64_t recomputed_tokens);
+  // A sequence found no attention node to continue on and failed.
+  void OnFailoverExhausted();
+
   // Adds the GET routes above to `server`.
   void InstallRoutes(httplib::Server& server);
   obs::MetricsRegistry& registry() { return *registry_; }
@@ -73,9 +80,15 @@ class RouterMetrics : public HttpServerObserver {
   prometheus::Gauge* target_version_;
   prometheus::Gauge* min_used_version_;
   ControlPlaneCounters seen_;  // refresh only
+  prometheus::Family<prometheus::Counter>* resubmissions_family_;
+  prometheus::Counter* resubmitted_tokens_;
+  prometheus::Counter* failovers_exhausted_;
+  prometheus::Family<prometheus::Gauge>* node_draining_family_;
   absl::Mutex mutex_;
   std::map<std::string, prometheus::Counter*> success_ ABSL_GUARDED_BY(mutex_);
   std::map<std::string, prometheus::Counter*> errors_ ABSL_GUARDED_BY(mutex_);
+  std::map<std::string, prometheus::Counter*> resubmissions_ ABSL_GUARDED_BY(mutex_);
+  std::map<std::string, prometheus::Gauge*> node_draining_;       // refresh only
   std::map<int, prometheus::Gauge*> balancedness_;                // refresh only (registry lock)
   std::map<std::string, prometheus::Gauge*> node_healthy_;        // refresh only
 };

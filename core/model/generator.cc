@@ -30,7 +30,10 @@ absl::StatusOr<std::vector<GenerationResult>> Generate(DeepseekModel& model,
   }
   ASSIGN_OR_RETURN(std::vector<float> logits, model.Forward(prefill, routed_experts));
   auto take = [&](size_t i, const float* row) {
-    const int32_t token = samplers[i].Sample(row, vocab);
+    // Drawn at its absolute position in the sequence (prompt + tokens generated before it).
+    const int64_t position =
+        static_cast<int64_t>(requests[i].prompt.size() + results[i].generated.size());
+    const int32_t token = samplers[i].Sample(row, vocab, position);
     results[i].generated.push_back(token);
     next_token[i] = token;
     const bool eos = requests[i].stop_at_eos && token == model.config().eos_token_id;

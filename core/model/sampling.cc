@@ -5,6 +5,7 @@
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "core/model/counter_rng.h"
 
 namespace moemesh::model {
 
@@ -25,13 +26,16 @@ absl::Status ValidateSamplingParams(const SamplingParams& params) {
 
 Sampler::Sampler(const SamplingParams& params)
     : params_(params),
-      generator_(params.seed.has_value() ? *params.seed : std::random_device{}()) {}
+      seed_(params.seed.has_value()
+                ? *params.seed
+                : (static_cast<uint64_t>(std::random_device{}()) << 32) ^ std::random_device{}()) {}
 
 int32_t Argmax(const float* logits, int64_t vocab) {
   return static_cast<int32_t>(std::max_element(logits, logits + vocab) - logits);
 }
 
-int32_t Sampler::Sample(const float* logits, int64_t vocab) {
+int32_t Sampler::Sample(const float* logits, int64_t vocab, int64_t position) {
+  next_position_ = position + 1;
   if (params_.temperature == 0.0) return Argmax(logits, vocab);
   // Candidates sorted by logit, cut by top-k, then softmax at the temperature, then top-p.
   std::vector<int32_t> order(static_cast<size_t>(vocab));
@@ -67,8 +71,7 @@ int32_t Sampler::Sample(const float* logits, int64_t vocab) {
   }
   double mass = 0.0;
   for (size_t i = 0; i < nucleus; ++i) mass += probabilities[i];
-  // A uniform double from the 53 high bits: identical across standard libraries.
-  const double draw = static_cast<double>(generator_() >> 11) * 0x1.0p-53 * mass;
+  const double draw = CounterUniform(seed_, static_cast<uint64_t>(position)) * mass;
   double running = 0.0;
   for (size_t i = 0; i < nucleus; ++i) {
     running += probabilities[i];

@@ -24,16 +24,22 @@ struct SamplingParams {
 // (0, 1], top_k < -1).
 absl::Status ValidateSamplingParams(const SamplingParams& params);
 
-// One sequence's sampler (it owns the sequence's random stream).
+// One sequence's sampler. Its random draw for a token depends only on (seed, position)
+// (counter_rng.h), so a replayed or rescheduled sequence samples the same tokens; without a
+// seed, one is chosen at construction.
 class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);
-  // Picks a token from logits [vocab]. Greedy takes the first maximum.
-  int32_t Sample(const float* logits, int64_t vocab);
+  // Picks a token from logits [vocab] as the token at absolute `position` of the sequence
+  // (prompt tokens count). Greedy takes the first maximum.
+  int32_t Sample(const float* logits, int64_t vocab, int64_t position);
+  // The same at the position after the previous call's (0 for the first call).
+  int32_t Sample(const float* logits, int64_t vocab) { return Sample(logits, vocab, next_position_); }
 
  private:
   SamplingParams params_;
-  std::mt19937_64 generator_;
+  uint64_t seed_;
+  int64_t next_position_ = 0;
 };
 
 // The `count` largest logits as (token id, logit), largest first (ties: lower id first).

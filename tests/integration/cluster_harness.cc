@@ -313,6 +313,30 @@ void Cluster::KillExpert(int i, int signal) {
   process.pid = -1;
 }
 
+void Cluster::SignalAttention(int i, int signal) {
+  const Process& process = attention_.at(i);
+  if (process.pid > 0) ::kill(process.pid, signal);
+}
+
+int Cluster::WaitAttentionExit(int i, double seconds) {
+  Process& process = attention_.at(i);
+  if (process.pid <= 0) return -1;
+  const auto deadline = Clock::now() + std::chrono::milliseconds(int64_t(seconds * 1000));
+  int status = 0;
+  while (::waitpid(process.pid, &status, WNOHANG) != process.pid) {
+    if (Clock::now() > deadline) {
+      ::kill(process.pid, SIGKILL);
+      ::waitpid(process.pid, &status, 0);
+      process.pid = -1;
+      return -1;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  process.pid = -1;
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  return WIFSIGNALED(status) ? 128 + WTERMSIG(status) : -1;
+}
+
 bool Cluster::RestartExpert(int i, std::string* error, bool same_port) {
   Process& process = experts_.at(i);
   Stop(process, SIGINT);

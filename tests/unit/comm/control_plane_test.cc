@@ -201,6 +201,35 @@ TEST(ControlPlane, ReadyNeedsAttentionNodesAndPickChoosesMostFreeCache) {
   EXPECT_NE(why.find("attention nodes: 1 healthy of 2"), std::string::npos) << why;
 }
 
+TEST(ControlPlane, PickSkipsDrainingAndAvoidedAttentionNodes) {
+  ControlPlaneOptions options;
+  options.expected_attention_nodes = 0;
+  options.heartbeat_timeout = absl::Seconds(60);
+  ControlPlane plane(TinyConfig(), options);
+  const std::string x = Register(plane, moemesh::v1::NODE_KIND_ATTENTION, "h:10", "", 1000);
+  const std::string y = Register(plane, moemesh::v1::NODE_KIND_ATTENTION, "h:11", "", 1000);
+  Beat(plane, x, 0, 900);
+  Beat(plane, y, 0, 100);
+  EXPECT_EQ(plane.PickAttentionNode()->node_id, x);
+  // A sequence that x just failed goes to y; with both avoided there is none.
+  EXPECT_EQ(plane.PickAttentionNode(0, {"h:10"})->node_id, y);
+  EXPECT_EQ(plane.PickAttentionNode(0, {"h:10", "h:11"}), std::nullopt);
+  // x drains: never picked, although it has the most free cache; reported as draining.
+  HeartbeatRequest draining;
+  draining.set_node_id(x);
+  draining.set_cache_free_tokens(900);
+  draining.set_draining(true);
+  HeartbeatReply reply;
+  ASSERT_TRUE(plane.Heartbeat(nullptr, &draining, &reply).ok());
+  EXPECT_EQ(plane.PickAttentionNode()->node_id, y);
+  EXPECT_EQ(plane.PickAttentionNode(0, {"h:11"}), std::nullopt);
+  EXPECT_TRUE(plane.AttentionNodes()[0].draining);
+  EXPECT_FALSE(plane.AttentionNodes()[1].draining);
+  // A restarted x (registers again) admits again.
+  Register(plane, moemesh::v1::NODE_KIND_ATTENTION, "h:10", x, 1000);
+  EXPECT_EQ(plane.PickAttentionNode()->node_id, x);
+}
+
 TEST(ControlClient, RegistersHeartbeatsAndFollowsPlacementOverGrpc) {
   ControlPlaneOptions options;
   options.expected_expert_nodes = 1;

@@ -62,10 +62,12 @@ class AttentionClientTest : public ::testing::Test {
     GrpcAttentionBackendOptions options;
     options.ready = [] { return absl::OkStatus(); };
     options.check_experts = [this] { return experts_; };
-    options.pick_node = [address](uint64_t) -> absl::StatusOr<std::string> {
+    options.pick_node = [address](uint64_t,
+                                  const std::vector<std::string>&) -> absl::StatusOr<std::string> {
       if (address.empty()) return absl::UnavailableError("no healthy attention node");
       return address;
     };
+    options.failover_timeout = absl::Seconds(2);
     return GrpcAttentionBackend(std::move(options));
   }
 
