@@ -81,6 +81,22 @@ RouterMetrics::RouterMetrics(ControlPlane* control, ExpertLoadTracker* load)
   min_used_version_ = &r.Gauge("moemesh_placement_min_used_version",
                                "Oldest placement version an attention node may still use.")
                            .Add({});
+  expert_nodes_lost_ = &r.Counter("moemesh_expert_nodes_lost_total",
+                                  "Expert nodes of the placement that stopped heartbeating (the "
+                                  "router re-plans without them).")
+                            .Add({});
+  redundancy_restored_ = &r.Counter("moemesh_redundancy_restored_total",
+                                    "Committed re-plans that re-placed a lost expert node's "
+                                    "experts on the others.")
+                              .Add({});
+  last_restore_seconds_ = &r.Gauge("moemesh_redundancy_last_restore_seconds",
+                                   "Time from declaring an expert node lost to committing a "
+                                   "placement without it (the survivors loaded its experts).")
+                               .Add({});
+  below_min_replicas_ = &r.Gauge("moemesh_experts_below_min_replicas",
+                                 "(layer, logical expert) pairs served by fewer healthy expert "
+                                 "nodes than --min-replicas (0 = full failure redundancy).")
+                             .Add({});
   resubmissions_family_ = &r.Counter(
       "moemesh_sequence_resubmissions_total",
       "Sequences moved to another attention node as prompt + streamed tokens, by reason: "
@@ -194,7 +210,11 @@ void RouterMetrics::Refresh() {
   advance(targets_abandoned_, counters.targets_abandoned, seen_.targets_abandoned);
   advance(plan_to_commit_seconds_, counters.plan_to_commit_seconds_sum,
           seen_.plan_to_commit_seconds_sum);
+  advance(expert_nodes_lost_, counters.expert_nodes_lost, seen_.expert_nodes_lost);
+  advance(redundancy_restored_, counters.redundancy_restored, seen_.redundancy_restored);
   seen_ = counters;
+  last_restore_seconds_->Set(counters.last_restore_seconds);
+  below_min_replicas_->Set(static_cast<double>(counters.experts_below_min_replicas));
   last_plan_to_commit_seconds_->Set(counters.last_plan_to_commit_seconds);
   balancedness_before_->Set(counters.last_balancedness_before);
   balancedness_after_->Set(counters.last_balancedness_after);

@@ -79,6 +79,10 @@ class RouterMetrics : public HttpServerObserver {
   prometheus::Gauge* balancedness_after_;
   prometheus::Gauge* target_version_;
   prometheus::Gauge* min_used_version_;
+  prometheus::Counter* expert_nodes_lost_;
+  prometheus::Counter* redundancy_restored_;
+  prometheus::Gauge* last_restore_seconds_;
+  prometheus::Gauge* below_min_replicas_;
   ControlPlaneCounters seen_;  // refresh only
   prometheus::Family<prometheus::Counter>* resubmissions_family_;
   prometheus::Counter* resubmitted_tokens_;

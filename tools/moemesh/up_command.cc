@@ -36,13 +36,15 @@ constexpr char kUsage[] =
     "usage: moemesh up --model DIR [--attention-nodes A] [--expert-nodes E] [--port P]\n"
     "                  [--host 127.0.0.1] [--log-dir DIR] [--cache-tokens N]\n"
     "                  [--ready-timeout-seconds S] [--served-model-name NAME]\n"
-    "                  [--redundant-experts R] [--rebalance-interval S]\n"
+    "                  [--redundant-experts R] [--rebalance-interval S] [--min-replicas K]\n"
     "Starts moemesh-router, A moemesh-attention-node and E moemesh-expert-node processes\n"
     "(found beside this binary), waits until GET /ready answers 200, prints the URL, and runs\n"
     "until Ctrl-C or until the router exits; then it stops them all. A node that exits while\n"
     "serving (e.g. an expert node drained with `kill -TERM PID`) is reported; the rest serve on.\n"
     "  --redundant-experts R   redundant physical experts per MoE layer (router flag)\n"
-    "  --rebalance-interval S  re-plan the placement from the load every S seconds (0 = never)\n";
+    "  --rebalance-interval S  re-plan the placement from the load every S seconds (0 = never)\n"
+    "  --min-replicas K        every logical expert on at least K expert nodes (router flag;\n"
+    "                          2 survives the loss of any one expert node)\n";
 
 volatile sig_atomic_t stop_requested = 0;
 void OnStopSignal(int) { stop_requested = 1; }
@@ -161,6 +163,7 @@ int RunUp(const Arguments& arguments) {
                                            {"served-model-name"},
                                            {"redundant-experts"},
                                            {"rebalance-interval"},
+                                           {"min-replicas"},
                                            {"help", true}});
   if (!parsed.ok()) {
     std::fprintf(stderr, "moemesh up: %s\n%s", std::string(parsed.status().message()).c_str(), kUsage);
@@ -178,13 +181,16 @@ int RunUp(const Arguments& arguments) {
   auto ready_timeout = parsed->GetDouble("ready-timeout-seconds", 180);
   auto redundant_experts = parsed->GetInt("redundant-experts", 0);
   auto rebalance_interval = parsed->GetDouble("rebalance-interval", 0);
+  auto min_replicas = parsed->GetInt("min-replicas", 1);
   if (!model || !attention_nodes.ok() || !expert_nodes.ok() || !port.ok() || !cache_tokens.ok() ||
       !ready_timeout.ok() || !redundant_experts.ok() || !rebalance_interval.ok() ||
+      !min_replicas.ok() || *min_replicas < 1 || *min_replicas > *expert_nodes ||
       *attention_nodes < 1 || *expert_nodes < 1 || *port < 0 || *redundant_experts < 0 ||
       *rebalance_interval < 0) {
     std::fprintf(stderr,
                  "moemesh up: --model is required; node counts must be >= 1, "
-                 "--redundant-experts and --rebalance-interval >= 0, numbers valid\n%s",
+                 "--redundant-experts and --rebalance-interval >= 0, "
+                 "1 <= --min-replicas <= --expert-nodes, numbers valid\n%s",
                  kUsage);
     return 2;
   }
@@ -239,7 +245,8 @@ int RunUp(const Arguments& arguments) {
                                      // A sequence may use at most one attention node's cache.
                                      "--max-model-len", std::to_string(*cache_tokens),
                                      "--redundant-experts", std::to_string(*redundant_experts),
-                                     "--rebalance-interval", absl::StrCat(*rebalance_interval)};
+                                     "--rebalance-interval", absl::StrCat(*rebalance_interval),
+                                     "--min-replicas", std::to_string(*min_replicas)};
   if (auto name = parsed->Get("served-model-name")) {
     router.push_back("--served-model-name");
     router.push_back(*name);
