@@ -91,10 +91,16 @@ int main(int argc, char** argv) {
     const moemesh::attention_node::DispatchStatistics s = (*node)->dispatch_statistics();
     std::fprintf(stderr,
                  "moemesh-attention-node: dispatch statistics layer_dispatches=%llu "
-                 "node_round_trips=%llu round_trip_seconds=%.6f failures=%llu\n",
+                 "node_round_trips=%llu round_trip_seconds=%.6f failures=%llu "
+                 "failovers_unreachable=%llu failovers_not_held=%llu redispatched_rows=%llu "
+                 "detection_seconds_max=%.6f recovery_waits=%llu recovery_wait_seconds=%.6f\n",
                  static_cast<unsigned long long>(s.layer_dispatches),
                  static_cast<unsigned long long>(s.node_round_trips), s.round_trip_seconds,
-                 static_cast<unsigned long long>(s.failures));
+                 static_cast<unsigned long long>(s.failures),
+                 static_cast<unsigned long long>(s.failovers_unreachable),
+                 static_cast<unsigned long long>(s.failovers_not_held),
+                 static_cast<unsigned long long>(s.redispatched_rows), s.detection_seconds_max,
+                 static_cast<unsigned long long>(s.recovery_waits), s.recovery_wait_seconds);
     std::fflush(stderr);
   };
   int signal;
