@@ -56,6 +56,10 @@ model::SamplingParams ToSamplingParams(const moemesh::v1::SamplingOptions& optio
   params.top_p = options.top_p() == 0 ? 1.0 : options.top_p();
   params.top_k = options.top_k();
   if (options.has_seed()) params.seed = options.seed();
+  for (const auto& entry : options.logit_bias()) {
+    params.logit_bias.emplace_back(static_cast<int32_t>(entry.token_id()), entry.bias());
+  }
+  params.min_tokens = options.min_tokens();
   return params;
 }
 
@@ -120,7 +124,12 @@ absl::Status Scheduler::Add(const moemesh::v1::AddSequenceRequest& request,
   }
   if (request.max_new_tokens() == 0) return absl::InvalidArgumentError("max_new_tokens is 0");
   model::SamplingParams params = ToSamplingParams(request.sampling());
-  if (absl::Status status = model::ValidateSamplingParams(params); !status.ok()) return status;
+  // min_tokens holds off EOS (unless ignored) and the stop ids.
+  if (!request.ignore_eos()) params.min_tokens_suppressed.push_back(static_cast<int32_t>(config.eos_token_id));
+  for (uint32_t id : request.stop_token_ids()) params.min_tokens_suppressed.push_back(static_cast<int32_t>(id));
+  if (absl::Status status = model::ValidateSamplingParams(params, config.vocab_size); !status.ok()) {
+    return status;
+  }
   const int64_t needed = static_cast<int64_t>(request.prompt_token_ids_size()) + request.max_new_tokens();
   const int64_t capacity = pool_->capacity_blocks() * pool_->block_size();
   if (pool_->bounded() && needed > capacity) {
@@ -393,14 +402,15 @@ void Scheduler::RunStep() {
       moemesh::v1::GeneratedToken* generated = event.add_tokens();
       generated->set_token_id(static_cast<uint32_t>(token));
       if (sequence.request.logprobs() || sequence.request.top_logprobs() > 0) {
-        generated->set_logprob(model::LogProbability(logits, vocab, token));
+        // The model's distribution (before logit_bias / min_tokens), normalised once.
+        const double normalizer = model::LogSumExp(logits, vocab);
+        generated->set_logprob(model::Logprob(logits, normalizer, token));
         if (sequence.request.top_logprobs() > 0) {
-          const float normalizer = model::LogProbability(logits, vocab, token) - logits[token];
           for (const auto& [id, logit] :
                model::TopLogits(logits, vocab, static_cast<int>(sequence.request.top_logprobs()))) {
             moemesh::v1::TopLogprob* top = generated->add_top_logprobs();
             top->set_token_id(static_cast<uint32_t>(id));
-            top->set_logprob(logit + normalizer);
+            top->set_logprob(model::Logprob(logits, normalizer, id));
           }
         }
       }

@@ -310,6 +310,21 @@ void HttpServer::Install() {
     res.set_content(DumpJson(ModelJson(model_)), kJson);
   }));
 
+  // vLLM's text endpoints and /version: plain (body) -> (status, JSON) handlers (openai_api.h).
+  auto reply = [](httplib::Response& res, const JsonReply& answer) {
+    res.status = answer.http_status;
+    res.set_content(DumpJson(answer.body), kJson);
+  };
+  s.Post("/tokenize", guard([this, reply](const httplib::Request& req, httplib::Response& res) {
+    reply(res, TokenizeEndpoint(req.body, model_));
+  }));
+  s.Post("/detokenize", guard([this, reply](const httplib::Request& req, httplib::Response& res) {
+    reply(res, DetokenizeEndpoint(req.body, model_));
+  }));
+  s.Get("/version", guard([reply](const httplib::Request&, httplib::Response& res) {
+    reply(res, VersionEndpoint());
+  }));
+
   auto completions = [this](Endpoint endpoint) {
     return [this, endpoint](const httplib::Request& req, httplib::Response& res) {
       stats_.requests.fetch_add(1, std::memory_order_relaxed);
@@ -517,7 +532,8 @@ void HttpServer::Install() {
   };
   const std::pair<const char*, const char*> known[] = {
       {"/v1/chat/completions", "POST"}, {"/v1/completions", "POST"}, {"/v1/models", "GET"},
-      {R"(/v1/models/(.+))", "GET"},    {"/health", "GET"},          {"/ready", "GET"}};
+      {R"(/v1/models/(.+))", "GET"},    {"/health", "GET"},          {"/ready", "GET"},
+      {"/tokenize", "POST"},            {"/detokenize", "POST"},     {"/version", "GET"}};
   for (const auto& [path, allow] : known) {
     const std::string method = allow;
     if (method != "GET") s.Get(path, not_allowed(allow));

@@ -2,7 +2,7 @@
 //
 //   moemesh-router --model DIR [--host 127.0.0.1] [--port 0] [--control-port 0]
 //                  [--attention-nodes 1] [--expert-nodes 1] [--served-model-name NAME]
-//                  [--max-model-len N] [--request-timeout-seconds 600]
+//                  [--max-model-len N] [--request-timeout-seconds 600] [--chat-template FILE]
 //                  [--redundant-experts R] [--rebalance-interval S] [--rebalance-min-gain G]
 //                  [--failover-timeout-seconds 30] [--min-replicas K]
 //                  [--expert-recovery-timeout 120]
@@ -38,6 +38,9 @@ ABSL_FLAG(int, attention_nodes, 1, "attention nodes expected before /ready");
 ABSL_FLAG(int, expert_nodes, 1, "expert nodes the placement spreads the experts over");
 ABSL_FLAG(std::string, served_model_name, "", "model name in the API (default: the model dir's basename)");
 ABSL_FLAG(int64_t, max_model_len, 0, "context length, prompt plus completion (default: max_position_embeddings)");
+ABSL_FLAG(std::string, chat_template, "",
+          "Jinja chat template file to use instead of tokenizer_config.json's chat_template "
+          "(e.g. deploy/templates/deepseek-r1-tools.jinja)");
 ABSL_FLAG(double, request_timeout_seconds, 600, "a request still running after this fails (504)");
 ABSL_FLAG(int, http_threads, 64, "HTTP connections served at once");
 ABSL_FLAG(double, failover_timeout_seconds, 30,
@@ -61,14 +64,16 @@ int main(int argc, char** argv) {
   moemesh::comm::ParseServiceFlags(
       argc, argv,
       "moemesh-router --model DIR [--host H] [--port P] [--control-port C] "
-      "[--attention-nodes A] [--expert-nodes E] [--served-model-name NAME] [--max-model-len N]");
+      "[--attention-nodes A] [--expert-nodes E] [--served-model-name NAME] [--max-model-len N] "
+      "[--chat-template FILE]");
   const std::string model_dir = absl::GetFlag(FLAGS_model);
   if (model_dir.empty()) {
     std::cerr << "moemesh-router: --model DIR is required\n";
     return 2;
   }
   auto model = moemesh::router::LoadModel(model_dir, absl::GetFlag(FLAGS_served_model_name),
-                                          absl::GetFlag(FLAGS_max_model_len));
+                                          absl::GetFlag(FLAGS_max_model_len),
+                                          absl::GetFlag(FLAGS_chat_template));
   if (!model.ok()) {
     std::cerr << "moemesh-router: " << model.status() << "\n";
     return 1;

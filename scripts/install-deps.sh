@@ -30,14 +30,32 @@ for package in "${PACKAGES[@]}"; do
   fi
 done
 
-if ((${#missing[@]} == 0)); then
-  echo "install-deps: all ${#PACKAGES[@]} packages present"
-  exit 0
-fi
-
 SUDO=""
 if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
-echo "install-deps: installing ${missing[*]}"
 export DEBIAN_FRONTEND=noninteractive
-$SUDO apt-get update -qq
-$SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+# npm (for the offline Kubernetes schema validators) only where no node/npm is installed yet:
+# a NodeSource nodejs already ships npm and conflicts with Debian's npm package.
+if [[ ${1:-} == --with-tests ]] && ! command -v npm >/dev/null 2>&1; then
+  missing+=(nodejs npm)
+fi
+
+if ((${#missing[@]} == 0)); then
+  echo "install-deps: all ${#PACKAGES[@]} packages present"
+else
+  echo "install-deps: installing ${missing[*]}"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+if [[ ${1:-} == --with-tests ]]; then
+  # deploy/k8s tests: kubernetes-models (+ KEDA, prometheus-operator) and yaml, versions pinned
+  # in tests/integration/deploy/package.json, installed beside it (node_modules is ignored).
+  DEPLOY_TESTS="$(cd "$(dirname "$0")/.." && pwd)/tests/integration/deploy"
+  if [[ ! -d $DEPLOY_TESTS/node_modules/kubernetes-models ]]; then
+    echo "install-deps: npm packages for the Kubernetes manifest tests"
+    (cd "$DEPLOY_TESTS" && npm install --no-audit --no-fund --no-package-lock --loglevel=error)
+  fi
+  if ! command -v kubectl >/dev/null 2>&1; then
+    echo "install-deps: kubectl is not installed (not a Debian 12 package): the kustomize tests skip"
+  fi
+fi

@@ -2,6 +2,7 @@
 
 #include <sys/mman.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -21,6 +22,10 @@ std::string ShapeToString(const std::vector<int64_t>& shape) {
 std::vector<float> WeightMatrix::Dequantize() const {
   if (format == Format::kFloat32) return values;
   std::vector<float> out(static_cast<size_t>(rows * cols));
+  if (format == Format::kBFloat16) {
+    for (int64_t i = 0; i < rows * cols; ++i) out[i] = BFloat16ToFloat(bf16[i]);
+    return out;
+  }
   const int64_t scale_columns = scale_cols();
   for (int64_t row = 0; row < rows; ++row) {
     const float* scale_row = block_scales.data() + (row / block_rows) * scale_columns;
@@ -169,7 +174,8 @@ absl::StatusOr<std::vector<float>> Checkpoint::ReadFloat(
 }
 
 absl::StatusOr<WeightMatrix> Checkpoint::ReadWeight(const std::string& prefix, int64_t rows,
-                                                    int64_t cols, bool dequantize) {
+                                                    int64_t cols, bool dequantize,
+                                                    bool keep_bf16) {
   const std::string weight_name = prefix + ".weight";
   absl::StatusOr<const TensorInfo*> info = Find(weight_name);
   if (!info.ok()) return info.status();
@@ -182,6 +188,14 @@ absl::StatusOr<WeightMatrix> Checkpoint::ReadWeight(const std::string& prefix, i
   WeightMatrix matrix;
   matrix.rows = rows;
   matrix.cols = cols;
+  if ((*info)->dtype == DType::kBF16 && keep_bf16 && !dequantize) {
+    absl::StatusOr<const uint8_t*> data = ReadRaw(**info, weight_name);
+    if (!data.ok()) return data.status();
+    matrix.format = WeightMatrix::Format::kBFloat16;
+    matrix.bf16.resize(static_cast<size_t>(rows * cols));
+    std::memcpy(matrix.bf16.data(), *data, sizeof(uint16_t) * matrix.bf16.size());
+    return matrix;
+  }
   if ((*info)->dtype != DType::kF8E4M3) {
     absl::StatusOr<std::vector<float>> values = ReadFloat(weight_name, expected_shape);
     if (!values.ok()) return values.status();

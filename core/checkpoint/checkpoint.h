@@ -51,9 +51,10 @@ class Checkpoint {
 
   // Reads the linear weight `<prefix>.weight` of shape [rows, cols]: FP8 (plus
   // `<prefix>.weight_scale_inv` of shape [ceil(rows/128), ceil(cols/128)]) stays FP8 unless
-  // `dequantize`; BF16/F16/F32 are widened to float32.
+  // `dequantize`; F16/F32 are widened to float32, BF16 too unless `keep_bf16` (then the matrix
+  // holds the checkpoint's bf16 bits, WeightMatrix::Format::kBFloat16).
   absl::StatusOr<WeightMatrix> ReadWeight(const std::string& prefix, int64_t rows, int64_t cols,
-                                          bool dequantize = false);
+                                          bool dequantize = false, bool keep_bf16 = false);
 
   // Every byte range read so far, in order, and their total.
   std::vector<ByteRange> ReadRanges() const;

@@ -237,9 +237,12 @@ absl::Status WriteIndexFile(const std::string& directory, uint64_t total_size,
                             const std::map<std::string, std::string>& weight_map) {
   nlohmann::ordered_json index;
   index["metadata"] = {{"total_size", total_size}};
-  nlohmann::ordered_json map = nlohmann::ordered_json::object();
-  for (const auto& [name, shard] : weight_map) map[name] = shard;
-  index["weight_map"] = std::move(map);
+  // Built in one go: inserting key by key into ordered_json searches the keys every time
+  // (quadratic, seconds for the 91,000 tensors of a 671B index). weight_map's keys are unique.
+  std::vector<std::pair<const std::string, nlohmann::ordered_json>> entries;
+  entries.reserve(weight_map.size());
+  for (const auto& [name, shard] : weight_map) entries.emplace_back(name, shard);
+  index["weight_map"] = nlohmann::ordered_json::object_t(entries.begin(), entries.end());
   return WriteJsonFile((fs::path(directory) / "model.safetensors.index.json").string(), index);
 }
 

@@ -85,6 +85,35 @@ ModelConfig BenchConfig() {
   return config;
 }
 
+// "deepseek-v3-671b": the released DeepSeek-V3 / R1 shape (../shared/fixtures/deepseek-v3-671b/
+// config.json): 61 layers (3 dense, 58 MoE) + 1 MTP layer, hidden 7168, 128 heads, 256 routed
+// experts of intermediate 2048 in 8 groups (top-4 groups, top-8 experts), 1 shared expert.
+// About 688 GB in FP8: only sparse checkpoints of it are written (see sparse_checkpoint.h).
+ModelConfig DeepSeekV3Config() {
+  ModelConfig config = TinyConfig();
+  config.hidden_size = 7168;
+  config.intermediate_size = 18432;
+  config.moe_intermediate_size = 2048;
+  config.num_hidden_layers = 61;
+  config.num_nextn_predict_layers = 1;
+  config.num_attention_heads = 128;
+  config.q_lora_rank = 1536;
+  config.kv_lora_rank = 512;
+  config.qk_nope_head_dim = 128;
+  config.qk_rope_head_dim = 64;
+  config.v_head_dim = 128;
+  config.n_routed_experts = 256;
+  config.n_shared_experts = 1;
+  config.num_experts_per_tok = 8;
+  config.n_group = 8;
+  config.topk_group = 4;
+  config.first_k_dense_replace = 3;
+  return config;
+}
+
+// DeepSeek's release has 163 shards.
+constexpr uint64_t kDeepSeekV3Shards = 163;
+
 // FNV-1a of the tensor name, mixed with the seed by splitmix64: each tensor gets its own
 // stream, so its values do not depend on which other tensors exist or their order.
 uint64_t TensorSeed(uint64_t seed, const std::string& name) {
@@ -182,11 +211,18 @@ void AddBlock(std::vector<TensorSpec>& specs, const ModelConfig& config, int lay
 absl::StatusOr<CheckpointPreset> FindCheckpointPreset(absl::string_view name) {
   if (name == "tiny") return CheckpointPreset{"tiny", TinyConfig(), 32ull << 20};
   if (name == "bench") return CheckpointPreset{"bench", BenchConfig(), 256ull << 20};
+  if (name == "deepseek-v3-671b") {
+    const ModelConfig config = DeepSeekV3Config();
+    const uint64_t total = CheckpointDataBytes(config);
+    return CheckpointPreset{"deepseek-v3-671b", config,
+                            (total + kDeepSeekV3Shards - 1) / kDeepSeekV3Shards,
+                            /*sparse_only=*/true};
+  }
   return absl::InvalidArgumentError(absl::StrCat(
       "unknown preset '", name, "' (known: ", absl::StrJoin(CheckpointPresetNames(), ", "), ")"));
 }
 
-std::vector<std::string> CheckpointPresetNames() { return {"tiny", "bench"}; }
+std::vector<std::string> CheckpointPresetNames() { return {"tiny", "bench", "deepseek-v3-671b"}; }
 
 std::vector<TensorSpec> CheckpointLayout(const ModelConfig& config) {
   std::vector<TensorSpec> specs;
@@ -218,25 +254,25 @@ std::vector<TensorSpec> CheckpointLayout(const ModelConfig& config) {
   return specs;
 }
 
-uint64_t CheckpointDataBytes(const ModelConfig& config) {
+uint64_t TensorDataBytes(const ModelConfig& config, const TensorSpec& spec) {
   const int block_rows = config.quantization ? config.quantization->block_rows : 128;
   const int block_cols = config.quantization ? config.quantization->block_cols : 128;
-  uint64_t total = 0;
-  for (const TensorSpec& spec : CheckpointLayout(config)) {
-    uint64_t elements = 1;
-    for (int64_t dim : spec.shape) elements *= static_cast<uint64_t>(dim);
-    switch (spec.kind) {
-      case TensorSpec::Kind::kLinear:
-        total += elements + 4ull * ((spec.shape[0] + block_rows - 1) / block_rows) *
-                                ((spec.shape[1] + block_cols - 1) / block_cols);
-        break;
-      case TensorSpec::Kind::kGateBias:
-        total += 4 * elements;
-        break;
-      default:
-        total += 2 * elements;
-    }
+  uint64_t elements = 1;
+  for (int64_t dim : spec.shape) elements *= static_cast<uint64_t>(dim);
+  switch (spec.kind) {
+    case TensorSpec::Kind::kLinear:
+      return elements + 4ull * ((spec.shape[0] + block_rows - 1) / block_rows) *
+                            ((spec.shape[1] + block_cols - 1) / block_cols);
+    case TensorSpec::Kind::kGateBias:
+      return 4 * elements;
+    default:
+      return 2 * elements;
   }
+}
+
+uint64_t CheckpointDataBytes(const ModelConfig& config) {
+  uint64_t total = 0;
+  for (const TensorSpec& spec : CheckpointLayout(config)) total += TensorDataBytes(config, spec);
   return total;
 }
 

@@ -20,9 +20,12 @@ struct CheckpointPreset {
   std::string name;
   ModelConfig config;
   uint64_t default_shard_bytes = 0;
+  // Too large to write with its bytes: make-checkpoint writes it only with --sparse.
+  bool sparse_only = false;
 };
 
-// "tiny" (the shape of ../shared/fixtures/tiny-r1, ~69 MB) or "bench" (~1.9 GB, see the .cc).
+// "tiny" (the shape of ../shared/fixtures/tiny-r1, ~69 MB), "bench" (~1.9 GB, see the .cc) or
+// "deepseek-v3-671b" (the released 671B shape, ~688 GB in 163 shards; sparse only).
 // Errors: InvalidArgument naming the unknown preset and the known ones.
 absl::StatusOr<CheckpointPreset> FindCheckpointPreset(absl::string_view name);
 std::vector<std::string> CheckpointPresetNames();
@@ -51,6 +54,10 @@ std::vector<TensorSpec> CheckpointLayout(const ModelConfig& config);
 
 // Bytes of tensor data CheckpointLayout(config) takes with FP8 linear weights (scales included).
 uint64_t CheckpointDataBytes(const ModelConfig& config);
+// Bytes one TensorSpec takes as make-checkpoint stores it: a kLinear is the FP8 weight plus its
+// F32 block scales (`config.quantization`'s block size, 128x128 without it), gate biases F32,
+// everything else BF16.
+uint64_t TensorDataBytes(const ModelConfig& config, const TensorSpec& spec);
 
 // Writes a random checkpoint of `config` (which should carry quantization) to `directory`
 // (must not exist or be empty): shards of at most `shard_bytes` data, index, config.json and

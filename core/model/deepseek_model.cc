@@ -1,7 +1,5 @@
 #include "core/model/deepseek_model.h"
 
-#include <cblas.h>
-
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -9,7 +7,9 @@
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
+#include "core/checkpoint/dtype.h"
 #include "core/kernels/cpu/elementwise.h"
+#include "core/kernels/cpu/gemm.h"
 #include "core/kernels/cpu/linear.h"
 #include "core/model/expert_shard.h"
 #include "core/status_macros.h"
@@ -64,9 +64,15 @@ absl::Status DeepseekModel::Embed(std::span<const int32_t> tokens, float* hidden
       return absl::InvalidArgumentError(absl::StrCat("token id ", tokens[i], " outside [0, ",
                                                      config_.vocab_size, ")"));
     }
-    std::memcpy(hidden + i * hidden_size,
-                weights_.embed_tokens.data() + static_cast<int64_t>(tokens[i]) * hidden_size,
-                sizeof(float) * hidden_size);
+    const WeightMatrix& table = weights_.embed_tokens;
+    const int64_t offset = static_cast<int64_t>(tokens[i]) * hidden_size;
+    float* row = hidden + i * hidden_size;
+    if (table.format == WeightMatrix::Format::kBFloat16) {
+      const uint16_t* bits = table.bf16.data() + offset;
+      for (int64_t j = 0; j < hidden_size; ++j) row[j] = checkpoint::BFloat16ToFloat(bits[j]);
+    } else {  // the loader keeps embeddings BF16 or float32
+      std::memcpy(row, table.values.data() + offset, sizeof(float) * hidden_size);
+    }
   }
   return absl::OkStatus();
 }
@@ -131,9 +137,9 @@ absl::Status DeepseekModel::AttentionBlock(int layer, const StepLayout& layout,
   const float* kv_b = weights.kv_b_proj.data();
   std::vector<float> query_latent(static_cast<size_t>(rows * heads * kv_rank));
   for (int64_t h = 0; h < heads; ++h) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, rows, kv_rank, nope, 1.0f,
-                query.data() + h * qk_head, heads * qk_head, kv_b + h * (nope + value_dim) * kv_rank,
-                kv_rank, 0.0f, query_latent.data() + h * kv_rank, heads * kv_rank);
+    kernels::MatMul(query.data() + h * qk_head, heads * qk_head, rows,
+                    kv_b + h * (nope + value_dim) * kv_rank, kv_rank, nope, kv_rank,
+                    query_latent.data() + h * kv_rank, heads * kv_rank);
   }
 
   // Scores against every cached position, causal within the step, softmax, then the weighted
@@ -143,6 +149,7 @@ absl::Status DeepseekModel::AttentionBlock(int layer, const StepLayout& layout,
                                                  rope_.SoftmaxScaleMultiplier());
   std::vector<float> context(static_cast<size_t>(rows * heads * kv_rank));
   std::vector<float> scores;
+  std::vector<float> rope_scratch;
   for (size_t s = 0; s < layout.caches.size(); ++s) {
     const LatentCache& cache = *layout.caches[s];
     const int64_t count = layout.row_count[s];
@@ -156,12 +163,20 @@ absl::Status DeepseekModel::AttentionBlock(int layer, const StepLayout& layout,
     for (int64_t block = 0; block * block_size < positions; ++block) {
       const int64_t first = block * block_size;
       const int64_t width = std::min(block_size, positions - first);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, query_rows, width, kv_rank, 1.0f,
-                  sequence_query_latent, kv_rank, cache.block_latent(block, layer), kv_rank, 0.0f,
-                  scores.data() + first, positions);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, query_rows, width, rope, 1.0f,
-                  sequence_query_rope, qk_head, cache.block_rope_key(block, layer), rope, 1.0f,
-                  scores.data() + first, positions);
+      // Batch-invariant products (kernels/cpu/gemm.h): a row's scores do not depend on how
+      // many query rows share the step, so chunked prefill gives the same bits.
+      kernels::MatMulTransposed(sequence_query_latent, kv_rank, query_rows,
+                                cache.block_latent(block, layer), kv_rank, width, kv_rank,
+                                scores.data() + first, positions);
+      std::vector<float>& rope_scores = rope_scratch;
+      rope_scores.resize(static_cast<size_t>(query_rows * width));
+      kernels::MatMulTransposed(sequence_query_rope, qk_head, query_rows,
+                                cache.block_rope_key(block, layer), rope, width, rope,
+                                rope_scores.data(), width);
+      for (int64_t r = 0; r < query_rows; ++r) {
+        float* row = scores.data() + r * positions + first;
+        for (int64_t t = 0; t < width; ++t) row[t] += rope_scores[r * width + t];
+      }
     }
     for (int64_t i = 0; i < count; ++i) {
       const int64_t visible = layout.start_position[s] + i + 1;
@@ -176,19 +191,18 @@ absl::Status DeepseekModel::AttentionBlock(int layer, const StepLayout& layout,
     for (int64_t block = 0; block * block_size < positions; ++block) {
       const int64_t first = block * block_size;
       const int64_t width = std::min(block_size, positions - first);
-      cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, query_rows, kv_rank, width, 1.0f,
-                  scores.data() + first, positions, cache.block_latent(block, layer), kv_rank,
-                  block == 0 ? 0.0f : 1.0f, sequence_context, kv_rank);
+      kernels::MatMul(scores.data() + first, positions, query_rows,
+                      cache.block_latent(block, layer), kv_rank, width, kv_rank, sequence_context,
+                      kv_rank, /*accumulate=*/block != 0);
     }
   }
 
   // Absorb the value half: out[r, h] = context[r, h] · W_uv[h]^T, W_uv[h] [v, kv_rank].
   std::vector<float> attention_out(static_cast<size_t>(rows * heads * value_dim));
   for (int64_t h = 0; h < heads; ++h) {
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, value_dim, kv_rank, 1.0f,
-                context.data() + h * kv_rank, heads * kv_rank,
-                kv_b + (h * (nope + value_dim) + nope) * kv_rank, kv_rank, 0.0f,
-                attention_out.data() + h * value_dim, heads * value_dim);
+    kernels::MatMulTransposed(context.data() + h * kv_rank, heads * kv_rank, rows,
+                              kv_b + (h * (nope + value_dim) + nope) * kv_rank, kv_rank, value_dim,
+                              kv_rank, attention_out.data() + h * value_dim, heads * value_dim);
   }
   std::vector<float> projected(static_cast<size_t>(rows * hidden_size));
   kernels::Linear(attention_out.data(), rows, weights.o_proj, projected.data());
@@ -210,9 +224,7 @@ GateDecision DeepseekModel::Gate(int layer, const float* normed, int64_t rows) c
   const int groups = config_.n_group;
   const int per_group = experts / groups;
   std::vector<float> logits(static_cast<size_t>(rows * experts));
-  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, experts, config_.hidden_size, 1.0f,
-              normed, config_.hidden_size, gate.weight.data(), config_.hidden_size, 0.0f,
-              logits.data(), experts);
+  kernels::Linear(normed, rows, gate.weight, logits.data());
   GateDecision decision;
   decision.top_k = top_k;
   decision.experts.resize(static_cast<size_t>(rows * top_k));

@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/kernels/cpu/elementwise.h"
 #include "core/kernels/cpu/linear.h"
+#include "core/kernels/cpu/threading.h"
 #include "core/status_macros.h"
 
 namespace moemesh::model {
@@ -107,21 +108,42 @@ absl::Status ExpertShard::ComputePartial(int layer, const float* hidden, int64_t
       rows_by_expert[expert].push_back({row, decision.weights[row * decision.top_k + k]});
     }
   }
-  std::vector<float> gathered;
-  std::vector<float> result;
+  // Each expert's FFN on its gathered rows, then the weighted sum in ascending expert id (the
+  // same order whatever runs where, so the sum does not depend on the thread count). With enough
+  // experts the threads take whole experts (one fork/join per layer instead of three per expert);
+  // otherwise each expert's products use all threads.
+  struct ExpertWork {
+    const FeedForwardWeights* weights;
+    const std::vector<std::pair<int64_t, float>>* assigned;
+    std::vector<float> result;
+  };
+  std::vector<ExpertWork> work;
+  work.reserve(rows_by_expert.size());
   for (const auto& [expert, assigned] : rows_by_expert) {
-    const FeedForwardWeights& weights = *experts_.at({layer, expert});
-    const int64_t count = static_cast<int64_t>(assigned.size());
-    gathered.resize(static_cast<size_t>(count * hidden_size));
-    result.resize(static_cast<size_t>(count * hidden_size));
+    work.push_back({experts_.at({layer, expert}).get(), &assigned, {}});
+  }
+  auto run = [&](ExpertWork& item) {
+    const int64_t count = static_cast<int64_t>(item.assigned->size());
+    std::vector<float> gathered(static_cast<size_t>(count * hidden_size));
     for (int64_t i = 0; i < count; ++i) {
-      std::memcpy(gathered.data() + i * hidden_size, hidden + assigned[i].first * hidden_size,
-                  sizeof(float) * hidden_size);
+      std::memcpy(gathered.data() + i * hidden_size,
+                  hidden + (*item.assigned)[i].first * hidden_size, sizeof(float) * hidden_size);
     }
-    SwiGluFeedForward(weights, gathered.data(), count, result.data());
-    for (int64_t i = 0; i < count; ++i) {
-      kernels::Axpy(hidden_size, assigned[i].second, result.data() + i * hidden_size,
-                    out + assigned[i].first * hidden_size);
+    item.result.resize(static_cast<size_t>(count * hidden_size));
+    SwiGluFeedForward(*item.weights, gathered.data(), count, item.result.data());
+  };
+  const int threads = kernels::ComputeThreads();
+  const int64_t items = static_cast<int64_t>(work.size());
+  if (threads > 1 && items >= 2 * threads) {
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+    for (int64_t i = 0; i < items; ++i) run(work[i]);
+  } else {
+    for (ExpertWork& item : work) run(item);
+  }
+  for (const ExpertWork& item : work) {
+    for (size_t i = 0; i < item.assigned->size(); ++i) {
+      kernels::Axpy(hidden_size, (*item.assigned)[i].second, item.result.data() + i * hidden_size,
+                    out + (*item.assigned)[i].first * hidden_size);
     }
   }
   return absl::OkStatus();

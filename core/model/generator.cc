@@ -16,9 +16,12 @@ absl::StatusOr<std::vector<GenerationResult>> Generate(DeepseekModel& model,
     if (requests[i].prompt.empty()) {
       return absl::InvalidArgumentError(absl::StrCat("prompt ", i, " is empty"));
     }
-    RETURN_IF_ERROR(ValidateSamplingParams(requests[i].sampling));
+    SamplingParams sampling = requests[i].sampling;
+    // min_tokens holds off EOS when EOS would stop the sequence.
+    if (requests[i].stop_at_eos) sampling.min_tokens_suppressed.push_back(model.config().eos_token_id);
+    RETURN_IF_ERROR(ValidateSamplingParams(sampling, vocab));
     caches.push_back(model.NewCache());
-    samplers.emplace_back(requests[i].sampling);
+    samplers.emplace_back(sampling);
   }
   std::vector<GenerationResult> results(requests.size());
   std::vector<int32_t> next_token(requests.size());

@@ -17,7 +17,7 @@ namespace moemesh::model {
 struct GenerationRequest {
   std::vector<int32_t> prompt;
   int max_new_tokens = 16;
-  SamplingParams sampling;
+  SamplingParams sampling;  // logit_bias and min_tokens included (min_tokens holds off EOS)
   bool stop_at_eos = true;  // stop after emitting config.eos_token_id
 };
 

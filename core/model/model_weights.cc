@@ -9,15 +9,21 @@ namespace {
 using checkpoint::Checkpoint;
 using checkpoint::ModelConfig;
 
+// A linear weight in the checkpoint's own format: FP8 blocks stay FP8, BF16 stays BF16.
+absl::StatusOr<WeightMatrix> ReadKept(Checkpoint& checkpoint, const std::string& prefix,
+                                      int64_t rows, int64_t cols) {
+  return checkpoint.ReadWeight(prefix, rows, cols, /*dequantize=*/false, /*keep_bf16=*/true);
+}
+
 absl::StatusOr<FeedForwardWeights> LoadFeedForward(Checkpoint& checkpoint,
                                                    const std::string& prefix, int64_t hidden,
                                                    int64_t intermediate) {
   FeedForwardWeights weights;
   ASSIGN_OR_RETURN(weights.gate_proj,
-                   checkpoint.ReadWeight(prefix + ".gate_proj", intermediate, hidden));
-  ASSIGN_OR_RETURN(weights.up_proj, checkpoint.ReadWeight(prefix + ".up_proj", intermediate, hidden));
+                   ReadKept(checkpoint, prefix + ".gate_proj", intermediate, hidden));
+  ASSIGN_OR_RETURN(weights.up_proj, ReadKept(checkpoint, prefix + ".up_proj", intermediate, hidden));
   ASSIGN_OR_RETURN(weights.down_proj,
-                   checkpoint.ReadWeight(prefix + ".down_proj", hidden, intermediate));
+                   ReadKept(checkpoint, prefix + ".down_proj", hidden, intermediate));
   return weights;
 }
 
@@ -28,18 +34,18 @@ absl::StatusOr<AttentionWeights> LoadAttention(Checkpoint& checkpoint, const std
   AttentionWeights weights;
   if (config.q_lora_rank > 0) {
     ASSIGN_OR_RETURN(weights.q_a_proj,
-                     checkpoint.ReadWeight(prefix + ".self_attn.q_a_proj", config.q_lora_rank, hidden));
+                     ReadKept(checkpoint, prefix + ".self_attn.q_a_proj", config.q_lora_rank, hidden));
     ASSIGN_OR_RETURN(weights.q_a_norm, checkpoint.ReadFloat(prefix + ".self_attn.q_a_layernorm.weight",
                                                             {config.q_lora_rank}));
     ASSIGN_OR_RETURN(weights.q_b_proj,
-                     checkpoint.ReadWeight(prefix + ".self_attn.q_b_proj",
+                     ReadKept(checkpoint, prefix + ".self_attn.q_b_proj",
                                            heads * config.qk_head_dim(), config.q_lora_rank));
   } else {
-    ASSIGN_OR_RETURN(weights.q_b_proj, checkpoint.ReadWeight(prefix + ".self_attn.q_proj",
+    ASSIGN_OR_RETURN(weights.q_b_proj, ReadKept(checkpoint, prefix + ".self_attn.q_proj",
                                                              heads * config.qk_head_dim(), hidden));
   }
   ASSIGN_OR_RETURN(weights.kv_a_proj,
-                   checkpoint.ReadWeight(prefix + ".self_attn.kv_a_proj_with_mqa",
+                   ReadKept(checkpoint, prefix + ".self_attn.kv_a_proj_with_mqa",
                                          config.kv_lora_rank + config.qk_rope_head_dim, hidden));
   ASSIGN_OR_RETURN(weights.kv_a_norm, checkpoint.ReadFloat(prefix + ".self_attn.kv_a_layernorm.weight",
                                                            {config.kv_lora_rank}));
@@ -48,7 +54,7 @@ absl::StatusOr<AttentionWeights> LoadAttention(Checkpoint& checkpoint, const std
                                                heads * (config.qk_nope_head_dim + config.v_head_dim),
                                                config.kv_lora_rank, /*dequantize=*/true));
   weights.kv_b_proj = std::move(kv_b.values);
-  ASSIGN_OR_RETURN(weights.o_proj, checkpoint.ReadWeight(prefix + ".self_attn.o_proj", hidden,
+  ASSIGN_OR_RETURN(weights.o_proj, ReadKept(checkpoint, prefix + ".self_attn.o_proj", hidden,
                                                          heads * config.v_head_dim));
   ASSIGN_OR_RETURN(weights.input_norm,
                    checkpoint.ReadFloat(prefix + ".input_layernorm.weight", {hidden}));
@@ -66,9 +72,16 @@ absl::StatusOr<DenseWeights> LoadDenseWeights(Checkpoint& checkpoint) {
   const int64_t hidden = config.hidden_size;
   DenseWeights weights;
   ASSIGN_OR_RETURN(weights.embed_tokens,
-                   checkpoint.ReadFloat("model.embed_tokens.weight", {config.vocab_size, hidden}));
+                   ReadKept(checkpoint, "model.embed_tokens", config.vocab_size, hidden));
+  if (weights.embed_tokens.format == WeightMatrix::Format::kFp8Block) {
+    // A lookup table, not a product: rows are widened on use, so keep FP8 ones as float32.
+    weights.embed_tokens.values = weights.embed_tokens.Dequantize();
+    weights.embed_tokens.fp8 = {};
+    weights.embed_tokens.block_scales = {};
+    weights.embed_tokens.format = WeightMatrix::Format::kFloat32;
+  }
   ASSIGN_OR_RETURN(weights.final_norm, checkpoint.ReadFloat("model.norm.weight", {hidden}));
-  ASSIGN_OR_RETURN(weights.lm_head, checkpoint.ReadWeight("lm_head", config.vocab_size, hidden));
+  ASSIGN_OR_RETURN(weights.lm_head, ReadKept(checkpoint, "lm_head", config.vocab_size, hidden));
   // Layer num_hidden_layers (and beyond) is the MTP module: not part of the main forward pass.
   for (int layer = 0; layer < config.num_hidden_layers; ++layer) {
     const std::string prefix = absl::StrCat("model.layers.", layer);
@@ -82,8 +95,7 @@ absl::StatusOr<DenseWeights> LoadDenseWeights(Checkpoint& checkpoint) {
                        LoadFeedForward(checkpoint, prefix + ".mlp", hidden, config.intermediate_size));
     } else {
       ASSIGN_OR_RETURN(layer_weights.gate.weight,
-                       checkpoint.ReadFloat(prefix + ".mlp.gate.weight",
-                                            {config.n_routed_experts, hidden}));
+                       ReadKept(checkpoint, prefix + ".mlp.gate", config.n_routed_experts, hidden));
       const std::string bias_name = prefix + ".mlp.gate.e_score_correction_bias";
       if (checkpoint.Contains(bias_name)) {
         ASSIGN_OR_RETURN(layer_weights.gate.correction_bias,

@@ -45,10 +45,11 @@ struct FeedForwardWeights {
   }
 };
 
-// The MoE gate of one layer (model.py Gate): weight [n_routed_experts, hidden] and the noaux_tc
-// e_score_correction_bias [n_routed_experts] (chooses experts, never weights them).
+// The MoE gate of one layer (model.py Gate): weight [n_routed_experts, hidden] (BF16 in DeepSeek's
+// checkpoints, kept so) and the noaux_tc e_score_correction_bias [n_routed_experts] (chooses
+// experts, never weights them).
 struct GateWeights {
-  std::vector<float> weight;
+  WeightMatrix weight;
   std::vector<float> correction_bias;  // empty when the checkpoint has none
 };
 
@@ -62,9 +63,10 @@ struct LayerWeights {
 };
 
 // Everything the attention side needs: embeddings, all layers but the routed experts, final norm
-// and lm_head.
+// and lm_head. Linear weights stay in the checkpoint's format (FP8 blocks, BF16 - lm_head, gate and
+// the embeddings of DeepSeek's checkpoints - or float32); only kv_b_proj is dequantized.
 struct DenseWeights {
-  std::vector<float> embed_tokens;  // [vocab, hidden]
+  WeightMatrix embed_tokens;  // [vocab, hidden]; Embed widens the rows it looks up
   std::vector<LayerWeights> layers;
   std::vector<float> final_norm;  // [hidden]
   WeightMatrix lm_head;           // [vocab, hidden]

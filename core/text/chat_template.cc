@@ -1,5 +1,6 @@
 #include "core/text/chat_template.h"
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -8,203 +9,125 @@
 namespace moemesh::text {
 namespace {
 
-using Json = nlohmann::json;
+using Json = nlohmann::ordered_json;
 
-constexpr char kUser[] = "<｜User｜>";
-constexpr char kAssistant[] = "<｜Assistant｜>";
-constexpr char kEndOfSentence[] = "<｜end▁of▁sentence｜>";
-constexpr char kToolCallsBegin[] = "<｜tool▁calls▁begin｜>";
-constexpr char kToolCallsEnd[] = "<｜tool▁calls▁end｜>";
-constexpr char kToolCallBegin[] = "<｜tool▁call▁begin｜>";
-constexpr char kToolCallEnd[] = "<｜tool▁call▁end｜>";
-constexpr char kToolSep[] = "<｜tool▁sep｜>";
-constexpr char kToolOutputsBegin[] = "<｜tool▁outputs▁begin｜>";
-constexpr char kToolOutputsEnd[] = "<｜tool▁outputs▁end｜>";
-constexpr char kToolOutputBegin[] = "<｜tool▁output▁begin｜>";
-constexpr char kToolOutputEnd[] = "<｜tool▁output▁end｜>";
-
-// A message's content as text; nullopt when it is null or absent.
-absl::StatusOr<std::optional<std::string>> ContentText(const Json& message, size_t index) {
-  auto it = message.find("content");
-  if (it == message.end() || it->is_null()) return std::optional<std::string>();
-  if (it->is_string()) return std::optional<std::string>(it->get<std::string>());
-  if (it->is_array()) {
-    std::string text;
-    for (const Json& part : *it) {
-      if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") ||
-          !part["text"].is_string()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("message ", index, ": only text content parts are supported"));
-      }
-      text += part["text"].get<std::string>();
-    }
-    return std::optional<std::string>(std::move(text));
-  }
-  return absl::InvalidArgumentError(absl::StrCat("message ", index, ": content is not text"));
+absl::StatusOr<std::string> ReadFile(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in.good()) return absl::NotFoundError(absl::StrCat("cannot read ", path));
+  std::stringstream buffer;
+  buffer << in.rdbuf();
+  return buffer.str();
 }
 
-absl::StatusOr<std::string> RequiredContent(const Json& message, size_t index) {
-  absl::StatusOr<std::optional<std::string>> content = ContentText(message, index);
-  if (!content.ok()) return content.status();
-  if (!content->has_value()) {
-    return absl::InvalidArgumentError(absl::StrCat("message ", index, " has no content"));
+// A special token in tokenizer_config.json: "text" or {"content": "text", ...}.
+std::optional<std::string> TokenText(const Json& config, const char* key) {
+  auto it = config.find(key);
+  if (it == config.end()) return std::nullopt;
+  if (it->is_string()) return it->get<std::string>();
+  if (it->is_object() && it->contains("content") && (*it)["content"].is_string()) {
+    return (*it)["content"].get<std::string>();
   }
-  return **content;
-}
-
-// "<｜tool▁call▁begin｜>function<｜tool▁sep｜>name\n```json\nargs\n```<｜tool▁call▁end｜>"
-absl::StatusOr<std::string> RenderToolCall(const Json& tool_call, size_t index) {
-  const Json function = tool_call.is_object() ? tool_call.value("function", Json()) : Json();
-  if (!function.is_object() || !function.value("name", Json()).is_string()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("message ", index, ": tool call without function.name"));
-  }
-  const Json type = tool_call.value("type", Json("function"));
-  const Json arguments = function.value("arguments", Json("{}"));
-  if (!type.is_string()) {
-    return absl::InvalidArgumentError(absl::StrCat("message ", index, ": tool call type"));
-  }
-  const std::string arguments_text =
-      arguments.is_string() ? arguments.get<std::string>() : arguments.dump();
-  return absl::StrCat(kToolCallBegin, type.get<std::string>(), kToolSep,
-                      function["name"].get<std::string>(), "\n```json\n", arguments_text, "\n```",
-                      kToolCallEnd);
+  return std::nullopt;
 }
 
 }  // namespace
 
-absl::StatusOr<ChatTemplateKind> DetectChatTemplate(std::string_view jinja_source) {
-  // R1's generation prompt opens the reasoning block; V3's does not.
-  if (jinja_source.find("<｜Assistant｜><think>") != std::string_view::npos) {
-    return ChatTemplateKind::kDeepSeekR1;
+absl::StatusOr<ChatTemplate> CompileChatTemplate(std::string_view source, std::string bos_token,
+                                                 std::string eos_token) {
+  absl::StatusOr<std::shared_ptr<const jinja::Template>> compiled = jinja::Template::Parse(source);
+  if (!compiled.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the chat template does not compile: ", compiled.status().message()));
   }
-  if (jinja_source.find(kUser) != std::string_view::npos &&
-      jinja_source.find(kAssistant) != std::string_view::npos) {
-    return ChatTemplateKind::kDeepSeekV3;
-  }
-  return absl::UnimplementedError("chat_template is neither DeepSeek-V3's nor DeepSeek-R1's");
+  ChatTemplate chat_template;
+  chat_template.chat = *std::move(compiled);
+  chat_template.source = std::string(source);
+  chat_template.bos_token = std::move(bos_token);
+  chat_template.eos_token = std::move(eos_token);
+  chat_template.handles_reasoning = source.find("<think>") != std::string_view::npos ||
+                                    source.find("</think>") != std::string_view::npos;
+  return chat_template;
 }
 
-absl::StatusOr<ChatTemplate> LoadChatTemplate(const std::string& path) {
-  std::string file = path;
-  if (std::ifstream(file + "/tokenizer_config.json").good()) file += "/tokenizer_config.json";
-  std::ifstream in(file, std::ios::binary);
-  if (!in.good()) return absl::NotFoundError(absl::StrCat("cannot read ", file));
-  std::stringstream buffer;
-  buffer << in.rdbuf();
-  const std::string text = buffer.str();
-  const Json config = Json::parse(text, nullptr, /*allow_exceptions=*/false);
+absl::StatusOr<ChatTemplate> LoadChatTemplate(const std::string& tokenizer_path,
+                                              const std::string& template_file) {
+  std::string file = tokenizer_path;
+  if (std::filesystem::is_directory(file)) file += "/tokenizer_config.json";
+  absl::StatusOr<std::string> text = ReadFile(file);
+  if (!text.ok()) return text.status();
+  const Json config = Json::parse(*text, nullptr, /*allow_exceptions=*/false);
   if (config.is_discarded() || !config.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(file, " is not a JSON object"));
   }
-  // chat_template is a string, or a list of {name, template} where "default" is the chat one.
-  std::string source;
-  const Json templates = config.value("chat_template", Json());
-  if (templates.is_string()) {
-    source = templates.get<std::string>();
-  } else if (templates.is_array()) {
-    for (const Json& entry : templates) {
-      if (entry.is_object() && entry.value("name", "") == "default" &&
-          entry.value("template", Json()).is_string()) {
-        source = entry["template"].get<std::string>();
+  const std::string bos = TokenText(config, "bos_token").value_or("<｜begin▁of▁sentence｜>");
+  const std::string eos = TokenText(config, "eos_token").value_or("<｜end▁of▁sentence｜>");
+
+  std::string source, tool_use_source;
+  if (!template_file.empty()) {
+    absl::StatusOr<std::string> override_text = ReadFile(template_file);
+    if (!override_text.ok()) return override_text.status();
+    source = *std::move(override_text);
+  } else {
+    const Json templates = config.value("chat_template", Json());
+    if (templates.is_string()) {
+      source = templates.get<std::string>();
+    } else if (templates.is_array()) {
+      for (const Json& entry : templates) {
+        if (!entry.is_object() || !entry.value("template", Json()).is_string()) continue;
+        const std::string name = entry.value("name", "");
+        if (name == "default") source = entry["template"].get<std::string>();
+        if (name == "tool_use") tool_use_source = entry["template"].get<std::string>();
       }
     }
+    if (source.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(file, " has no chat_template (give one with --chat-template FILE)"));
+    }
   }
-  if (source.empty())
-    return absl::InvalidArgumentError(absl::StrCat(file, " has no chat_template"));
-  absl::StatusOr<ChatTemplateKind> kind = DetectChatTemplate(source);
-  if (!kind.ok()) return kind.status();
-  ChatTemplate chat_template;
-  chat_template.kind = *kind;
-  const Json bos = config.value("bos_token", Json());
-  if (bos.is_string()) chat_template.bos_token = bos.get<std::string>();
-  if (bos.is_object() && bos.value("content", Json()).is_string()) {
-    chat_template.bos_token = bos["content"].get<std::string>();
+  absl::StatusOr<ChatTemplate> chat_template = CompileChatTemplate(source, bos, eos);
+  if (!chat_template.ok()) return chat_template.status();
+  if (!tool_use_source.empty()) {
+    absl::StatusOr<std::shared_ptr<const jinja::Template>> tool_use =
+        jinja::Template::Parse(tool_use_source);
+    if (!tool_use.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the tool_use chat template does not compile: ", tool_use.status().message()));
+    }
+    chat_template->tool_use = *std::move(tool_use);
   }
   return chat_template;
 }
 
-absl::StatusOr<std::string> RenderChat(const ChatTemplate& chat_template, const Json& messages,
-                                       bool add_generation_prompt) {
-  if (!messages.is_array()) return absl::InvalidArgumentError("messages is not an array");
-  const bool r1 = chat_template.kind == ChatTemplateKind::kDeepSeekR1;
-
-  // The system prompt goes first: R1 keeps the last system message, V3 joins them with "\n\n".
-  std::string system_prompt;
-  bool first_system = true;
-  for (size_t i = 0; i < messages.size(); ++i) {
-    if (!messages[i].is_object()) {
-      return absl::InvalidArgumentError(absl::StrCat("message ", i, " is not an object"));
-    }
-    if (messages[i].value("role", "") != "system") continue;
-    absl::StatusOr<std::string> content = RequiredContent(messages[i], i);
-    if (!content.ok()) return content.status();
-    if (r1 || first_system) {
-      system_prompt = *content;
-    } else {
-      absl::StrAppend(&system_prompt, "\n\n", *content);
-    }
-    first_system = false;
+absl::StatusOr<std::string> RenderChat(const ChatTemplate& chat_template, const ChatInput& input,
+                                       const jinja::RenderOptions& options) {
+  if (chat_template.chat == nullptr) return absl::FailedPreconditionError("no chat template loaded");
+  if (!input.messages.is_array()) return absl::InvalidArgumentError("messages is not an array");
+  if (!input.kwargs.is_null() && !input.kwargs.is_object()) {
+    return absl::InvalidArgumentError("chat_template_kwargs must be an object");
   }
-
-  std::string prompt = absl::StrCat(chat_template.bos_token, system_prompt);
-  // The templates' namespace variables; like them, is_first and is_output_first are never reset.
-  bool is_first = false, is_tool = false, is_output_first = true;
-  for (size_t i = 0; i < messages.size(); ++i) {
-    const Json& message = messages[i];
-    const std::string role = message.value("role", "");
-    if (role == "user") {
-      is_tool = false;
-      absl::StatusOr<std::string> content = RequiredContent(message, i);
-      if (!content.ok()) return content.status();
-      absl::StrAppend(&prompt, kUser, *content);
-    } else if (role == "assistant") {
-      absl::StatusOr<std::optional<std::string>> content = ContentText(message, i);
-      if (!content.ok()) return content.status();
-      if (!content->has_value()) {
-        is_tool = false;
-        const Json tool_calls = message.value("tool_calls", Json::array());
-        if (!tool_calls.is_array()) {
-          return absl::InvalidArgumentError(absl::StrCat("message ", i, ": tool_calls"));
-        }
-        for (const Json& tool_call : tool_calls) {
-          absl::StatusOr<std::string> call = RenderToolCall(tool_call, i);
-          if (!call.ok()) return call.status();
-          if (!is_first) {
-            absl::StrAppend(&prompt, kAssistant, kToolCallsBegin, *call);
-            is_first = true;
-          } else {
-            absl::StrAppend(&prompt, "\n", *call, kToolCallsEnd, kEndOfSentence);
-          }
-        }
-      } else if (is_tool) {
-        absl::StrAppend(&prompt, kToolOutputsEnd, **content, kEndOfSentence);
-        is_tool = false;
-      } else {
-        std::string_view text = **content;
-        if (r1) {
-          const size_t end_of_thinking = text.rfind("</think>");
-          if (end_of_thinking != std::string_view::npos) {
-            text = text.substr(end_of_thinking + std::string_view("</think>").size());
-          }
-        }
-        absl::StrAppend(&prompt, kAssistant, std::string(text), kEndOfSentence);
+  Json variables = Json::object();
+  variables["messages"] = input.messages;
+  variables["tools"] = input.tools;
+  variables["documents"] = nullptr;
+  variables["add_generation_prompt"] = input.add_generation_prompt;
+  variables["bos_token"] = chat_template.bos_token;
+  variables["eos_token"] = chat_template.eos_token;
+  if (input.kwargs.is_object()) {
+    for (const auto& [name, value] : input.kwargs.items()) {
+      if (name == "messages" || name == "tools" || name == "documents" ||
+          name == "add_generation_prompt") {
+        return absl::InvalidArgumentError(
+            absl::StrCat("chat_template_kwargs may not set '", name, "'"));
       }
-    } else if (role == "tool") {
-      is_tool = true;
-      absl::StatusOr<std::string> content = RequiredContent(message, i);
-      if (!content.ok()) return content.status();
-      if (is_output_first) {
-        absl::StrAppend(&prompt, kToolOutputsBegin, kToolOutputBegin, *content, kToolOutputEnd);
-        is_output_first = false;
-      } else {
-        absl::StrAppend(&prompt, "\n", kToolOutputBegin, *content, kToolOutputEnd);
-      }
+      variables[name] = value;
     }
   }
-  if (is_tool) absl::StrAppend(&prompt, kToolOutputsEnd);
-  if (add_generation_prompt && !is_tool) {
-    absl::StrAppend(&prompt, kAssistant, r1 ? "<think>\n" : "");
+  const bool use_tool_template = chat_template.tool_use != nullptr && !input.tools.is_null();
+  const jinja::Template& compiled = use_tool_template ? *chat_template.tool_use : *chat_template.chat;
+  absl::StatusOr<std::string> prompt = compiled.Render(variables, options);
+  if (!prompt.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the chat template failed: ", prompt.status().message()));
   }
   return prompt;
 }

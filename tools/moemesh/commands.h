@@ -19,5 +19,6 @@ int RunUp(const Arguments& arguments);              // up_command.cc
 int RunChat(const Arguments& arguments);            // chat_command.cc
 int RunMakeR1Tokenizer(const Arguments& arguments); // r1_tokenizer_command.cc
 int RunPlace(const Arguments& arguments);           // place_command.cc
+int RunPlan(const Arguments& arguments);            // plan_command.cc
 
 }  // namespace moemesh::cli

@@ -31,6 +31,8 @@ const Command kCommands[] = {
      "plan an expert placement (replicas, nodes) from the router's /v1/experts/load JSON"},
     {"up", moemesh::cli::RunUp,
      "start a local cluster (router, attention and expert nodes) and wait for it"},
+    {"plan", moemesh::cli::RunPlan,
+     "size a deployment on GPUs: weight and KV bytes, experts per node, a Kubernetes overlay"},
 };
 
 void PrintUsage(FILE* out) {

@@ -1,12 +1,13 @@
 // The text-layer subcommands (core/text):
 //   moemesh tokenize --tokenizer DIR      text on stdin -> JSON array of token ids
 //   moemesh detokenize --tokenizer DIR    JSON array of token ids on stdin -> text
-//   moemesh render-chat --tokenizer DIR [--no-generation-prompt]
-//                                         JSON array of OpenAI messages -> prompt text
+//   moemesh render-chat --tokenizer DIR [--chat-template FILE] [--no-generation-prompt]
+//                                         messages (or {messages, tools, ...}) -> prompt text
 // Output is written exactly, with no added newline.
 #include <cstdio>
 #include <iostream>
 #include <iterator>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -112,29 +113,50 @@ int RunDetokenize(const Arguments& arguments) {
 
 int RunRenderChat(const Arguments& arguments) {
   constexpr char kUsage[] =
-      "usage: moemesh render-chat --tokenizer DIR [--no-generation-prompt] < messages.json\n"
-      "  Prints the prompt text for a JSON array of OpenAI messages, rendered with the chat\n"
-      "  template (DeepSeek-V3 or -R1) named by DIR/tokenizer_config.json.\n";
+      "usage: moemesh render-chat --tokenizer DIR [--chat-template FILE] [--no-generation-prompt]\n"
+      "                           < request.json\n"
+      "  Prints the prompt text the chat template renders (no newline added). stdin is either\n"
+      "  a JSON array of OpenAI messages or an object {\"messages\", \"tools\",\n"
+      "  \"add_generation_prompt\", \"chat_template_kwargs\"}; messages reach the template as\n"
+      "  given. The template is DIR/tokenizer_config.json's chat_template unless --chat-template\n"
+      "  names a Jinja file. A template error exits 1 with the error on stderr.\n";
   ParsedArguments parsed;
   if (int code = ParseTextArguments("render-chat", kUsage, arguments,
-                                    {{"no-generation-prompt", true}}, &parsed);
+                                    {{"no-generation-prompt", true}, {"chat-template"}}, &parsed);
       code >= 0) {
     return code;
   }
+  const std::optional<std::string> template_file = parsed.Get("chat-template");
   absl::StatusOr<text::ChatTemplate> chat_template =
-      text::LoadChatTemplate(*parsed.Get("tokenizer"));
+      text::LoadChatTemplate(*parsed.Get("tokenizer"), template_file.value_or(""));
   if (!chat_template.ok()) {
     std::fprintf(stderr, "render-chat: %s\n",
                  std::string(chat_template.status().message()).c_str());
     return 1;
   }
-  const nlohmann::json messages = nlohmann::json::parse(ReadStdin(), nullptr, false);
-  if (messages.is_discarded()) {
-    std::fputs("render-chat: stdin is not JSON\n", stderr);
+  const nlohmann::ordered_json request = nlohmann::ordered_json::parse(ReadStdin(), nullptr, false);
+  text::ChatInput input;
+  input.add_generation_prompt = !parsed.Has("no-generation-prompt");
+  if (request.is_array()) {
+    input.messages = request;
+  } else if (request.is_object()) {
+    if (request.contains("messages")) input.messages = request["messages"];
+    if (request.contains("tools")) input.tools = request["tools"];
+    if (request.contains("add_generation_prompt")) {
+      if (!request["add_generation_prompt"].is_boolean()) {
+        std::fputs("render-chat: add_generation_prompt must be a boolean\n", stderr);
+        return 1;
+      }
+      input.add_generation_prompt = request["add_generation_prompt"].get<bool>();
+    }
+    if (request.contains("chat_template_kwargs") && !request["chat_template_kwargs"].is_null()) {
+      input.kwargs = request["chat_template_kwargs"];
+    }
+  } else {
+    std::fputs("render-chat: stdin is not a JSON array of messages or a JSON object\n", stderr);
     return 1;
   }
-  absl::StatusOr<std::string> prompt =
-      text::RenderChat(*chat_template, messages, !parsed.Has("no-generation-prompt"));
+  absl::StatusOr<std::string> prompt = text::RenderChat(*chat_template, input);
   if (!prompt.ok()) {
     std::fprintf(stderr, "render-chat: %s\n", std::string(prompt.status().message()).c_str());
     return 1;

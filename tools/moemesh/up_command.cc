@@ -37,6 +37,7 @@ constexpr char kUsage[] =
     "                  [--host 127.0.0.1] [--log-dir DIR] [--cache-tokens N]\n"
     "                  [--ready-timeout-seconds S] [--served-model-name NAME]\n"
     "                  [--redundant-experts R] [--rebalance-interval S] [--min-replicas K]\n"
+    "                  [--chat-template FILE]\n"
     "Starts moemesh-router, A moemesh-attention-node and E moemesh-expert-node processes\n"
     "(found beside this binary), waits until GET /ready answers 200, prints the URL, and runs\n"
     "until Ctrl-C or until the router exits; then it stops them all. A node that exits while\n"
@@ -44,7 +45,8 @@ constexpr char kUsage[] =
     "  --redundant-experts R   redundant physical experts per MoE layer (router flag)\n"
     "  --rebalance-interval S  re-plan the placement from the load every S seconds (0 = never)\n"
     "  --min-replicas K        every logical expert on at least K expert nodes (router flag;\n"
-    "                          2 survives the loss of any one expert node)\n";
+    "                          2 survives the loss of any one expert node)\n"
+    "  --chat-template FILE    Jinja chat template for the router (instead of the checkpoint's)\n";
 
 volatile sig_atomic_t stop_requested = 0;
 void OnStopSignal(int) { stop_requested = 1; }
@@ -164,6 +166,7 @@ int RunUp(const Arguments& arguments) {
                                            {"redundant-experts"},
                                            {"rebalance-interval"},
                                            {"min-replicas"},
+                                           {"chat-template"},
                                            {"help", true}});
   if (!parsed.ok()) {
     std::fprintf(stderr, "moemesh up: %s\n%s", std::string(parsed.status().message()).c_str(), kUsage);
@@ -250,6 +253,11 @@ int RunUp(const Arguments& arguments) {
   if (auto name = parsed->Get("served-model-name")) {
     router.push_back("--served-model-name");
     router.push_back(*name);
+  }
+  if (auto chat_template = parsed->Get("chat-template")) {
+    // The router reads it; an absolute path survives its working directory.
+    router.push_back("--chat-template");
+    router.push_back(fs::absolute(*chat_template).string());
   }
   bool started = start("router", router);
   for (int64_t i = 0; started && i < *expert_nodes; ++i) {

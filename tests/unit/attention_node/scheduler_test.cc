@@ -182,5 +182,48 @@ TEST_F(SchedulerTest, RefusesWhatCanNeverFitAndBadRequests) {
   EXPECT_EQ(scheduler->Add(empty, events).code(), absl::StatusCode::kInvalidArgument);
 }
 
+// logit_bias and min_tokens reach the node's sampler; a token's logprob is one value whether
+// reported as the sampled token or among the top alternatives.
+TEST_F(SchedulerTest, LogitBiasMinTokensAndLogprobsReachSampling) {
+  auto scheduler = MakeScheduler(64, 16);
+  const int eos = model_->config().eos_token_id;
+  moemesh::v1::AddSequenceRequest request = Request("bias", Goldens()["results"][0], 8);
+  request.set_ignore_eos(false);
+  auto* bias = request.mutable_sampling()->add_logit_bias();
+  bias->set_token_id(static_cast<uint32_t>(eos));
+  bias->set_bias(100);  // EOS becomes every step's greedy token...
+  request.mutable_sampling()->set_min_tokens(2);  // ...but not before two tokens
+  request.set_logprobs(true);
+  request.set_top_logprobs(3);
+  auto events = std::make_shared<EventQueue>();
+  ASSERT_TRUE(scheduler->Add(request, events).ok());
+  std::vector<moemesh::v1::GeneratedToken> tokens;
+  SequenceEvent last;
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (std::chrono::steady_clock::now() < deadline) {
+    auto event = events->Pop(100);
+    if (!event) continue;
+    for (const auto& token : event->tokens()) tokens.push_back(token);
+    last = *event;
+    if (event->finish_reason() != SequenceEvent::NOT_FINISHED) break;
+  }
+  ASSERT_EQ(last.finish_reason(), SequenceEvent::STOP);
+  ASSERT_EQ(tokens.size(), 3u);
+  EXPECT_NE(static_cast<int>(tokens[0].token_id()), eos);
+  EXPECT_NE(static_cast<int>(tokens[1].token_id()), eos);
+  EXPECT_EQ(static_cast<int>(tokens[2].token_id()), eos);
+  // Without the bias the first token is the golden greedy one (min_tokens only removes EOS).
+  EXPECT_EQ(static_cast<int>(tokens[0].token_id()), Golden(Goldens()["results"][0], 1)[0]);
+  int matched = 0;
+  for (const auto& token : tokens) {
+    for (const auto& top : token.top_logprobs()) {
+      if (top.token_id() != token.token_id()) continue;
+      EXPECT_EQ(top.logprob(), token.logprob());  // bit-equal, not merely close
+      ++matched;
+    }
+  }
+  EXPECT_GE(matched, 1);
+}
+
 }  // namespace
 }  // namespace moemesh::attention_node

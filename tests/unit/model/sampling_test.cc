@@ -1,6 +1,10 @@
 #include "core/model/sampling.h"
 
+#include <algorithm>
+#include <cmath>
 #include <map>
+#include <numeric>
+#include <random>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -80,6 +84,114 @@ TEST(SamplingTest, TopLogitsAndLogProbability) {
   double total = 0;
   for (int i = 0; i < 6; ++i) total += std::exp(LogProbability(logits.data(), 6, i));
   EXPECT_NEAR(total, 1.0, 1e-6);
+}
+
+// The sampler as it was before partial selection (a full sort per token): the new one must pick
+// the same tokens from the same random stream.
+int32_t ReferenceSample(const SamplingParams& params, std::mt19937_64& generator,
+                        const float* logits, int64_t vocab) {
+  std::vector<int32_t> order(static_cast<size_t>(vocab));
+  std::iota(order.begin(), order.end(), 0);
+  int64_t keep = vocab;
+  if (params.top_k > 0) keep = std::min<int64_t>(keep, params.top_k);
+  auto by_logit = [&](int32_t a, int32_t b) {
+    return logits[a] != logits[b] ? logits[a] > logits[b] : a < b;
+  };
+  std::sort(order.begin(), order.end(), by_logit);
+  order.resize(static_cast<size_t>(keep));
+  std::vector<double> p(order.size());
+  const double maximum = logits[order[0]];
+  double sum = 0.0;
+  for (size_t i = 0; i < order.size(); ++i) sum += p[i] = std::exp((logits[order[i]] - maximum) / params.temperature);
+  size_t nucleus = order.size();
+  double cumulative = 0.0;
+  for (size_t i = 0; i < order.size(); ++i) {
+    p[i] /= sum;
+    cumulative += p[i];
+    if (cumulative >= params.top_p) {
+      nucleus = i + 1;
+      break;
+    }
+  }
+  double mass = 0.0;
+  for (size_t i = 0; i < nucleus; ++i) mass += p[i];
+  const double draw = static_cast<double>(generator() >> 11) * 0x1.0p-53 * mass;
+  double running = 0.0;
+  for (size_t i = 0; i < nucleus; ++i) {
+    running += p[i];
+    if (draw < running) return order[i];
+  }
+  return order[nucleus - 1];
+}
+
+TEST(SamplingTest, PartialSelectionPicksWhatAFullSortPicked) {
+  std::mt19937 random(5);
+  std::normal_distribution<float> normal(0.0f, 3.0f);
+  const int64_t vocab = 5000;
+  std::vector<float> logits(static_cast<size_t>(vocab));
+  const SamplingParams cases[] = {
+      {.temperature = 1.0, .top_p = 1.0, .top_k = 40, .seed = 1},
+      {.temperature = 0.7, .top_p = 0.9, .top_k = 0, .seed = 2},
+      {.temperature = 1.3, .top_p = 0.5, .top_k = 100, .seed = 3},
+      {.temperature = 1.0, .top_p = 0.99, .top_k = 0, .seed = 4},
+      {.temperature = 1.0, .top_p = 1.0, .top_k = 0, .seed = 5},
+  };
+  for (const SamplingParams& params : cases) {
+    Sampler sampler(params);
+    std::mt19937_64 reference_stream(*params.seed);
+    for (int step = 0; step < 200; ++step) {
+      for (float& x : logits) x = normal(random);
+      logits[static_cast<size_t>(step) % 7] = logits[3];  // ties
+      EXPECT_EQ(sampler.Sample(logits.data(), vocab),
+                ReferenceSample(params, reference_stream, logits.data(), vocab))
+          << "top_k " << params.top_k << " top_p " << params.top_p << " step " << step;
+    }
+  }
+}
+
+TEST(SamplingTest, LogitBiasMovesTheGreedyToken) {
+  auto logits = ExampleLogits();
+  SamplingParams params;
+  params.logit_bias = {{3, 5.0f}};  // -1 + 5 = 4 > 3
+  Sampler sampler(params);
+  EXPECT_EQ(sampler.Sample(logits.data(), logits.size()), 3);
+  params.logit_bias = {{1, -100.0f}};
+  Sampler down(params);
+  EXPECT_EQ(down.Sample(logits.data(), logits.size()), 4);
+  EXPECT_EQ(logits, ExampleLogits());  // the caller's logits are untouched
+}
+
+TEST(SamplingTest, MinTokensSuppressesStopIdsUntilReached) {
+  auto logits = ExampleLogits();
+  SamplingParams params;
+  params.min_tokens = 2;
+  params.min_tokens_suppressed = {1, 4};  // the two maxima
+  Sampler sampler(params);
+  EXPECT_EQ(sampler.Sample(logits.data(), logits.size()), 2);
+  EXPECT_EQ(sampler.Sample(logits.data(), logits.size()), 2);
+  EXPECT_EQ(sampler.Sample(logits.data(), logits.size()), 1);
+  EXPECT_EQ(sampler.sampled(), 3);
+}
+
+TEST(SamplingTest, LogitBiasValidation) {
+  SamplingParams params;
+  params.logit_bias = {{2, 100.5f}};
+  EXPECT_NE(ValidateSamplingParams(params).message().find("logit_bias"), std::string::npos);
+  params.logit_bias = {{7, 1.0f}};
+  EXPECT_FALSE(ValidateSamplingParams(params, 6).ok());
+  EXPECT_TRUE(ValidateSamplingParams(params, 8).ok());
+}
+
+TEST(SamplingTest, LogprobOfATokenIsOneValue) {
+  std::mt19937 random(9);
+  std::normal_distribution<float> normal(0.0f, 4.0f);
+  std::vector<float> logits(129280);
+  for (float& x : logits) x = normal(random);
+  const double normalizer = LogSumExp(logits.data(), logits.size());
+  for (const auto& [id, logit] : TopLogits(logits.data(), logits.size(), 5)) {
+    EXPECT_EQ(Logprob(logits.data(), normalizer, id),
+              LogProbability(logits.data(), logits.size(), id));
+  }
 }
 
 }  // namespace

@@ -417,5 +417,27 @@ TEST_F(HttpServerTest, GarbageRequestsKeepTheServerUp) {
   EXPECT_EQ(client_->Get("/health")->status, 200);
 }
 
+// vLLM's /tokenize and /detokenize and GET /version are routed (shapes: openai_features_test).
+TEST_F(HttpServerTest, TokenizeDetokenizeAndVersionRoutes) {
+  StartServer();
+  auto tokens = Post("/tokenize", R"({"prompt":"Hello world","add_special_tokens":false})");
+  ASSERT_TRUE(tokens);
+  EXPECT_EQ(tokens->status, 200);
+  EXPECT_EQ(json::parse(tokens->body)["tokens"], json({19923, 2058}));
+  auto text = Post("/detokenize", R"({"tokens":[19923,2058]})");
+  ASSERT_TRUE(text);
+  EXPECT_EQ(json::parse(text->body)["prompt"], "Hello world");
+  auto bad = Post("/detokenize", R"({"tokens":[-1]})");
+  ASSERT_TRUE(bad);
+  EXPECT_EQ(bad->status, 400);
+  auto version = client_->Get("/version");
+  ASSERT_TRUE(version);
+  EXPECT_EQ(version->status, 200);
+  EXPECT_TRUE(json::parse(version->body)["version"].is_string());
+  auto wrong = client_->Get("/tokenize");
+  ASSERT_TRUE(wrong);
+  EXPECT_EQ(wrong->status, 405);
+}
+
 }  // namespace
 }  // namespace moemesh::router

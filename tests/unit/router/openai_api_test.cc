@@ -98,8 +98,8 @@ TEST(OpenAiApiTest, ParsesChatParameters) {
 
 TEST(OpenAiApiTest, PreparesChatSequences) {
   PreparedRequest p = Prepare(kChat, R"({)" + std::string(kUser) + R"(,"n":3,"seed":7,"temperature":0.7,"top_p":0.8,"top_k":5,"max_tokens":9,"logprobs":true,"top_logprobs":2,"stop_token_ids":[100]})");
-  EXPECT_EQ(p.prompt_text, "<｜begin▁of▁sentence｜><｜User｜>What is 2+2?<｜Assistant｜><think>\n");
-  EXPECT_EQ(p.prompt_ids, Info().tokenizer->Encode(p.prompt_text));
+  EXPECT_EQ(p.prompts[0].text, "<｜begin▁of▁sentence｜><｜User｜>What is 2+2?<｜Assistant｜><think>\n");
+  EXPECT_EQ(p.prompts[0].ids, Info().tokenizer->Encode(p.prompts[0].text));
   EXPECT_TRUE(p.output_options.parse_reasoning);
   EXPECT_TRUE(p.output_options.starts_in_reasoning);
   EXPECT_FALSE(p.output_options.parse_tool_calls);
@@ -117,13 +117,13 @@ TEST(OpenAiApiTest, PreparesChatSequences) {
     EXPECT_TRUE(s.logprobs());
     EXPECT_EQ(s.top_logprobs(), 2u);
     EXPECT_EQ(s.stop_token_ids_size(), 1);
-    EXPECT_EQ(s.prompt_token_ids_size(), static_cast<int>(p.prompt_ids.size()));
+    EXPECT_EQ(s.prompt_token_ids_size(), static_cast<int>(p.prompts[0].ids.size()));
   }
 }
 
 TEST(OpenAiApiTest, DefaultMaxTokensFillsTheContext) {
   PreparedRequest p = Prepare(kChat, R"({)" + std::string(kUser) + "}");
-  EXPECT_EQ(p.max_tokens, 163840 - static_cast<int64_t>(p.prompt_ids.size()));
+  EXPECT_EQ(p.prompts[0].max_tokens, 163840 - static_cast<int64_t>(p.prompts[0].ids.size()));
   EXPECT_FALSE(p.sequences[0].sampling().has_seed());
 }
 
@@ -131,12 +131,12 @@ TEST(OpenAiApiTest, CompletionPromptForms) {
   PreparedRequest text = Prepare(kCompletions, R"({"prompt":"Hello world"})");
   std::vector<TokenId> expected = {0};
   for (TokenId id : Info().tokenizer->Encode("Hello world")) expected.push_back(id);
-  EXPECT_EQ(text.prompt_ids, expected);  // BOS first, as Hugging Face encodes it
+  EXPECT_EQ(text.prompts[0].ids, expected);  // BOS first, as Hugging Face encodes it
   EXPECT_FALSE(text.output_options.parse_reasoning);
-  EXPECT_EQ(Prepare(kCompletions, R"({"prompt":["Hello world"]})").prompt_ids, expected);
-  EXPECT_EQ(Prepare(kCompletions, R"({"prompt":[5,6,129279]})").prompt_ids,
+  EXPECT_EQ(Prepare(kCompletions, R"({"prompt":["Hello world"]})").prompts[0].ids, expected);
+  EXPECT_EQ(Prepare(kCompletions, R"({"prompt":[5,6,129279]})").prompts[0].ids,
             (std::vector<TokenId>{5, 6, 129279}));
-  EXPECT_EQ(Prepare(kCompletions, R"({"prompt":[[5,6]]})").prompt_ids, (std::vector<TokenId>{5, 6}));
+  EXPECT_EQ(Prepare(kCompletions, R"({"prompt":[[5,6]]})").prompts[0].ids, (std::vector<TokenId>{5, 6}));
   PreparedRequest options = Prepare(kCompletions, R"({"prompt":[1,2],"logprobs":3,"return_token_ids":true,"ignore_eos":true})");
   EXPECT_TRUE(options.api.logprobs);
   EXPECT_EQ(options.api.top_logprobs, 3);
@@ -234,15 +234,44 @@ TEST(OpenAiApiTest, EveryErrorCaseHasStatusAndBody) {
       {kCompletions, R"({"prompt":5})", 400, "prompt", ""},
       {kCompletions, R"({"prompt":[]})", 400, "prompt", ""},
       {kCompletions, R"({"prompt":""})", 400, "prompt", ""},
-      {kCompletions, R"({"prompt":["a","b"]})", 400, "prompt", ""},
-      {kCompletions, R"({"prompt":[[1],[2]]})", 400, "prompt", ""},
+      {kCompletions, R"({"prompt":["a",[1]]})", 400, "prompt[1]", ""},
+      {kCompletions, R"({"prompt":[[1],[]]})", 400, "prompt[1]", ""},
+      {kCompletions, R"({"prompt":[[1],[129280]]})", 400, "prompt[1]", ""},
       {kCompletions, R"({"prompt":[1,"a"]})", 400, "prompt", ""},
       {kCompletions, R"({"prompt":[129280]})", 400, "prompt", ""},
       {kCompletions, R"({"prompt":[-1]})", 400, "prompt", ""},
       {kCompletions, R"({"prompt":[1.5]})", 400, "prompt", ""},
       {kCompletions, R"({"prompt":"hi","logprobs":21})", 400, "logprobs", ""},
       {kCompletions, R"({"prompt":"hi","logprobs":true})", 400, "logprobs", ""},
-      {kCompletions, R"({"prompt":"hi","echo":true})", 400, "echo", ""},
+      {kCompletions, R"({"prompt":"hi","echo":1})", 400, "echo", ""},
+      {kCompletions, R"({"prompt":"hi","echo":true,"logprobs":2})", 400, "echo", ""},
+      {kCompletions, R"({"prompt":"hi","suffix":"x"})", 400, "suffix", ""},
+      {kCompletions, R"({"prompt":"hi","n":3,"best_of":2})", 400, "best_of", ""},
+      {kCompletions, R"({"prompt":"hi","best_of":17})", 400, "best_of", ""},
+      {kCompletions, R"({"prompt":"hi","best_of":2,"stream":true})", 400, "best_of", ""},
+      {kCompletions, R"({"prompt":"hi","top_logprobs":2})", 400, "top_logprobs", ""},
+      {kCompletions, R"({"prompt":"hi","messages":[]})", 400, "messages", ""},
+      // Parameters this server does not implement are refused, never ignored.
+      {kChat, "{" + u + R"(,"best_of":2})", 400, "best_of", ""},
+      {kChat, "{" + u + R"(,"echo":true})", 400, "echo", ""},
+      {kChat, "{" + u + R"(,"suffix":"x"})", 400, "suffix", ""},
+      {kChat, "{" + u + R"(,"repetition_penalty":1.1})", 400, "repetition_penalty", ""},
+      {kChat, "{" + u + R"(,"functions":[]})", 400, "functions", ""},
+      {kChat, "{" + u + R"(,"parallel_tool_calls":"x"})", 400, "parallel_tool_calls", ""},
+      {kChat, "{" + u + R"(,"logit_bias":"x"})", 400, "logit_bias", ""},
+      {kChat, "{" + u + R"(,"logit_bias":{"129280":1}})", 400, "logit_bias", ""},
+      {kChat, "{" + u + R"(,"logit_bias":{"-1":1}})", 400, "logit_bias", ""},
+      {kChat, "{" + u + R"(,"logit_bias":{"abc":1}})", 400, "logit_bias", ""},
+      {kChat, "{" + u + R"(,"logit_bias":{"5":100.5}})", 400, "logit_bias", ""},
+      {kChat, "{" + u + R"(,"logit_bias":{"5":-101}})", 400, "logit_bias", ""},
+      {kChat, "{" + u + R"(,"logit_bias":{"5":"1"}})", 400, "logit_bias", ""},
+      {kChat, "{" + u + R"(,"min_tokens":-1})", 400, "min_tokens", ""},
+      {kChat, "{" + u + R"(,"min_tokens":"3"})", 400, "min_tokens", ""},
+      {kChat, "{" + u + R"(,"min_tokens":5,"max_tokens":4})", 400, "min_tokens", ""},
+      {kChat, "{" + u + R"(,"chat_template_kwargs":[]})", 400, "chat_template_kwargs", ""},
+      {kChat, "{" + u + R"(,"chat_template_kwargs":{"messages":[]}})", 400, "chat_template_kwargs", ""},
+      {kChat, "{" + u + R"(,"add_generation_prompt":"no"})", 400, "add_generation_prompt", ""},
+      {kChat, "{" + u + R"(,"prompt":"x"})", 400, "prompt", ""},
       {kCompletions, R"({"prompt":[1,2,3],"max_tokens":163838})", 400, "max_tokens", ""},
       {kCompletions, R"({"model":"other","prompt":"hi"})", 404, "model", "model_not_found"},
   };
@@ -263,7 +292,7 @@ TEST(OpenAiApiTest, EveryErrorCaseHasStatusAndBody) {
 
 TEST(OpenAiApiTest, ContextErrorGivesBothLengths) {
   PreparedRequest ok = Prepare(kCompletions, R"({"prompt":[1,2,3],"max_tokens":163837})");
-  EXPECT_EQ(ok.max_tokens, 163837);
+  EXPECT_EQ(ok.prompts[0].max_tokens, 163837);
   ApiError error = ErrorOf(kCompletions, R"({"prompt":[1,2,3],"max_tokens":163838})");
   EXPECT_NE(error.message.find("163840"), std::string::npos) << error.message;
   EXPECT_NE(error.message.find("163841"), std::string::npos) << error.message;
@@ -421,9 +450,9 @@ TEST(OpenAiApiTest, NonStreamingChatResponse) {
   EXPECT_FALSE(c["message"].contains("tool_calls"));
   EXPECT_EQ(c["finish_reason"], "stop");
   EXPECT_TRUE(c["logprobs"].is_null());
-  EXPECT_EQ(r["usage"]["prompt_tokens"], p.prompt_ids.size());
+  EXPECT_EQ(r["usage"]["prompt_tokens"], p.prompts[0].ids.size());
   EXPECT_EQ(r["usage"]["completion_tokens"], ids.size());
-  EXPECT_EQ(r["usage"]["total_tokens"], p.prompt_ids.size() + ids.size());
+  EXPECT_EQ(r["usage"]["total_tokens"], p.prompts[0].ids.size() + ids.size());
 }
 
 TEST(OpenAiApiTest, StopWithoutEosTokenAndLength) {
