@@ -7,6 +7,7 @@
 #include <random>
 #include <vector>
 
+#include "core/model/counter_rng.h"
 #include "gtest/gtest.h"
 
 namespace moemesh::model {
@@ -87,9 +88,9 @@ TEST(SamplingTest, TopLogitsAndLogProbability) {
 }
 
 // The sampler as it was before partial selection (a full sort per token): the new one must pick
-// the same tokens from the same random stream.
-int32_t ReferenceSample(const SamplingParams& params, std::mt19937_64& generator,
-                        const float* logits, int64_t vocab) {
+// the same tokens from the same draws (the counter-based uniform at (seed, position)).
+int32_t ReferenceSample(const SamplingParams& params, int64_t position, const float* logits,
+                        int64_t vocab) {
   std::vector<int32_t> order(static_cast<size_t>(vocab));
   std::iota(order.begin(), order.end(), 0);
   int64_t keep = vocab;
@@ -115,7 +116,7 @@ int32_t ReferenceSample(const SamplingParams& params, std::mt19937_64& generator
   }
   double mass = 0.0;
   for (size_t i = 0; i < nucleus; ++i) mass += p[i];
-  const double draw = static_cast<double>(generator() >> 11) * 0x1.0p-53 * mass;
+  const double draw = CounterUniform(*params.seed, static_cast<uint64_t>(position)) * mass;
   double running = 0.0;
   for (size_t i = 0; i < nucleus; ++i) {
     running += p[i];
@@ -138,12 +139,11 @@ TEST(SamplingTest, PartialSelectionPicksWhatAFullSortPicked) {
   };
   for (const SamplingParams& params : cases) {
     Sampler sampler(params);
-    std::mt19937_64 reference_stream(*params.seed);
     for (int step = 0; step < 200; ++step) {
       for (float& x : logits) x = normal(random);
       logits[static_cast<size_t>(step) % 7] = logits[3];  // ties
       EXPECT_EQ(sampler.Sample(logits.data(), vocab),
-                ReferenceSample(params, reference_stream, logits.data(), vocab))
+                ReferenceSample(params, step, logits.data(), vocab))
           << "top_k " << params.top_k << " top_p " << params.top_p << " step " << step;
     }
   }
