@@ -84,6 +84,9 @@ absl::StatusOr<std::unique_ptr<AttentionNode>> AttentionNode::Start(AttentionNod
 
   comm::GrpcExpertTransportOptions transport_options;
   transport_options.dispatch_deadline = absl::Seconds(options.dispatch_timeout_seconds);
+  transport_options.dispatch_deadline_floor =
+      absl::Seconds(std::min(options.dispatch_timeout_floor_seconds,
+                             options.dispatch_timeout_seconds));
   SchedulerOptions scheduler_options = options.scheduler;
   if (options.metrics != nullptr) {
     node->metrics_ =
@@ -106,6 +109,8 @@ absl::StatusOr<std::unique_ptr<AttentionNode>> AttentionNode::Start(AttentionNod
         auto experts = std::make_unique<RemoteRoutedExperts>(
             raw->transport_.get(), &raw->placement_, lane, hidden_size,
             [raw] { raw->RefreshPlacement(); }, last_moe_layer);
+        experts->set_recovery_timeout(
+            absl::Seconds(raw->options_.expert_recovery_timeout_seconds));
         raw->lanes_.push_back(experts.get());
         if (raw->metrics_ == nullptr) return std::unique_ptr<model::RoutedExperts>(std::move(experts));
         auto timed = std::make_unique<TimedRoutedExperts>(std::move(experts));
@@ -176,6 +181,14 @@ DispatchStatistics AttentionNode::dispatch_statistics() const {
     total.round_trip_seconds += statistics.round_trip_seconds;
     total.failures += statistics.failures;
     total.redispatches += statistics.redispatches;
+    total.redispatched_rows += statistics.redispatched_rows;
+    total.failovers_unreachable += statistics.failovers_unreachable;
+    total.failovers_not_held += statistics.failovers_not_held;
+    total.detection_seconds_sum += statistics.detection_seconds_sum;
+    total.detection_seconds_max =
+        std::max(total.detection_seconds_max, statistics.detection_seconds_max);
+    total.recovery_waits += statistics.recovery_waits;
+    total.recovery_wait_seconds += statistics.recovery_wait_seconds;
   }
   return total;
 }

@@ -60,7 +60,10 @@ struct AttentionNodeOptions {
   int64_t cache_tokens = 65536;      // latent cache capacity, in token positions
   int cache_block_size = model::DeepseekModel::kDefaultCacheBlockSize;
   SchedulerOptions scheduler;
-  double dispatch_timeout_seconds = 10.0;
+  double dispatch_timeout_seconds = 10.0;  // ceiling of the adaptive dispatch deadline
+  double dispatch_timeout_floor_seconds = 1.0;  // its floor
+  // A step whose experts have no live node waits this long for them to be re-placed.
+  double expert_recovery_timeout_seconds = 120;
   // Optional: the process's metrics (see node_metrics.h) and where they are served (registered
   // with the router so that Prometheus can discover the node).
   std::shared_ptr<obs::MetricsRegistry> metrics;

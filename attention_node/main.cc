@@ -22,7 +22,12 @@ ABSL_FLAG(int, cache_block_size, 64, "positions per cache block");
 ABSL_FLAG(int64_t, max_batch_tokens, 512, "new tokens per step (decode + chunked prefill)");
 ABSL_FLAG(int, max_running, 256, "sequences running at once");
 ABSL_FLAG(int, micro_batches, 2, "concurrent micro-batches per step (1 = no overlap)");
-ABSL_FLAG(double, dispatch_timeout_seconds, 10.0, "expert round trip deadline");
+ABSL_FLAG(double, dispatch_timeout_seconds, 10.0,
+          "expert round trip deadline ceiling (the deadline adapts to observed round trips)");
+ABSL_FLAG(double, dispatch_timeout_floor_seconds, 1.0,
+          "the adaptive expert round trip deadline is never below this");
+ABSL_FLAG(double, expert_recovery_timeout, 120,
+          "a step whose experts have no live node waits this long for them to be re-placed");
 ABSL_FLAG(int, compute_threads, 1, "OpenBLAS/OpenMP threads per micro-batch");
 ABSL_FLAG(int, metrics_port, 0, "port of GET /metrics (Prometheus); 0 picks one, -1 disables");
 ABSL_FLAG(double, drain_timeout, 20,
@@ -55,6 +60,8 @@ int main(int argc, char** argv) {
   options.scheduler.max_running = absl::GetFlag(FLAGS_max_running);
   options.scheduler.micro_batches = absl::GetFlag(FLAGS_micro_batches);
   options.dispatch_timeout_seconds = absl::GetFlag(FLAGS_dispatch_timeout_seconds);
+  options.dispatch_timeout_floor_seconds = absl::GetFlag(FLAGS_dispatch_timeout_floor_seconds);
+  options.expert_recovery_timeout_seconds = absl::GetFlag(FLAGS_expert_recovery_timeout);
   if (options.cache_tokens <= 0 || options.cache_block_size <= 0 ||
       options.scheduler.max_batch_tokens <= 0) {
     std::fprintf(stderr,
@@ -84,10 +91,16 @@ int main(int argc, char** argv) {
     const moemesh::attention_node::DispatchStatistics s = (*node)->dispatch_statistics();
     std::fprintf(stderr,
                  "moemesh-attention-node: dispatch statistics layer_dispatches=%llu "
-                 "node_round_trips=%llu round_trip_seconds=%.6f failures=%llu\n",
+                 "node_round_trips=%llu round_trip_seconds=%.6f failures=%llu "
+                 "failovers_unreachable=%llu failovers_not_held=%llu redispatched_rows=%llu "
+                 "detection_seconds_max=%.6f recovery_waits=%llu recovery_wait_seconds=%.6f\n",
                  static_cast<unsigned long long>(s.layer_dispatches),
                  static_cast<unsigned long long>(s.node_round_trips), s.round_trip_seconds,
-                 static_cast<unsigned long long>(s.failures));
+                 static_cast<unsigned long long>(s.failures),
+                 static_cast<unsigned long long>(s.failovers_unreachable),
+                 static_cast<unsigned long long>(s.failovers_not_held),
+                 static_cast<unsigned long long>(s.redispatched_rows), s.detection_seconds_max,
+                 static_cast<unsigned long long>(s.recovery_waits), s.recovery_wait_seconds);
     std::fflush(stderr);
   };
   int signal;

@@ -32,7 +32,9 @@ void PlacementTable::Update(const moemesh::v1::Placement& placement) {
   if (snapshot->version < snapshot_->version) return;
   if (snapshot->version == snapshot_->version) {
     // Same version: keep local suspicions.
-    snapshot->unhealthy.insert(snapshot_->unhealthy.begin(), snapshot_->unhealthy.end());
+    for (const std::string& node : snapshot_->suspected) {
+      if (snapshot->unhealthy.insert(node).second) snapshot->suspected.insert(node);
+    }
   }
   snapshot_ = std::move(snapshot);
 }
@@ -40,8 +42,18 @@ void PlacementTable::Update(const moemesh::v1::Placement& placement) {
 void PlacementTable::Suspect(const std::string& node_id) {
   absl::MutexLock lock(&mutex_);
   auto snapshot = std::make_shared<PlacementSnapshot>(*snapshot_);
-  snapshot->unhealthy.insert(node_id);
+  if (snapshot->unhealthy.insert(node_id).second) snapshot->suspected.insert(node_id);
   snapshot_ = std::move(snapshot);
+}
+
+bool PlacementTable::Forgive() {
+  absl::MutexLock lock(&mutex_);
+  if (snapshot_->suspected.empty()) return false;
+  auto snapshot = std::make_shared<PlacementSnapshot>(*snapshot_);
+  for (const std::string& node : snapshot->suspected) snapshot->unhealthy.erase(node);
+  snapshot->suspected.clear();
+  snapshot_ = std::move(snapshot);
+  return true;
 }
 
 std::shared_ptr<const PlacementSnapshot> PlacementTable::Snapshot() const {

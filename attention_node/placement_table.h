@@ -25,6 +25,7 @@ struct PlacementSnapshot {
   std::map<std::pair<int, int>, std::vector<std::string>> replicas;  // (layer, expert) -> nodes
   std::map<std::string, std::string> addresses;                      // node id -> host:port
   std::set<std::string> unhealthy;  // per the router, or suspected here after a failed dispatch
+  std::set<std::string> suspected;  // the part of `unhealthy` suspected here only
 
   // The replica that computes every row of (layer, expert) in one dispatch: among the healthy
   // replicas (placement order, skipping `unhealthy` and `also_unhealthy`), number
@@ -45,6 +46,9 @@ class PlacementTable {
   void Update(const moemesh::v1::Placement& placement);
   // Marks a node as failed until the next placement version says otherwise.
   void Suspect(const std::string& node_id);
+  // Drops this node's own suspicions (the router still calls those nodes healthy): a step that
+  // waited long for its experts tries them again. Returns whether there were any.
+  bool Forgive();
   std::shared_ptr<const PlacementSnapshot> Snapshot() const;
 
   // The current snapshot, registered as in use until Unpin(its version).

@@ -53,6 +53,39 @@ absl::StatusOr<std::map<std::string, NodeShare>> AssignReplicas(
   return shares;
 }
 
+// AssignReplicas on the newest placement; while some expert has no live holder, waits for the
+// router to re-place it (refreshing the placement every 100 ms) up to `timeout`. After a second
+// of waiting, this node's own suspicions are dropped once (a node suspected on a slow reply that
+// the router still calls healthy is tried again). `*used` is the snapshot the shares are for;
+// `*waited` the seconds spent waiting.
+absl::StatusOr<std::map<std::string, NodeShare>> AssignOrWait(
+    PlacementTable* table, const std::function<void()>& refresh, absl::Duration timeout,
+    int layer, const std::vector<ExpertRows>& experts, uint64_t spread,
+    std::set<std::string> skip, std::shared_ptr<const PlacementSnapshot>* used, double* waited) {
+  const absl::Time start = absl::Now();
+  bool forgiven = false;
+  while (true) {
+    *used = table->Snapshot();
+    absl::StatusOr<std::map<std::string, NodeShare>> shares =
+        AssignReplicas(**used, layer, experts, spread, skip);
+    *waited = absl::ToDoubleSeconds(absl::Now() - start);
+    if (shares.ok() || refresh == nullptr) return shares;
+    if (absl::Now() - start >= timeout) {
+      if (timeout <= absl::ZeroDuration()) return shares;
+      return absl::UnavailableError(absl::StrCat(shares.status().message(), "; waited ",
+                                                 absl::FormatDuration(timeout),
+                                                 " for it to be re-placed"));
+    }
+    if (!forgiven && absl::Now() - start >= absl::Seconds(1)) {
+      forgiven = true;
+      table->Forgive();
+      skip.clear();
+    }
+    absl::SleepFor(absl::Milliseconds(100));
+    refresh();
+  }
+}
+
 // A request in flight and the (expert, step rows) its outputs answer, in slice order.
 struct Pending {
   std::string node_id;
@@ -120,11 +153,17 @@ absl::StatusOr<model::RoutedExperts::Combine> RemoteRoutedExperts::Dispatch(
   absl::StatusOr<std::map<std::string, NodeShare>> shares =
       AssignReplicas(*snapshot, layer, experts, spread, excluded);
   if (!shares.ok() && refresh_placement_ != nullptr) {
-    // This node's copy of the placement may just be behind the router's: fetch it once and use
-    // the newest version for this layer.
+    // This node's copy of the placement may just be behind the router's: fetch it and use the
+    // newest version for this layer; an expert whose nodes died waits to be re-placed.
     refresh_placement_();
-    snapshot = placement_->Snapshot();
-    shares = AssignReplicas(*snapshot, layer, experts, spread, snapshot->unhealthy);
+    double waited = 0;
+    shares = AssignOrWait(placement_, refresh_placement_, recovery_timeout_, layer, experts,
+                          spread, {}, &snapshot, &waited);
+    if (waited > 0.05) {
+      absl::MutexLock lock(&mutex_);
+      ++statistics_.recovery_waits;
+      statistics_.recovery_wait_seconds += waited;
+    }
   }
   if (!shares.ok()) {
     ReleasePin();
@@ -176,7 +215,9 @@ absl::StatusOr<model::RoutedExperts::Combine> RemoteRoutedExperts::Dispatch(
     std::vector<std::vector<float>> outputs;  // keeps every reply's floats alive
     std::vector<Pending> pending = std::move(*first);
     absl::Status failure;
-    uint64_t round_trips = 0, redispatches = 0;
+    uint64_t round_trips = 0, redispatches = 0, redispatched_rows = 0;
+    uint64_t unreachable = 0, not_held = 0, waits = 0;
+    double detection_sum = 0, detection_max = 0, waited_sum = 0;
     std::set<std::string> excluded;
     for (int attempt = 0; !pending.empty(); ++attempt) {
       std::vector<ExpertRows> retry;
@@ -193,8 +234,15 @@ absl::StatusOr<model::RoutedExperts::Combine> RemoteRoutedExperts::Dispatch(
                                                              status.message()));
           if (absl::IsFailedPrecondition(status)) {
             refresh = true;  // it no longer holds an expert: our placement is behind
+            ++not_held;
           } else {
-            placement_->Suspect(node.node_id);
+            placement_->Suspect(node.node_id);  // at once, for every later dispatch here
+            ++unreachable;
+            const double detected = std::chrono::duration<double>(
+                                        std::chrono::steady_clock::now() - started)
+                                        .count();
+            detection_sum += detected;
+            detection_max = std::max(detection_max, detected);
           }
           excluded.insert(node.node_id);
           for (ExpertRows& expert : node.experts) retry.push_back(std::move(expert));
@@ -214,7 +262,13 @@ absl::StatusOr<model::RoutedExperts::Combine> RemoteRoutedExperts::Dispatch(
         failure = absl::OkStatus();
         break;
       }
-      if (attempt + 1 >= kMaxTries) break;
+      // Past kMaxTries rounds, go on only while the layer is within its recovery timeout (a
+      // node tried again after a wait may still be the dead one the router has not noticed).
+      if (attempt + 1 >= kMaxTries &&
+          std::chrono::steady_clock::now() - started >=
+              absl::ToChronoNanoseconds(recovery_timeout_)) {
+        break;
+      }
       // Re-send those experts' rows to another replica of the newest placement.
       if (refresh && refresh_placement_ != nullptr) refresh_placement_();
       std::shared_ptr<const PlacementSnapshot> latest = placement_->Snapshot();
@@ -227,13 +281,25 @@ absl::StatusOr<model::RoutedExperts::Combine> RemoteRoutedExperts::Dispatch(
       if (!again.ok() && refresh) {
         // Every other holder was tried: a node that answered NOT_HELD may have loaded it since.
         skip = latest->unhealthy;
-        again = AssignReplicas(*latest, layer, std::move(retry), spread, skip);
+        again = AssignReplicas(*latest, layer, retry, spread, skip);
+      }
+      if (!again.ok() && refresh_placement_ != nullptr) {
+        // No live replica left: wait for the router to re-place the experts.
+        refresh_placement_();
+        double waited = 0;
+        again = AssignOrWait(placement_, refresh_placement_, recovery_timeout_, layer, retry,
+                             spread, skip, &latest, &waited);
+        if (waited > 0.05) {
+          ++waits;
+          waited_sum += waited;
+        }
       }
       if (!again.ok()) {
         failure = again.status();
         break;
       }
       redispatches += again->size();
+      for (const ExpertRows& expert : retry) redispatched_rows += expert.rows.size();
       pending = send(*again, latest->version);
     }
     if (failure.ok()) {
@@ -252,6 +318,13 @@ absl::StatusOr<model::RoutedExperts::Combine> RemoteRoutedExperts::Dispatch(
     ++statistics_.layer_dispatches;
     statistics_.node_round_trips += round_trips;
     statistics_.redispatches += redispatches;
+    statistics_.redispatched_rows += redispatched_rows;
+    statistics_.failovers_unreachable += unreachable;
+    statistics_.failovers_not_held += not_held;
+    statistics_.detection_seconds_sum += detection_sum;
+    statistics_.detection_seconds_max = std::max(statistics_.detection_seconds_max, detection_max);
+    statistics_.recovery_waits += waits;
+    statistics_.recovery_wait_seconds += waited_sum;
     statistics_.round_trip_seconds +=
         std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
     if (!failure.ok()) ++statistics_.failures;

@@ -12,6 +12,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "attention_node/placement_table.h"
 #include "core/comm/expert_transport.h"
 #include "core/model/routed_experts.h"
@@ -25,6 +26,13 @@ struct DispatchStatistics {
   double round_trip_seconds = 0;    // summed over layers: dispatch start -> last output in
   uint64_t failures = 0;            // layers that failed after every retry
   uint64_t redispatches = 0;        // per-node requests sent again to another replica
+  uint64_t redispatched_rows = 0;   // (row, expert) pairs sent again to another replica
+  uint64_t failovers_unreachable = 0;  // node requests failed: unreachable, broken, deadline
+  uint64_t failovers_not_held = 0;     // node requests refused: expert not held (placement lag)
+  double detection_seconds_sum = 0;    // per unreachable failure: layer start -> failure seen
+  double detection_seconds_max = 0;
+  uint64_t recovery_waits = 0;         // layers that waited for an expert to get a live node
+  double recovery_wait_seconds = 0;
 };
 
 class RemoteRoutedExperts : public model::RoutedExperts {
@@ -42,14 +50,18 @@ class RemoteRoutedExperts : public model::RoutedExperts {
   ~RemoteRoutedExperts() override;
 
   // Errors: UNAVAILABLE when an expert has no healthy holder or every replica tried failed (a
-  // failed node is suspected until the next placement version); FAILED_PRECONDITION when no
+  // failed node is suspected until the next placement version), after waiting up to the
+  // recovery timeout for the router to re-place it (the message names the missing experts); FAILED_PRECONDITION when no
   // holder has an expert it was sent even after a placement refresh. Rows a node could not
   // answer (unreachable, or it no longer holds the expert) are re-sent to another replica, up to
-  // kMaxTries rounds, before giving up.
+  // kMaxTries rounds (more while within the recovery timeout), before giving up.
   absl::StatusOr<Combine> Dispatch(int layer, const float* hidden, int64_t rows,
                                    const model::GateDecision& decision) override;
 
   DispatchStatistics statistics() const;
+  // How long a layer waits for an expert without a live holder to be re-placed (polling the
+  // router's placement) before failing with UNAVAILABLE; zero (the default) fails at once.
+  void set_recovery_timeout(absl::Duration timeout) { recovery_timeout_ = timeout; }
 
   static constexpr int kMaxTries = 3;
 
@@ -64,6 +76,7 @@ class RemoteRoutedExperts : public model::RoutedExperts {
   int hidden_size_;
   std::function<void()> refresh_placement_;
   int last_moe_layer_;
+  absl::Duration recovery_timeout_ = absl::ZeroDuration();
   mutable absl::Mutex mutex_;
   DispatchStatistics statistics_ ABSL_GUARDED_BY(mutex_);
   std::shared_ptr<const PlacementSnapshot> pinned_ ABSL_GUARDED_BY(mutex_);

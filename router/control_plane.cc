@@ -72,14 +72,23 @@ void ControlPlane::AbandonTargetLocked(const std::string& why) {
 
 void ControlPlane::RefreshLocked(absl::Time now) {
   for (Node& node : nodes_) {
-    const bool alive = now - node.last_heartbeat <= options_.heartbeat_timeout;
-    if (node.alive && !alive) {
+    const bool was_alive = node.alive;
+    node.alive = now - node.last_heartbeat <= options_.heartbeat_timeout;
+    if (was_alive && !node.alive) {
       obs::LogWarn("node {} lost: no heartbeat for {} (address={})", node.id,
                    absl::FormatDuration(now - node.last_heartbeat), node.address);
-    } else if (!node.alive && alive) {
+    } else if (!was_alive && node.alive) {
       obs::LogInfo("node {} heartbeating again (address={})", node.id, node.address);
     }
-    node.alive = alive;
+    // A death is a membership change: re-plan without the node (its experts go to the others).
+    if (was_alive && !node.alive && node.kind == moemesh::v1::NODE_KIND_EXPERT &&
+        node.in_placement && node.drain != HeartbeatReply::DRAINED) {
+      ++counters_.expert_nodes_lost;
+      if (!lost_since_.has_value()) lost_since_ = now;
+      plan_reasons_.insert("node_lost");
+      wake_ = true;
+      obs::LogWarn("expert node {} lost; re-planning without it", node.id);
+    }
   }
   // A drained node that stopped heartbeating has left.
   nodes_.erase(std::remove_if(nodes_.begin(), nodes_.end(),
@@ -109,7 +118,7 @@ void ControlPlane::MaybeComputePlacementLocked() {
   for (const Node* node : experts) capacities |= node->max_experts_per_layer > 0;
   const std::vector<int> moe_layers = config_.MoeLayers();
   std::vector<moemesh::v1::ExpertReplicas> entries;
-  if (options_.redundant_experts > 0 || capacities) {
+  if (options_.redundant_experts > 0 || capacities || options_.min_replicas > 1) {
     placement::PlannerInput input;
     input.num_experts = config_.n_routed_experts;
     input.load.assign(moe_layers.size(), std::vector<double>(config_.n_routed_experts, 1.0));
@@ -119,6 +128,7 @@ void ControlPlane::MaybeComputePlacementLocked() {
       ids.push_back(node->id);
     }
     input.redundant_experts = options_.redundant_experts;
+    input.min_replicas = std::clamp(options_.min_replicas, 1, static_cast<int>(input.nodes.size()));
     absl::StatusOr<placement::PlacementPlan> plan = placement::PlanPlacement(input);
     if (!plan.ok()) {
       std::fprintf(stderr, "moemesh-router: no first placement: %s\n",
@@ -428,7 +438,17 @@ void ControlPlane::PlanLocked(absl::Time now, const std::vector<std::vector<doub
       return absl::StatusOr<placement::PlacementPlan>(
           absl::FailedPreconditionError("no expert node could hold the experts"));
     }
-    return placement::PlanPlacement(input);
+    // Failure redundancy as far as the live nodes allow it; one replica each rather than none.
+    input.min_replicas =
+        std::clamp(options_.min_replicas, 1, static_cast<int>(input.nodes.size()));
+    absl::StatusOr<placement::PlacementPlan> plan = placement::PlanPlacement(input);
+    if (!plan.ok() && input.min_replicas > 1) {
+      std::fprintf(stderr, "moemesh-router: no placement with %d replicas each (%s); planning one\n",
+                   input.min_replicas, std::string(plan.status().message()).c_str());
+      input.min_replicas = 1;
+      plan = placement::PlanPlacement(input);
+    }
+    return plan;
   };
   std::vector<std::string> ids;
   absl::StatusOr<placement::PlacementPlan> plan = plan_over(false, &ids);
@@ -531,6 +551,11 @@ void ControlPlane::CommitTargetLocked(absl::Time now) {
   result.balancedness_after = target.balancedness_after;
   result.plan_to_commit_seconds = seconds;
   for (const std::string& reason : target.reasons) ++counters_.rebalances[reason];
+  if (target.reasons.count("node_lost") > 0 && lost_since_.has_value()) {
+    ++counters_.redundancy_restored;
+    counters_.last_restore_seconds = absl::ToDoubleSeconds(now - *lost_since_);
+    lost_since_.reset();
+  }
   counters_.plan_to_commit_seconds_sum += seconds;
   counters_.last_plan_to_commit_seconds = seconds;
   counters_.last_balancedness_before = target.balancedness_before;
@@ -657,9 +682,8 @@ std::optional<AttentionNodeInfo> ControlPlane::PickAttentionNode(
   RefreshLocked(absl::Now());
   Node* best = nullptr;
   for (Node& node : nodes_) {
-    if (node.kind != moemesh::v1::NODE_KIND_ATTENTION || !node.alive || node.attention_draining) {
-      continue;
-    }
+    if (node.kind != moemesh::v1::NODE_KIND_ATTENTION || !node.alive) continue;
+    if (node.attention_draining) continue;
     if (std::find(avoid_addresses.begin(), avoid_addresses.end(), node.address) !=
         avoid_addresses.end()) {
       continue;
@@ -714,6 +738,16 @@ std::vector<ExpertNodeInfo> ControlPlane::ExpertNodes() {
 ControlPlaneCounters ControlPlane::counters() {
   absl::MutexLock lock(&mutex_);
   counters_.min_used_version = MinUsedVersionLocked();
+  RefreshLocked(absl::Now());
+  counters_.experts_below_min_replicas = 0;
+  for (const auto& entry : placement_.experts()) {
+    int serving = 0;
+    for (const std::string& id : entry.node_ids()) {
+      const Node* node = FindLocked(id);
+      serving += node != nullptr && Serving(*node);
+    }
+    counters_.experts_below_min_replicas += serving < options_.min_replicas;
+  }
   return counters_;
 }
 

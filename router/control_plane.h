@@ -50,6 +50,9 @@ struct ControlPlaneOptions {
 
   // Redundant physical experts per MoE layer beyond one per logical expert (planner input).
   int redundant_experts = 0;
+  // Every logical expert on at least this many expert nodes (failure redundancy: 2 survives any
+  // single node). Lowered to the number of live expert nodes when fewer are left.
+  int min_replicas = 1;
   // Re-plan from the recent load every this many seconds (0 = never on a timer); such a timer
   // re-plan is only applied when it raises the predicted mean balancedness by at least
   // rebalance_min_gain.
@@ -128,6 +131,11 @@ struct ControlPlaneCounters {
   double last_balancedness_after = 1.0;
   uint64_t target_version = 0;  // 0 = none being prepared
   uint64_t min_used_version = 0;
+  // Node failure (issue 9).
+  uint64_t expert_nodes_lost = 0;        // in-placement expert nodes that stopped heartbeating
+  uint64_t redundancy_restored = 0;      // commits that re-placed a lost node's experts
+  double last_restore_seconds = 0;       // loss (heartbeat timeout) -> commit without the node
+  uint64_t experts_below_min_replicas = 0;  // (layer, expert) pairs with < min_replicas serving
 };
 
 // Thread-safe. Health is re-evaluated (against the clock) on every call, so a node that stops
@@ -199,7 +207,7 @@ class ControlPlane final : public moemesh::v1::ControlPlane::Service {
     bool in_placement = false;
     int max_experts_per_layer = 0;
     uint32_t held_experts = 0;
-    bool draining = false;
+    bool draining = false;  // asks to leave the placement (SIGTERM)
     moemesh::v1::HeartbeatReply::DrainState drain = moemesh::v1::HeartbeatReply::DRAIN_NONE;
     std::string drain_message;
     uint64_t removed_version = 0;  // committed version that no longer gives it experts
@@ -209,7 +217,7 @@ class ControlPlane final : public moemesh::v1::ControlPlane::Service {
     uint32_t running_sequences = 0;
     uint32_t waiting_sequences = 0;
     uint64_t used_version = 0;
-    bool attention_draining = false;  // admits no new sequences (its heartbeat says draining)
+    bool attention_draining = false;  // admits no new sequences (SIGTERM)
   };
   // A target placement being prepared.
   struct Target {
@@ -262,6 +270,8 @@ class ControlPlane final : public moemesh::v1::ControlPlane::Service {
   std::set<std::string> plan_reasons_ ABSL_GUARDED_BY(mutex_);  // a re-plan is wanted
   std::vector<uint64_t> plan_waiters_ ABSL_GUARDED_BY(mutex_);  // Rebalance() calls waiting
   absl::Time last_plan_ ABSL_GUARDED_BY(mutex_);
+  // When the first in-placement expert node not yet re-planned around was declared lost.
+  std::optional<absl::Time> lost_since_ ABSL_GUARDED_BY(mutex_);
   uint64_t next_waiter_ ABSL_GUARDED_BY(mutex_) = 0;
   std::map<uint64_t, absl::StatusOr<RebalanceResult>> results_ ABSL_GUARDED_BY(mutex_);
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;

@@ -5,7 +5,8 @@
 //                  [--max-model-len N] [--request-timeout-seconds 600] [--chat-template FILE]
 //                  [--api-key K | --api-key-file F] [--admin-api-key K] [--http-* limits]
 //                  [--redundant-experts R] [--rebalance-interval S] [--rebalance-min-gain G]
-//                  [--failover-timeout-seconds 30]
+//                  [--failover-timeout-seconds 30] [--min-replicas K]
+//                  [--expert-recovery-timeout 120]
 //
 // Prints (and flushes) "moemesh-router control listening on HOST:PORT" and
 // "moemesh-router http listening on HOST:PORT" once both servers accept; runs until SIGINT or
@@ -69,6 +70,11 @@ ABSL_FLAG(double, load_window_seconds, 60,
           "window of the 'recent' expert load and of moemesh_layer_balancedness");
 ABSL_FLAG(int, redundant_experts, 0,
           "redundant physical experts per MoE layer beyond one per logical expert");
+ABSL_FLAG(int, min_replicas, 1,
+          "every logical expert on at least this many expert nodes (2 survives any single node)");
+ABSL_FLAG(double, expert_recovery_timeout, 120,
+          "a request whose experts have no live node waits this many seconds for the router to "
+          "re-place them (or a node to join) before failing with 503");
 ABSL_FLAG(double, rebalance_interval, 0,
           "re-plan the placement from the recent load every this many seconds (0 = never on a "
           "timer; joins, drains and POST /v1/placement/rebalance still re-plan)");
@@ -132,6 +138,11 @@ int main(int argc, char** argv) {
     expert_load.OnHeartbeat(heartbeat);
   };
   control_options.redundant_experts = absl::GetFlag(FLAGS_redundant_experts);
+  control_options.min_replicas = absl::GetFlag(FLAGS_min_replicas);
+  if (control_options.min_replicas < 1) {
+    std::cerr << "moemesh-router: --min-replicas must be at least 1\n";
+    return 2;
+  }
   control_options.rebalance_interval_seconds = absl::GetFlag(FLAGS_rebalance_interval);
   control_options.rebalance_min_gain = absl::GetFlag(FLAGS_rebalance_min_gain);
   control_options.load_window = [&expert_load] { return expert_load.RecentLoad(); };
@@ -156,12 +167,21 @@ int main(int argc, char** argv) {
     if (control.Ready(&why)) return absl::OkStatus();
     return absl::UnavailableError(why.empty() ? "the cluster is not ready" : why);
   };
-  backend_options.check_experts = [&control]() -> absl::Status {
-    if (auto unserved = control.FirstUnservedExpert()) {
-      return absl::UnavailableError(absl::StrCat("no healthy expert node holds expert ",
-                                                 unserved->second, " of layer ", unserved->first));
+  // An expert without a live node: wait (bounded) for the router to re-place it, then 503.
+  const absl::Duration recovery = absl::Seconds(absl::GetFlag(FLAGS_expert_recovery_timeout));
+  backend_options.check_experts = [&control, recovery]() -> absl::Status {
+    const absl::Time give_up = absl::Now() + recovery;
+    while (true) {
+      std::optional<std::pair<int, int>> unserved = control.FirstUnservedExpert();
+      if (!unserved) return absl::OkStatus();
+      if (absl::Now() >= give_up) {
+        return absl::UnavailableError(absl::StrCat(
+            "no healthy expert node holds expert ", unserved->second, " of layer ",
+            unserved->first, " (waited ", absl::FormatDuration(recovery),
+            " for it to be re-placed or a node to join)"));
+      }
+      absl::SleepFor(absl::Milliseconds(50));
     }
-    return absl::OkStatus();
   };
   backend_options.pick_node =
       [&control](uint64_t reserve,

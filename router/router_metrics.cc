@@ -45,21 +45,6 @@ RouterMetrics::RouterMetrics(ControlPlane* control, ExpertLoadTracker* load)
                                   "1 if the node heartbeats within the timeout, else 0.");
   placement_version_ =
       &r.Gauge("moemesh_placement_version", "Current expert placement version.").Add({});
-  resubmissions_family_ = &r.Counter(
-      "moemesh_sequence_resubmissions_total",
-      "Sequences moved to another attention node as prompt + streamed tokens, by reason: "
-      "node_failed (stream broken, node unavailable), node_unhealthy (no heartbeat), "
-      "node_drained (handed back by a draining node).");
-  resubmitted_tokens_ =
-      &r.Counter("moemesh_resubmitted_tokens_total",
-                 "Streamed tokens of resubmitted sequences, recomputed (prefilled) by their new node.")
-           .Add({});
-  failovers_exhausted_ =
-      &r.Counter("moemesh_failover_exhausted_total",
-                 "Sequences that lost their attention node and found no other within the timeout.")
-           .Add({});
-  node_draining_family_ = &r.Gauge("moemesh_node_draining",
-                                   "1 while an attention node drains (admits no new sequences).");
   rebalances_family_ = &r.Counter(
       "moemesh_rebalances_total",
       "Committed placement re-plans by reason (manual, timer, join, drain, ...; a re-plan with "
@@ -95,14 +80,30 @@ RouterMetrics::RouterMetrics(ControlPlane* control, ExpertLoadTracker* load)
   min_used_version_ = &r.Gauge("moemesh_placement_min_used_version",
                                "Oldest placement version an attention node may still use.")
                            .Add({});
+  expert_nodes_lost_ = &r.Counter("moemesh_expert_nodes_lost_total",
+                                  "Expert nodes of the placement that stopped heartbeating (the "
+                                  "router re-plans without them).")
+                            .Add({});
+  redundancy_restored_ = &r.Counter("moemesh_redundancy_restored_total",
+                                    "Committed re-plans that re-placed a lost expert node's "
+                                    "experts on the others.")
+                              .Add({});
+  last_restore_seconds_ = &r.Gauge("moemesh_redundancy_last_restore_seconds",
+                                   "Time from declaring an expert node lost to committing a "
+                                   "placement without it (the survivors loaded its experts).")
+                               .Add({});
+  below_min_replicas_ = &r.Gauge("moemesh_experts_below_min_replicas",
+                                 "(layer, logical expert) pairs served by fewer healthy expert "
+                                 "nodes than --min-replicas (0 = full failure redundancy).")
+                             .Add({});
   {
     absl::MutexLock lock(&mutex_);
     for (const char* reason : {"stop", "length"}) {
       Labeled(*success_family_, success_, "finished_reason", reason);
     }
-  }
-  for (const char* reason : {"node_failed", "node_unhealthy", "node_drained"}) {
-    Labeled(*resubmissions_family_, resubmissions_, "reason", reason);
+    for (const char* reason : {"node_failed", "node_unhealthy", "node_drained"}) {
+      Labeled(*resubmissions_family_, resubmissions_, "reason", reason);
+    }
   }
   registry_->AddRefresh([this] { Refresh(); });
 }
@@ -142,7 +143,10 @@ void RouterMetrics::OnRequestEnd(const RequestOutcome& outcome) {
 }
 
 void RouterMetrics::OnSequenceResubmitted(const std::string& reason, int64_t recomputed_tokens) {
-  Labeled(*resubmissions_family_, resubmissions_, "reason", reason).Increment();
+  {
+    absl::MutexLock lock(&mutex_);
+    Labeled(*resubmissions_family_, resubmissions_, "reason", reason).Increment();
+  }
   resubmitted_tokens_->Increment(static_cast<double>(recomputed_tokens));
 }
 
@@ -197,7 +201,11 @@ void RouterMetrics::Refresh() {
   advance(targets_abandoned_, counters.targets_abandoned, seen_.targets_abandoned);
   advance(plan_to_commit_seconds_, counters.plan_to_commit_seconds_sum,
           seen_.plan_to_commit_seconds_sum);
+  advance(expert_nodes_lost_, counters.expert_nodes_lost, seen_.expert_nodes_lost);
+  advance(redundancy_restored_, counters.redundancy_restored, seen_.redundancy_restored);
   seen_ = counters;
+  last_restore_seconds_->Set(counters.last_restore_seconds);
+  below_min_replicas_->Set(static_cast<double>(counters.experts_below_min_replicas));
   last_plan_to_commit_seconds_->Set(counters.last_plan_to_commit_seconds);
   balancedness_before_->Set(counters.last_balancedness_before);
   balancedness_after_->Set(counters.last_balancedness_after);

@@ -64,10 +64,6 @@ class RouterMetrics : public HttpServerObserver {
   prometheus::Family<prometheus::Gauge>* balancedness_family_;
   prometheus::Family<prometheus::Gauge>* node_healthy_family_;
   prometheus::Gauge* placement_version_;
-  prometheus::Family<prometheus::Counter>* resubmissions_family_;
-  prometheus::Counter* resubmitted_tokens_;
-  prometheus::Counter* failovers_exhausted_;
-  prometheus::Family<prometheus::Gauge>* node_draining_family_;
   // Elastic expert pool (from ControlPlaneCounters; counters advance by the deltas seen).
   prometheus::Family<prometheus::Counter>* rebalances_family_;
   std::map<std::string, prometheus::Counter*> rebalances_;  // refresh only
@@ -81,7 +77,15 @@ class RouterMetrics : public HttpServerObserver {
   prometheus::Gauge* balancedness_after_;
   prometheus::Gauge* target_version_;
   prometheus::Gauge* min_used_version_;
+  prometheus::Counter* expert_nodes_lost_;
+  prometheus::Counter* redundancy_restored_;
+  prometheus::Gauge* last_restore_seconds_;
+  prometheus::Gauge* below_min_replicas_;
   ControlPlaneCounters seen_;  // refresh only
+  prometheus::Family<prometheus::Counter>* resubmissions_family_;
+  prometheus::Counter* resubmitted_tokens_;
+  prometheus::Counter* failovers_exhausted_;
+  prometheus::Family<prometheus::Gauge>* node_draining_family_;
   absl::Mutex mutex_;
   std::map<std::string, prometheus::Counter*> success_ ABSL_GUARDED_BY(mutex_);
   std::map<std::string, prometheus::Counter*> errors_ ABSL_GUARDED_BY(mutex_);

@@ -76,7 +76,8 @@ class GrpcExpertTransport::Stream {
         pending.expert_rows += static_cast<int64_t>(slice.rows.size());
       }
       pending.hidden_size = batch.hidden_size;
-      pending.deadline = absl::Now() + owner_->options_.dispatch_deadline;
+      pending.limit = DeadlineLocked();
+      pending.deadline = absl::Now() + pending.limit;
       pending.sent = absl::Now();
       future = pending.promise.get_future();
     }
@@ -98,12 +99,14 @@ class GrpcExpertTransport::Stream {
   void Expire(absl::Time now) {
     uint64_t late_id = 0;
     int layer = 0;
+    absl::Duration limit;
     {
       absl::MutexLock lock(&mutex_);
       for (const auto& [id, pending] : pending_) {
         if (pending.deadline <= now) {
           late_id = id;
           layer = pending.layer;
+          limit = pending.limit;
           break;
         }
       }
@@ -112,7 +115,7 @@ class GrpcExpertTransport::Stream {
     owner_->Count([](ExpertTransportCounters& c) { ++c.deadline_exceeded; });
     Break(absl::UnavailableError(
         Describe(absl::StrCat("no reply to dispatch ", late_id, " (layer ", layer, ") within ",
-                              absl::FormatDuration(owner_->options_.dispatch_deadline)))));
+                              absl::FormatDuration(limit)))));
   }
 
  private:
@@ -123,8 +126,28 @@ class GrpcExpertTransport::Stream {
     int64_t expert_rows = 0;  // (row, expert) pairs: sum of slice row counts
     int hidden_size = 0;
     absl::Time deadline;
+    absl::Duration limit;  // deadline - write time
     absl::Time sent;
   };
+
+  // The deadline of a new dispatch: kDeadlineFactor times the slowest recent round trip on this
+  // stream, within [dispatch_deadline_floor, dispatch_deadline]; the ceiling until
+  // kWarmupReplies replies were seen (the first ones include connecting and warm-up).
+  absl::Duration DeadlineLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    const GrpcExpertTransportOptions& options = owner_->options_;
+    if (replies_ < kWarmupReplies || options.dispatch_deadline_floor >= options.dispatch_deadline) {
+      return options.dispatch_deadline;
+    }
+    return std::clamp(slowest_recent_ * kDeadlineFactor, options.dispatch_deadline_floor,
+                      options.dispatch_deadline);
+  }
+  // Folds one reply's round trip into the decaying maximum (each reply decays it by 1 %).
+  void ObserveLocked(absl::Duration round_trip) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+    slowest_recent_ = std::max(round_trip, slowest_recent_ * 0.99);
+    ++replies_;
+  }
+  static constexpr int kWarmupReplies = 8;
+  static constexpr double kDeadlineFactor = 10.0;
 
   std::string Describe(absl::string_view what) const {
     return absl::StrCat("expert node ", node_id_, " (", address_, ", lane ", lane_, "): ", what);
@@ -170,9 +193,13 @@ class GrpcExpertTransport::Stream {
           ++c.unavailable;
         }
       });
+      const absl::Duration round_trip = absl::Now() - pending->sent;
+      if (result.ok()) {
+        absl::MutexLock lock(&mutex_);
+        ObserveLocked(round_trip);
+      }
       if (owner_->options_.on_round_trip) {
-        owner_->options_.on_round_trip(node_id_, absl::ToDoubleSeconds(absl::Now() - pending->sent),
-                                       result.ok());
+        owner_->options_.on_round_trip(node_id_, absl::ToDoubleSeconds(round_trip), result.ok());
       }
       pending->promise.set_value(std::move(result));
     }
@@ -247,6 +274,8 @@ class GrpcExpertTransport::Stream {
   std::map<uint64_t, Pending> pending_ ABSL_GUARDED_BY(mutex_);
   uint64_t next_id_ ABSL_GUARDED_BY(mutex_) = 1;
   bool broken_ ABSL_GUARDED_BY(mutex_) = false;
+  absl::Duration slowest_recent_ ABSL_GUARDED_BY(mutex_);
+  int replies_ ABSL_GUARDED_BY(mutex_) = 0;
   std::thread reader_;
 };
 

@@ -22,7 +22,11 @@ namespace moemesh::comm {
 struct GrpcExpertTransportOptions {
   // A dispatch without a reply within this time resolves to UNAVAILABLE naming the node, and its
   // stream is cancelled (the lane is ordered, so everything behind it is late too).
+  // This is the ceiling: once a stream has seen a few replies, its deadline is 10 times its
+  // slowest recent round trip (a decaying maximum), but never below dispatch_deadline_floor.
+  // A floor at or above the ceiling keeps the fixed deadline.
   absl::Duration dispatch_deadline = absl::Seconds(10);
+  absl::Duration dispatch_deadline_floor = absl::Seconds(10);
   // Channel reconnect backoff bounds: a restarted node is reached again within about this.
   absl::Duration max_reconnect_backoff = absl::Seconds(1);
   // Optional (metrics): called from a stream's reader thread for every reply, with the seconds

@@ -32,9 +32,9 @@ struct SamplingParams {
 // token outside [0, vocab)).
 absl::Status ValidateSamplingParams(const SamplingParams& params, int64_t vocab = 0);
 
-// One sequence's sampler (it counts its tokens for min_tokens). Its random draw for a token
-// depends only on (seed, position) (counter_rng.h), so a replayed or rescheduled sequence
-// samples the same tokens; without a seed, one is chosen at construction.
+// One sequence's sampler. Its random draw for a token depends only on (seed, position)
+// (counter_rng.h), so a replayed or rescheduled sequence samples the same tokens; without a
+// seed, one is chosen at construction.
 class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);

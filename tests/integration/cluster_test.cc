@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -238,7 +239,10 @@ TEST(Cluster, ErrorBodies) {
 }
 
 TEST(Cluster, NoHealthyExpertHolderIs503) {
-  Cluster cluster({.attention_nodes = 1, .expert_nodes = 1});
+  // Nobody can take the dead node's experts: the request waits the recovery timeout, then 503.
+  Cluster cluster({.attention_nodes = 1,
+                   .expert_nodes = 1,
+                   .router_flags = {"--expert-recovery-timeout", "2"}});
   ASSERT_TRUE(cluster.ok()) << cluster.error();
   cluster.KillExpert(0);
   // The router notices after its heartbeat timeout (3 s).
@@ -282,9 +286,10 @@ TEST(Cluster, ClientClosingMidStreamFreesTheCache) {
             "");
 }
 
-// Kills expert node `victim` (SIGKILL) while a long stream and golden requests are in flight:
-// the stream ends with an error within seconds, every answered golden request is right, nothing
-// hangs. Then the node comes back with the same name and the goldens are answered again.
+// Kills expert node `victim` (SIGKILL) while a stream and golden requests are in flight: the
+// router re-places its experts on the survivors, the stream and every golden request complete
+// right (the affected steps wait), nothing hangs. Then the node comes back with the same name
+// (a new member) and the goldens are answered again.
 void KillExpertMidRequestThenRestart(Cluster& cluster, int victim, bool same_port) {
   std::atomic<bool> stop{false};
   std::atomic<int> answered{0}, failed{0};
@@ -314,39 +319,32 @@ void KillExpertMidRequestThenRestart(Cluster& cluster, int victim, bool same_por
 
   // A long streaming request; the node dies once it has produced some tokens.
   int events = 0;
-  Clock::time_point killed;
   std::string error_event;
   bool done = false;
   const HttpResult streamed = cluster.PostStream(
-      "/v1/completions", CompletionBody(Prompts()[0], /*max_tokens=*/20000, /*stream=*/true),
+      "/v1/completions", CompletionBody(Prompts()[0], /*max_tokens=*/60, /*stream=*/true),
       [&](const std::string& data) {
         if (data == "[DONE]") done = true;
         if (data.find("\"error\"") != std::string::npos) error_event = data;
         if (++events == 5) {
-          killed = Clock::now();
           cluster.KillExpert(victim);
         }
         return true;
       },
       /*timeout_seconds=*/60);
-  const double after_kill = SecondsSince(killed);
   EXPECT_GE(events, 5) << streamed.body;
-  EXPECT_FALSE(done) << "a 20000-token request finished although its expert node died";
-  EXPECT_LT(after_kill, 15) << "the stream went on " << after_kill << " s after the kill";
-  EXPECT_TRUE(streamed.status != 200 || !error_event.empty())
-      << "the stream ended without an error event: " << streamed.body.substr(0, 2000);
-  if (!error_event.empty()) {
-    const json error = json::parse(error_event, nullptr, false);
-    EXPECT_TRUE(!error.is_discarded() && error.contains("error")) << error_event;
-  }
+  EXPECT_TRUE(done && error_event.empty() && streamed.status == 200)
+      << "the stream did not complete after its expert node died: " << error_event << " "
+      << streamed.body.substr(0, 2000);
 
-  // Requests while the node is down fail fast (503), never hang.
+  // Requests while the node is down wait for the re-placement and then succeed.
   std::this_thread::sleep_for(std::chrono::seconds(1));
   stop = true;
   for (std::thread& client : clients) client.join();
   EXPECT_TRUE(wrong.empty()) << wrong.size() << " bad, first: " << wrong.front();
-  EXPECT_LT(slowest, 20);
-  EXPECT_GT(answered.load() + failed.load(), 0);
+  EXPECT_EQ(failed.load(), 0);
+  EXPECT_GT(answered.load(), 0);
+  std::printf("[ expert failure ] slowest golden request around the kill: %.2f s\n", slowest);
 
   // Back with the same name: the same experts, and golden answers again.
   std::string why;

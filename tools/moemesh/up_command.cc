@@ -37,7 +37,8 @@ constexpr char kUsage[] =
     "usage: moemesh up --model DIR [--attention-nodes A] [--expert-nodes E] [--port P]\n"
     "                  [--host 127.0.0.1] [--log-dir DIR] [--cache-tokens N]\n"
     "                  [--ready-timeout-seconds S] [--served-model-name NAME]\n"
-    "                  [--redundant-experts R] [--rebalance-interval S] [--chat-template FILE]\n"
+    "                  [--redundant-experts R] [--rebalance-interval S] [--min-replicas K]\n"
+    "                  [--chat-template FILE]\n"
     "                  [--api-key K] [--api-key-file F] [--admin-api-key K]\n"
     "                  [--tls-ca F --tls-cert F --tls-key F | --insecure-plaintext]\n"
     "Starts moemesh-router, A moemesh-attention-node and E moemesh-expert-node processes\n"
@@ -49,6 +50,8 @@ constexpr char kUsage[] =
     "router (MOEMESH_API_KEY is passed on too).\n"
     "  --redundant-experts R   redundant physical experts per MoE layer (router flag)\n"
     "  --rebalance-interval S  re-plan the placement from the load every S seconds (0 = never)\n"
+    "  --min-replicas K        every logical expert on at least K expert nodes (router flag;\n"
+    "                          2 survives the loss of any one expert node)\n"
     "  --chat-template FILE    Jinja chat template for the router (instead of the checkpoint's)\n";
 
 volatile sig_atomic_t stop_requested = 0;
@@ -202,6 +205,7 @@ int RunUp(const Arguments& arguments) {
                                            {"served-model-name"},
                                            {"redundant-experts"},
                                            {"rebalance-interval"},
+                                           {"min-replicas"},
                                            {"chat-template"},
                                            {"api-key"},
                                            {"api-key-file"},
@@ -227,13 +231,16 @@ int RunUp(const Arguments& arguments) {
   auto ready_timeout = parsed->GetDouble("ready-timeout-seconds", 180);
   auto redundant_experts = parsed->GetInt("redundant-experts", 0);
   auto rebalance_interval = parsed->GetDouble("rebalance-interval", 0);
+  auto min_replicas = parsed->GetInt("min-replicas", 1);
   if (!model || !attention_nodes.ok() || !expert_nodes.ok() || !port.ok() || !cache_tokens.ok() ||
       !ready_timeout.ok() || !redundant_experts.ok() || !rebalance_interval.ok() ||
+      !min_replicas.ok() || *min_replicas < 1 || *min_replicas > *expert_nodes ||
       *attention_nodes < 1 || *expert_nodes < 1 || *port < 0 || *redundant_experts < 0 ||
       *rebalance_interval < 0) {
     std::fprintf(stderr,
                  "moemesh up: --model is required; node counts must be >= 1, "
-                 "--redundant-experts and --rebalance-interval >= 0, numbers valid\n%s",
+                 "--redundant-experts and --rebalance-interval >= 0, "
+                 "1 <= --min-replicas <= --expert-nodes, numbers valid\n%s",
                  kUsage);
     return 2;
   }
@@ -293,7 +300,8 @@ int RunUp(const Arguments& arguments) {
                                      // A sequence may use at most one attention node's cache.
                                      "--max-model-len", std::to_string(*cache_tokens),
                                      "--redundant-experts", std::to_string(*redundant_experts),
-                                     "--rebalance-interval", absl::StrCat(*rebalance_interval)};
+                                     "--rebalance-interval", absl::StrCat(*rebalance_interval),
+                                     "--min-replicas", std::to_string(*min_replicas)};
   if (auto name = parsed->Get("served-model-name")) {
     router.push_back("--served-model-name");
     router.push_back(*name);

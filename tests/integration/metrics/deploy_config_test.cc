@@ -20,9 +20,10 @@ TEST(DeployConfigTest, AlertRulesPassPromtool) {
   std::string output;
   EXPECT_EQ(RunCommand(promtool + " check rules " + kDeploy + "/prometheus/alerts.yml", &output), 0)
       << output;
-  EXPECT_NE(output.find("SUCCESS: 3 rules found"), std::string::npos) << output;
+  EXPECT_NE(output.find("SUCCESS: 4 rules found"), std::string::npos) << output;
   for (const char* alert :
-       {"MoemeshExpertNodeDown", "MoemeshExpertLoadImbalanced", "MoemeshTimeToFirstTokenHigh"}) {
+       {"MoemeshExpertNodeDown", "MoemeshExpertRedundancyLost", "MoemeshExpertLoadImbalanced",
+        "MoemeshTimeToFirstTokenHigh"}) {
     std::ifstream file(kDeploy + "/prometheus/alerts.yml");
     std::stringstream text;
     text << file.rdbuf();

@@ -9,6 +9,7 @@
 #include <random>
 #include <vector>
 
+#include "core/model/counter_rng.h"
 #include "gtest/gtest.h"
 
 namespace moemesh::model {
@@ -89,9 +90,9 @@ TEST(SamplingTest, TopLogitsAndLogProbability) {
 }
 
 // The sampler as it was before partial selection (a full sort per token): the new one must pick
-// the same tokens from the same random stream.
-int32_t ReferenceSample(const SamplingParams& params, uint64_t position,
-                        const float* logits, int64_t vocab) {
+// the same tokens from the same draws (the counter-based uniform at (seed, position)).
+int32_t ReferenceSample(const SamplingParams& params, int64_t position, const float* logits,
+                        int64_t vocab) {
   std::vector<int32_t> order(static_cast<size_t>(vocab));
   std::iota(order.begin(), order.end(), 0);
   int64_t keep = vocab;
@@ -117,7 +118,7 @@ int32_t ReferenceSample(const SamplingParams& params, uint64_t position,
   }
   double mass = 0.0;
   for (size_t i = 0; i < nucleus; ++i) mass += p[i];
-  const double draw = CounterUniform(*params.seed, position) * mass;
+  const double draw = CounterUniform(*params.seed, static_cast<uint64_t>(position)) * mass;
   double running = 0.0;
   for (size_t i = 0; i < nucleus; ++i) {
     running += p[i];
@@ -144,7 +145,7 @@ TEST(SamplingTest, PartialSelectionPicksWhatAFullSortPicked) {
       for (float& x : logits) x = normal(random);
       logits[static_cast<size_t>(step) % 7] = logits[3];  // ties
       EXPECT_EQ(sampler.Sample(logits.data(), vocab),
-                ReferenceSample(params, static_cast<uint64_t>(step), logits.data(), vocab))
+                ReferenceSample(params, step, logits.data(), vocab))
           << "top_k " << params.top_k << " top_p " << params.top_p << " step " << step;
     }
   }
