@@ -96,6 +96,21 @@ RouterMetrics::RouterMetrics(ControlPlane* control, ExpertLoadTracker* load)
                                  "(layer, logical expert) pairs served by fewer healthy expert "
                                  "nodes than --min-replicas (0 = full failure redundancy).")
                              .Add({});
+  resubmissions_family_ = &r.Counter(
+      "moemesh_sequence_resubmissions_total",
+      "Sequences moved to another attention node as prompt + streamed tokens, by reason: "
+      "node_failed (stream broken, node unavailable), node_unhealthy (no heartbeat), "
+      "node_drained (handed back by a draining node).");
+  resubmitted_tokens_ =
+      &r.Counter("moemesh_resubmitted_tokens_total",
+                 "Streamed tokens of resubmitted sequences, recomputed (prefilled) by their new node.")
+           .Add({});
+  failovers_exhausted_ =
+      &r.Counter("moemesh_failover_exhausted_total",
+                 "Sequences that lost their attention node and found no other within the timeout.")
+           .Add({});
+  node_draining_family_ = &r.Gauge("moemesh_node_draining",
+                                   "1 while an attention node drains (admits no new sequences).");
   {
     absl::MutexLock lock(&mutex_);
     for (const char* reason : {"stop", "length"}) {
