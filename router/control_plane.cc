@@ -399,7 +399,8 @@ void ControlPlane::PlanLocked(absl::Time now, const std::vector<std::vector<doub
   last_plan_ = now;
   const std::vector<int> moe_layers = config_.MoeLayers();
   const int experts = config_.n_routed_experts;
-  auto answer = [&](const absl::StatusOr<RebalanceResult>& result) {
+  auto answer = [&](const absl::StatusOr<RebalanceResult>& result)
+                    ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
     for (uint64_t waiter : waiters) results_.emplace(waiter, result);
   };
   placement::PlannerInput input;
@@ -424,7 +425,8 @@ void ControlPlane::PlanLocked(absl::Time now, const std::vector<std::vector<doub
   }
   // Nodes that may hold experts: alive expert nodes; draining ones only if the others cannot
   // hold every expert (then their drain is refused).
-  auto plan_over = [&](bool with_draining, std::vector<std::string>* ids) {
+  auto plan_over = [&](bool with_draining, std::vector<std::string>* ids)
+                       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
     input.nodes.clear();
     ids->clear();
     for (const Node& node : nodes_) {
