@@ -378,15 +378,8 @@ void Cluster::KillExpert(int i, int signal) {
 }
 
 void Cluster::SignalAttention(int i, int signal) {
-  Process& process = attention_.at(i);
-  if (process.pid <= 0) return;
-  ::kill(process.pid, signal);
-  if (signal == SIGKILL) {
-    // Killed on purpose: reap it now, so that Stop() does not report it as a crash.
-    int status = 0;
-    ::waitpid(process.pid, &status, 0);
-    process.pid = -1;
-  }
+  const Process& process = attention_.at(i);
+  if (process.pid > 0) ::kill(process.pid, signal);
 }
 
 int Cluster::WaitAttentionExit(int i, double seconds) {

@@ -97,7 +97,7 @@ class Cluster {
   int expert_count() const { return static_cast<int>(experts_.size()); }
   std::string ExpertLog(int i) const;
 
-  // Attention node i: sends `signal` (SIGKILL dies at once and is reaped here, SIGTERM drains). WaitAttentionExit
+  // Attention node i: sends `signal` (SIGKILL dies at once, SIGTERM drains). WaitAttentionExit
   // waits up to `seconds` for it to exit and returns its exit code (128 + n if killed by signal
   // n), or -1 if it did not exit in time (it is then killed).
   void SignalAttention(int i, int signal);

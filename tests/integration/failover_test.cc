@@ -329,7 +329,10 @@ void ExpectSeededStreamContinuesExactly(const json& sampling) {
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
   }
-  if (victim >= 0) cluster.SignalAttention(victim, SIGKILL);
+  if (victim >= 0) {
+    cluster.SignalAttention(victim, SIGKILL);
+    EXPECT_EQ(cluster.WaitAttentionExit(victim, 10), 128 + SIGKILL);  // reaped: killed on purpose
+  }
   run.join();
   ASSERT_GE(victim, 0) << "the stream was never seen running with 5 tokens";
   EXPECT_EQ(SameStream(baseline, stream), "");
