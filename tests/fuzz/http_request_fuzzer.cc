@@ -57,13 +57,17 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     Check(status >= 400 && status < 500, "a request that cannot be prepared is a 4xx");
     return 0;
   }
-  Check(static_cast<int>(prepared->sequences.size()) == prepared->api.n, "one sequence per choice");
-  for (const auto& sequence : prepared->sequences) {
-    Check(sequence.prompt_token_ids_size() == static_cast<int>(prepared->prompt_ids.size()),
-          "every choice carries the prompt");
+  const size_t per_prompt = static_cast<size_t>(prepared->sequences_per_prompt());
+  Check(prepared->sequences.size() == prepared->prompts.size() * per_prompt,
+        "best_of sequences per prompt");
+  for (size_t s = 0; s < prepared->sequences.size(); ++s) {
+    const PreparedPrompt& prompt = prepared->prompts[s / per_prompt];
+    Check(prepared->sequences[s].prompt_token_ids_size() == static_cast<int>(prompt.ids.size()),
+          "every sequence carries its prompt");
   }
-  Check(static_cast<int64_t>(prepared->prompt_ids.size()) + prepared->max_tokens <=
-            model.max_model_len,
-        "prompt + max_tokens fit the context");
+  for (const PreparedPrompt& prompt : prepared->prompts) {
+    Check(static_cast<int64_t>(prompt.ids.size()) + prompt.max_tokens <= model.max_model_len,
+          "prompt + max_tokens fit the context");
+  }
   return 0;
 }
