@@ -3,9 +3,11 @@
 #include <cmath>
 #include <cstdint>
 #include <fstream>
+#include <functional>
 #include <limits>
 #include <sstream>
 #include <type_traits>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "nlohmann/json.hpp"
@@ -187,28 +189,29 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
     config.quantization = quantization;
   }
 
-  // Consistency checks that would otherwise surface as out-of-bounds reads later.
-  auto require = [&](bool condition, absl::string_view what) -> absl::Status {
-    if (condition) return absl::OkStatus();
-    return absl::InvalidArgumentError(absl::StrCat(source, ": ", what));
+  // Consistency checks that would otherwise surface as out-of-bounds reads later. They run in
+  // order and stop at the first failure: later checks divide by fields the earlier ones vouch
+  // for (an eagerly built list divided by a zero n_group, found by fuzz_checkpoint).
+  const std::pair<std::function<bool()>, absl::string_view> checks[] = {
+      {[&] { return config.hidden_size > 0 && config.vocab_size > 0 && config.num_hidden_layers > 0; },
+       "hidden_size, vocab_size and num_hidden_layers must be positive"},
+      {[&] { return config.num_attention_heads > 0 && config.kv_lora_rank > 0; },
+       "num_attention_heads and kv_lora_rank must be positive"},
+      {[&] { return config.qk_rope_head_dim % 2 == 0; }, "qk_rope_head_dim must be even"},
+      {[&] { return config.n_group > 0 && config.n_routed_experts % config.n_group == 0; },
+       "n_routed_experts must be a multiple of n_group"},
+      {[&] { return config.topk_group >= 1 && config.topk_group <= config.n_group; },
+       "topk_group must be in [1, n_group]"},
+      {[&] {
+         const int64_t selectable = static_cast<int64_t>(config.topk_group) *
+                                    (config.n_routed_experts / config.n_group);
+         return config.num_experts_per_tok >= 1 && config.num_experts_per_tok <= selectable;
+       },
+       "num_experts_per_tok exceeds the experts of the selected groups"},
+      {[&] { return config.moe_layer_freq >= 1; }, "moe_layer_freq must be >= 1"},
   };
-  for (auto status : {
-           require(config.hidden_size > 0 && config.vocab_size > 0 && config.num_hidden_layers > 0,
-                   "hidden_size, vocab_size and num_hidden_layers must be positive"),
-           require(config.num_attention_heads > 0 && config.kv_lora_rank > 0,
-                   "num_attention_heads and kv_lora_rank must be positive"),
-           require(config.qk_rope_head_dim % 2 == 0, "qk_rope_head_dim must be even"),
-           require(config.n_group > 0 && config.n_routed_experts % config.n_group == 0,
-                   "n_routed_experts must be a multiple of n_group"),
-           require(config.topk_group >= 1 && config.topk_group <= config.n_group,
-                   "topk_group must be in [1, n_group]"),
-           require(config.num_experts_per_tok >= 1 &&
-                       config.num_experts_per_tok <=
-                           config.topk_group * (config.n_routed_experts / config.n_group),
-                   "num_experts_per_tok exceeds the experts of the selected groups"),
-           require(config.moe_layer_freq >= 1, "moe_layer_freq must be >= 1"),
-       }) {
-    if (!status.ok()) return status;
+  for (const auto& [holds, what] : checks) {
+    if (!holds()) return absl::InvalidArgumentError(absl::StrCat(source, ": ", what));
   }
   return config;
 }

@@ -44,5 +44,20 @@ TEST(HostileConfigTest, OutOfRangeNumbersAreRefused) {
   EXPECT_EQ(integral->hidden_size, 64);
 }
 
+// Found by fuzz_checkpoint: the consistency checks were built as one list, so a zero n_group
+// reached a division before its own check refused it.
+TEST(HostileConfigTest, ZeroOrHugeGroupCountsAreRefusedBeforeAnyDivision) {
+  for (const auto& [key, value] : {std::pair{"n_group", 0}, std::pair{"n_group", -4},
+                                   std::pair{"topk_group", 2147483647}}) {
+    nlohmann::json config = FixtureConfig();
+    config[key] = value;
+    absl::StatusOr<ModelConfig> parsed = ParseModelConfig(config.dump(), "hostile");
+    ASSERT_FALSE(parsed.ok()) << key << "=" << value;
+    EXPECT_NE(parsed.status().message().find(key == std::string("n_group") ? "n_group" : "topk_group"),
+              std::string::npos)
+        << parsed.status();
+  }
+}
+
 }  // namespace
 }  // namespace moemesh::checkpoint
