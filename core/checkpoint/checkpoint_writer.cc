@@ -329,4 +329,21 @@ absl::Status WriteJsonFile(const std::string& path, const nlohmann::ordered_json
   return absl::OkStatus();
 }
 
+absl::Status WriteConfigFiles(const std::string& directory, const ModelConfig& config) {
+  const std::filesystem::path root(directory);
+  if (absl::Status status = WriteJsonFile((root / "config.json").string(), ModelConfigToJson(config));
+      !status.ok()) {
+    return status;
+  }
+  nlohmann::ordered_json generation;
+  generation["_from_model_config"] = true;
+  generation["bos_token_id"] = config.bos_token_id;
+  generation["eos_token_id"] = config.eos_token_id;
+  generation["do_sample"] = true;
+  generation["temperature"] = 0.6;
+  generation["top_p"] = 0.95;
+  generation["transformers_version"] = "4.46.3";
+  return WriteJsonFile((root / "generation_config.json").string(), generation);
+}
+
 }  // namespace moemesh::checkpoint

@@ -115,4 +115,8 @@ nlohmann::ordered_json ModelConfigToJson(const ModelConfig& config);
 // Writes `json` to `path` pretty-printed (2-space indent). Errors: Internal naming the path.
 absl::Status WriteJsonFile(const std::string& path, const nlohmann::ordered_json& json);
 
+// Writes config.json (ModelConfigToJson) and generation_config.json (DeepSeek-R1's sampling
+// defaults: temperature 0.6, top_p 0.95) into `directory`. Errors: as WriteJsonFile.
+absl::Status WriteConfigFiles(const std::string& directory, const ModelConfig& config);
+
 }  // namespace moemesh::checkpoint

@@ -162,20 +162,7 @@ absl::Status WriteSparseCheckpoint(const ModelConfig& config, int shard_count,
     }
   }
   if (absl::Status status = WriteIndexFile(directory, total, weight_map); !status.ok()) return status;
-  if (absl::Status status =
-          WriteJsonFile((fs::path(directory) / "config.json").string(), ModelConfigToJson(config));
-      !status.ok()) {
-    return status;
-  }
-  nlohmann::ordered_json generation;
-  generation["_from_model_config"] = true;
-  generation["bos_token_id"] = config.bos_token_id;
-  generation["eos_token_id"] = config.eos_token_id;
-  generation["do_sample"] = true;
-  generation["temperature"] = 0.6;
-  generation["top_p"] = 0.95;
-  generation["transformers_version"] = "4.46.3";
-  return WriteJsonFile((fs::path(directory) / "generation_config.json").string(), generation);
+  return WriteConfigFiles(directory, config);
 }
 
 }  // namespace moemesh::checkpoint
