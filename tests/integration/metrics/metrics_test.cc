@@ -357,5 +357,77 @@ TEST(MetricsIntegrationTest, DashboardHeatmapInHeadlessChromiumMatchesExpertsLoa
   RunCommand("rm -rf '" + profile + "'", &ignored);
 }
 
+// With --api-key on the router the dashboard's fetches carry `Authorization: Bearer`: the key
+// from the address's fragment draws the same heatmap as /v1/experts/load; without a key the
+// page shows its key field and says the router wants one, instead of failing silently.
+TEST(MetricsIntegrationTest, DashboardWithApiKeyTakesTheKeyFromTheFragment) {
+  std::string chromium = FindTool("chromium");
+  if (chromium.empty()) chromium = FindTool("chromium-browser");
+  if (chromium.empty()) GTEST_SKIP() << "chromium is not installed (Debian package chromium)";
+  const std::string key = "dash-key-0123456789";
+  Cluster cluster({.attention_nodes = 1, .expert_nodes = 1, .router_flags = {"--api-key", key}});
+  ASSERT_TRUE(cluster.ok()) << cluster.error();
+  httplib::Client client("127.0.0.1", cluster.http_port());
+  client.set_read_timeout(60, 0);
+  const httplib::Headers auth = {{"Authorization", "Bearer " + key}};
+  auto completion = client.Post("/v1/completions", auth,
+                                R"({"prompt":[0,1,2,3],"max_tokens":1,"temperature":0})",
+                                "application/json");
+  ASSERT_TRUE(completion) << httplib::to_string(completion.error());
+  ASSERT_EQ(completion->status, 200) << completion->body;
+  auto unauthorized = client.Get("/v1/experts/load");
+  ASSERT_TRUE(unauthorized);
+  EXPECT_EQ(unauthorized->status, 401);
+  // Every routed token of the request reaches the router with the heartbeats.
+  std::map<LayerExpert, int64_t> totals;
+  const auto deadline = Clock::now() + std::chrono::seconds(15);
+  int64_t sum = 0;
+  while (Clock::now() < deadline) {
+    auto load = client.Get("/v1/experts/load", auth);
+    ASSERT_TRUE(load);
+    ASSERT_EQ(load->status, 200) << load->body;
+    totals = LoadTotals(json::parse(load->body));
+    sum = 0;
+    for (const auto& [cell, value] : totals) sum += value;
+    // One token generated: the 4 prompt tokens went through the experts of each MoE layer.
+    if (sum == 4 * kTopK * static_cast<int64_t>(kMoeLayers.size())) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  ASSERT_EQ(sum, 4 * kTopK * static_cast<int64_t>(kMoeLayers.size()));
+
+  const std::string url = "http://127.0.0.1:" + std::to_string(cluster.http_port()) + "/dashboard";
+  const std::string profile = TempDir("moemesh-chromium-");
+  const std::string flags =
+      " --headless --no-sandbox --disable-gpu --disable-quic --no-first-run"
+      " --disable-background-networking --disable-component-update --disable-sync"
+      " --disable-dev-shm-usage --user-data-dir=" + profile + " --virtual-time-budget=5000";
+  std::string dom;
+  ASSERT_EQ(RunCommand("timeout 90 " + chromium + flags + " --dump-dom '" + url + "#key=" + key +
+                           "'",
+                       &dom, /*with_stderr=*/false),
+            0)
+      << dom;
+  EXPECT_NE(dom.find("data-auth=\"key\""), std::string::npos) << dom.substr(0, 3000);
+  EXPECT_EQ(HeatmapCells(dom), totals) << "heatmap cells differ from /v1/experts/load";
+
+  // A fresh profile (no key kept): the page asks for one.
+  std::string ignored;
+  RunCommand("rm -rf '" + profile + "'", &ignored);
+  const std::string fresh = TempDir("moemesh-chromium-");
+  const std::string fresh_flags =
+      " --headless --no-sandbox --disable-gpu --disable-quic --no-first-run"
+      " --disable-background-networking --disable-component-update --disable-sync"
+      " --disable-dev-shm-usage --user-data-dir=" + fresh + " --virtual-time-budget=5000";
+  ASSERT_EQ(RunCommand("timeout 90 " + chromium + fresh_flags + " --dump-dom " + url, &dom,
+                       /*with_stderr=*/false),
+            0)
+      << dom;
+  EXPECT_NE(dom.find("data-auth=\"needed\""), std::string::npos) << dom.substr(0, 3000);
+  EXPECT_NE(dom.find("<form id=\"keyform\">"), std::string::npos) << "key field not shown";
+  EXPECT_NE(dom.find("needs an API key"), std::string::npos);
+  EXPECT_TRUE(HeatmapCells(dom).empty());
+  RunCommand("rm -rf '" + fresh + "'", &ignored);
+}
+
 }  // namespace
 }  // namespace moemesh::integration
