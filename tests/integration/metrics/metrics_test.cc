@@ -378,6 +378,10 @@ TEST(MetricsIntegrationTest, DashboardWithApiKeyTakesTheKeyFromTheFragment) {
   auto unauthorized = client.Get("/v1/experts/load");
   ASSERT_TRUE(unauthorized);
   EXPECT_EQ(unauthorized->status, 401);
+  auto wrong = client.Get("/v1/experts/load", {{"Authorization", "Bearer not-" + key}});
+  ASSERT_TRUE(wrong);
+  EXPECT_EQ(wrong->status, 401);
+  EXPECT_EQ(json::parse(wrong->body)["error"]["code"], "invalid_api_key") << wrong->body;
   // Every routed token of the request reaches the router with the heartbeats.
   std::map<LayerExpert, int64_t> totals;
   const auto deadline = Clock::now() + std::chrono::seconds(15);
