@@ -198,18 +198,21 @@ TEST(MetricsIntegrationTest, PrometheusSeesRoutedTokensEqualToPromptsTimesTopKAn
   const double expected = static_cast<double>(n * kTopK);
 
   // Wait until a scrape after the last request is in (counters only grow).
-  std::map<std::string, double> routed, rows;
+  // Every target, the router's included (scraped on its own schedule), must be in.
+  std::map<std::string, double> routed, rows, successes, up;
   const auto deadline = Clock::now() + std::chrono::seconds(30);
   auto settled = [&] {
     for (int layer : kMoeLayers) {
       const std::string key = std::to_string(layer);
       if (routed[key] != expected || rows[key] != expected) return false;
     }
-    return true;
+    return successes[""] == 6.0 && up[""] == 4.0;
   };
   while (Clock::now() < deadline) {
     routed = server.QueryBy("sum by (layer) (moemesh_expert_routed_tokens_total)", {"layer"});
     rows = server.QueryBy("sum by (layer) (moemesh_expert_rows_total)", {"layer"});
+    successes = server.QueryBy("sum(moemesh_request_success_total)", {});
+    up = server.QueryBy("count(up == 1)", {});
     if (settled()) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
   }
