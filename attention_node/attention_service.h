@@ -76,6 +76,8 @@ class AttentionNode {
   static absl::StatusOr<std::unique_ptr<AttentionNode>> Start(AttentionNodeOptions options);
   ~AttentionNode();
   std::string address() const;
+  // The id the router gave this node ("" until registered).
+  std::string node_id() const { return control_ != nullptr ? control_->node_id() : ""; }
   Scheduler& scheduler() { return *scheduler_; }
   // Summed over the micro-batch lanes.
   DispatchStatistics dispatch_statistics() const;

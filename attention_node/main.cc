@@ -9,6 +9,8 @@
 #include "absl/flags/flag.h"
 #include "attention_node/attention_service.h"
 #include "core/comm/service_flags.h"
+#include "core/comm/tls.h"
+#include "core/obs/log.h"
 #include "core/obs/metrics.h"
 #include "core/kernels/cpu/threading.h"
 
@@ -33,6 +35,8 @@ ABSL_FLAG(int, metrics_port, 0, "port of GET /metrics (Prometheus); 0 picks one,
 ABSL_FLAG(double, drain_timeout, 20,
           "on SIGTERM: seconds running sequences may take to finish before the rest are handed "
           "back to the router (which continues them on another attention node)");
+ABSL_FLAG(std::string, log_level, "",
+          "debug, info, warn, error or off (default: MOEMESH_LOG_LEVEL or info)");
 
 int main(int argc, char** argv) {
   moemesh::comm::ParseServiceFlags(
@@ -40,6 +44,12 @@ int main(int argc, char** argv) {
       "moemesh-attention-node --model DIR --router HOST:PORT [--host H] [--port P] "
       "[--node-name NAME] [--cache-tokens N] [--max-batch-tokens N] [--micro-batches M] "
       "[--drain-timeout S]");
+  if (absl::Status status =
+          moemesh::obs::InitLogging("moemesh-attention-node", absl::GetFlag(FLAGS_log_level));
+      !status.ok()) {
+    std::fprintf(stderr, "moemesh-attention-node: %s\n", std::string(status.message()).c_str());
+    return 2;
+  }
   if (absl::GetFlag(FLAGS_model).empty()) {
     std::fprintf(stderr, "moemesh-attention-node: --model is required\n");
     return 2;
@@ -71,14 +81,14 @@ int main(int argc, char** argv) {
   }
   auto metrics = moemesh::obs::StartMetricsEndpoint(options.host, absl::GetFlag(FLAGS_metrics_port));
   if (!metrics.ok()) {
-    std::fprintf(stderr, "moemesh-attention-node: %s\n", metrics.status().ToString().c_str());
+    moemesh::obs::LogError("metrics endpoint failed error=\"{}\"", metrics.status().ToString());
     return 1;
   }
   options.metrics = metrics->registry;
   if (metrics->exposer != nullptr) options.metrics_address = metrics->exposer->address();
   auto node = moemesh::attention_node::AttentionNode::Start(options);
   if (!node.ok()) {
-    std::fprintf(stderr, "moemesh-attention-node: %s\n", node.status().ToString().c_str());
+    moemesh::obs::LogError("start failed error=\"{}\"", node.status().ToString());
     return 1;
   }
   std::printf("moemesh-attention-node listening on %s\n", (*node)->address().c_str());
@@ -86,6 +96,9 @@ int main(int argc, char** argv) {
     std::printf("moemesh-attention-node metrics on %s\n", metrics->exposer->address().c_str());
   }
   std::fflush(stdout);
+  moemesh::obs::LogInfo("attention node serving address={} node_name={} router={} tls={}",
+                        (*node)->address(), options.node_name, options.router_address,
+                        moemesh::comm::ServiceTlsEnabled() ? "mtls" : "plaintext");
   // Cumulative MoE dispatch round trips over all micro-batch lanes.
   auto print_statistics = [&] {
     const moemesh::attention_node::DispatchStatistics s = (*node)->dispatch_statistics();
@@ -110,15 +123,14 @@ int main(int argc, char** argv) {
     // Graceful leave (a pod being deleted, a rolling update): no new sequences, the running
     // ones finish or are handed back; nothing is lost.
     const double drain_seconds = std::max(0.0, absl::GetFlag(FLAGS_drain_timeout));
-    std::fprintf(stderr, "moemesh-attention-node: SIGTERM, draining (up to %.1f s)\n",
-                 drain_seconds);
-    std::fflush(stderr);
+    moemesh::obs::LogInfo("drain started (SIGTERM) node={} timeout_seconds={:.1f}",
+                          (*node)->node_id(), drain_seconds);
     const int handed_over = (*node)->Drain(absl::Seconds(drain_seconds));
-    std::fprintf(stderr, "moemesh-attention-node: drained, %d sequence(s) handed back\n",
-                 handed_over);
+    moemesh::obs::LogInfo("drain finished node={} handed_back={}", (*node)->node_id(),
+                          handed_over);
     return 0;
   }
-  std::fprintf(stderr, "moemesh-attention-node: signal %d, shutting down\n", signal);
+  moemesh::obs::LogInfo("shutting down node={} signal={}", (*node)->node_id(), signal);
   (*node)->Shutdown();
   return 0;
 }

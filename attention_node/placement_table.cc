@@ -1,5 +1,7 @@
 #include "attention_node/placement_table.h"
 
+#include "core/obs/log.h"
+
 namespace moemesh::attention_node {
 
 const std::string* PlacementSnapshot::ChooseReplica(
@@ -28,22 +30,45 @@ void PlacementTable::Update(const moemesh::v1::Placement& placement) {
     auto& nodes = snapshot->replicas[{static_cast<int>(entry.layer()), static_cast<int>(entry.expert())}];
     nodes.assign(entry.node_ids().begin(), entry.node_ids().end());
   }
-  absl::MutexLock lock(&mutex_);
-  if (snapshot->version < snapshot_->version) return;
-  if (snapshot->version == snapshot_->version) {
-    // Same version: keep local suspicions.
-    for (const std::string& node : snapshot_->suspected) {
-      if (snapshot->unhealthy.insert(node).second) snapshot->suspected.insert(node);
+  uint64_t previous;
+  {
+    absl::MutexLock lock(&mutex_);
+    previous = snapshot_->version;
+    if (snapshot->version < previous) return;
+    if (snapshot->version == previous) {
+      // Same version: keep local suspicions.
+      for (const std::string& node : snapshot_->suspected) {
+        if (snapshot->unhealthy.insert(node).second) snapshot->suspected.insert(node);
+      }
     }
+    snapshot_ = snapshot;
   }
-  snapshot_ = std::move(snapshot);
+  if (snapshot->version != previous) {
+    obs::LogInfo("placement version {} installed placement_version={} previous_version={} "
+                 "expert_nodes={} unhealthy={}",
+                 snapshot->version, snapshot->version, previous, snapshot->addresses.size(),
+                 snapshot->unhealthy.size());
+  }
 }
 
 void PlacementTable::Suspect(const std::string& node_id) {
-  absl::MutexLock lock(&mutex_);
-  auto snapshot = std::make_shared<PlacementSnapshot>(*snapshot_);
-  if (snapshot->unhealthy.insert(node_id).second) snapshot->suspected.insert(node_id);
-  snapshot_ = std::move(snapshot);
+  uint64_t version;
+  bool newly = false;
+  {
+    absl::MutexLock lock(&mutex_);
+    auto snapshot = std::make_shared<PlacementSnapshot>(*snapshot_);
+    if (snapshot->unhealthy.insert(node_id).second) {
+      snapshot->suspected.insert(node_id);
+      newly = true;
+    }
+    version = snapshot->version;
+    snapshot_ = std::move(snapshot);
+  }
+  if (newly) {
+    obs::LogWarn("expert node suspected lost (dispatch failed), routing around it node={} "
+                 "placement_version={}",
+                 node_id, version);
+  }
 }
 
 bool PlacementTable::Forgive() {

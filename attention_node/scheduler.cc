@@ -7,6 +7,7 @@
 #include <span>
 
 #include "absl/strings/str_cat.h"
+#include "core/obs/log.h"
 
 namespace moemesh::attention_node {
 
@@ -229,6 +230,11 @@ void Scheduler::Finish(Sequence& sequence, SequenceEvent::FinishReason reason,
   sequence.cache.reset();  // blocks back to the pool at once
   SequenceEvent event;
   event.set_finish_reason(reason);
+  if (reason == SequenceEvent::ERROR) {
+    // The sequence id is the router's request id plus "-<choice>" (openai_prompt.cc).
+    obs::LogWarn("sequence failed sequence_id={} status={} generated={} error=\"{}\"",
+                 sequence.id, error_code, sequence.generated.size(), error);
+  }
   if (!error.empty()) event.set_error(error);
   event.set_error_code(error_code);
   event.set_prompt_tokens(static_cast<uint32_t>(sequence.prompt.size()));

@@ -1,5 +1,7 @@
 #include "expert_node/expert_service.h"
 
+#include "core/obs/log.h"
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -432,20 +434,18 @@ void ExpertNode::Reconcile() {
     int64_t bytes = 0;
     auto shard = model::ExpertShard::Rebuild(*checkpoint_, current.get(), wanted_list, &bytes);
     if (!shard.ok()) {
-      std::fprintf(stderr, "moemesh-expert-node: loading experts for placement version %llu failed: %s\n",
-                   static_cast<unsigned long long>(target_loaded_version.value_or(committed_version)),
-                   std::string(shard.status().message()).c_str());
+      obs::LogError("loading experts failed node={} placement_version={} error=\"{}\"", node_id,
+                    target_loaded_version.value_or(committed_version), std::string(shard.status().message()));
       absl::MutexLock lock(&mutex_);
       dirty_ = true;
       return;  // keeps serving what it holds; the version is not reported
     }
     const size_t before = current == nullptr ? 0 : current->HeldExperts().size();
-    std::fprintf(stderr,
-                 "moemesh-expert-node %s: placement version %llu: holding %zu experts (was %zu), "
-                 "%.1f MiB read in %.2f s\n",
-                 node_id.c_str(),
-                 static_cast<unsigned long long>(target_loaded_version.value_or(committed_version)),
-                 wanted_list.size(), before,
+    // (": placement version " is what the integration harness waits for after a restart.)
+    const uint64_t loaded_version = target_loaded_version.value_or(committed_version);
+    obs::LogInfo("expert node {}: placement version {} loaded node={} placement_version={} "
+                 "experts={} previous_experts={} read_mib={:.1f} seconds={:.2f}",
+                 node_id, loaded_version, node_id, loaded_version, wanted_list.size(), before,
                  bytes / 1048576.0,
                  std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     if (metrics_ != nullptr) metrics_->OnExpertsLoaded(bytes);

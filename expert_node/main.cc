@@ -7,7 +7,9 @@
 
 #include "absl/flags/flag.h"
 #include "core/comm/service_flags.h"
+#include "core/comm/tls.h"
 #include "core/kernels/cpu/threading.h"
+#include "core/obs/log.h"
 #include "expert_node/expert_service.h"
 
 ABSL_FLAG(std::string, model, "", "checkpoint directory (config.json + safetensors shards)");
@@ -21,12 +23,20 @@ ABSL_FLAG(int, compute_threads, 1, "OpenBLAS/OpenMP threads per expert computati
 ABSL_FLAG(int, metrics_port, 0, "port of GET /metrics (Prometheus); 0 picks one, -1 disables");
 ABSL_FLAG(int, max_experts_per_layer, 0,
           "capacity registered with the router: physical experts per MoE layer (0 = no limit)");
+ABSL_FLAG(std::string, log_level, "",
+          "debug, info, warn, error or off (default: MOEMESH_LOG_LEVEL or info)");
 
 int main(int argc, char** argv) {
   moemesh::comm::ParseServiceFlags(
       argc, argv,
       "moemesh-expert-node --model DIR --router HOST:PORT [--host H] [--port P] "
       "[--node-name NAME] [--dispatch-threads N]");
+  if (absl::Status status =
+          moemesh::obs::InitLogging("moemesh-expert-node", absl::GetFlag(FLAGS_log_level));
+      !status.ok()) {
+    std::fprintf(stderr, "moemesh-expert-node: %s\n", std::string(status.message()).c_str());
+    return 2;
+  }
   if (absl::GetFlag(FLAGS_model).empty()) {
     std::fprintf(stderr, "moemesh-expert-node: --model is required\n");
     return 2;
@@ -45,14 +55,14 @@ int main(int argc, char** argv) {
   options.max_experts_per_layer = absl::GetFlag(FLAGS_max_experts_per_layer);
   auto metrics = moemesh::obs::StartMetricsEndpoint(options.host, absl::GetFlag(FLAGS_metrics_port));
   if (!metrics.ok()) {
-    std::fprintf(stderr, "moemesh-expert-node: %s\n", metrics.status().ToString().c_str());
+    moemesh::obs::LogError("metrics endpoint failed error=\"{}\"", metrics.status().ToString());
     return 1;
   }
   options.metrics = metrics->registry;
   if (metrics->exposer != nullptr) options.metrics_address = metrics->exposer->address();
   auto node = moemesh::expert_node::ExpertNode::Start(options);
   if (!node.ok()) {
-    std::fprintf(stderr, "moemesh-expert-node: %s\n", node.status().ToString().c_str());
+    moemesh::obs::LogError("start failed error=\"{}\"", node.status().ToString());
     return 1;
   }
   std::printf("moemesh-expert-node listening on %s\n", (*node)->address().c_str());
@@ -60,14 +70,18 @@ int main(int argc, char** argv) {
     std::printf("moemesh-expert-node metrics on %s\n", metrics->exposer->address().c_str());
   }
   std::fflush(stdout);
+  moemesh::obs::LogInfo("expert node serving address={} node_name={} router={} tls={}",
+                        (*node)->address(), options.node_name, options.router_address,
+                        moemesh::comm::ServiceTlsEnabled() ? "mtls" : "plaintext");
   // SIGINT stops at once. SIGTERM (a pod eviction) drains: the router re-plans without this
   // node; it keeps serving until that placement is committed and no attention node still uses
   // the old one, then exits 0. A refused drain (the others cannot hold every expert) keeps it
   // serving and asking; a second SIGTERM or SIGINT stops it anyway.
   int signal = moemesh::comm::WaitForSignal(signals);
   if (signal == SIGTERM) {
-    std::fprintf(stderr, "moemesh-expert-node: SIGTERM, draining (asking the router to re-plan "
-                         "without this node)\n");
+    moemesh::obs::LogInfo("drain started (SIGTERM): asking the router to re-plan without this "
+                          "node node={}",
+                          (*node)->node_id());
     (*node)->Drain();
     const timespec poll = {0, 100 * 1000 * 1000};
     using DrainState = moemesh::v1::HeartbeatReply;
@@ -77,26 +91,29 @@ int main(int argc, char** argv) {
       const int next = sigtimedwait(&signals, nullptr, &poll);
       if (next > 0) {
         signal = next;
-        std::fprintf(stderr, "moemesh-expert-node: signal %d during the drain, stopping now\n", next);
+        moemesh::obs::LogWarn("drain interrupted, stopping now node={} signal={}",
+                              (*node)->node_id(), next);
         break;
       }
       const DrainState::DrainState now = (*node)->DrainState(&message);
       if (now != state) {
         state = now;
         if (state == DrainState::DRAIN_REFUSED) {
-          std::fprintf(stderr, "moemesh-expert-node: drain refused, still serving: %s\n",
-                       message.c_str());
+          moemesh::obs::LogWarn("drain refused, still serving node={} reason=\"{}\"",
+                                (*node)->node_id(), message);
         } else if (state == DrainState::DRAIN_IN_PROGRESS) {
-          std::fprintf(stderr, "moemesh-expert-node: drain in progress: %s\n", message.c_str());
+          moemesh::obs::LogInfo("drain in progress node={} detail=\"{}\"", (*node)->node_id(),
+                                message);
         }
       }
       if (state == DrainState::DRAINED) {
-        std::fprintf(stderr, "moemesh-expert-node: drained (%s), exiting\n", message.c_str());
+        moemesh::obs::LogInfo("drain finished, exiting node={} detail=\"{}\"",
+                              (*node)->node_id(), message);
         break;
       }
     }
   } else {
-    std::fprintf(stderr, "moemesh-expert-node: signal %d, shutting down\n", signal);
+    moemesh::obs::LogInfo("shutting down node={} signal={}", (*node)->node_id(), signal);
   }
   (*node)->Shutdown(/*grace_seconds=*/1.0);
   return 0;

@@ -50,8 +50,8 @@ void ControlPlane::PublishLocked(uint64_t version) {
     published_health_.push_back(Serving(node));
   }
   counters_.placement_versions = version;
-  obs::LogInfo("placement version {} published: {} expert nodes, {} serving", version,
-               placement_.nodes_size(),
+  obs::LogInfo("placement version {} published placement_version={} expert_nodes={} serving={}",
+               version, version, placement_.nodes_size(),
                std::count(published_health_.begin(), published_health_.end(), true));
   if (target_.has_value() && target_->placement.version() < version) {
     AbandonTargetLocked("the committed placement changed (node health or restart)");
@@ -60,8 +60,8 @@ void ControlPlane::PublishLocked(uint64_t version) {
 
 void ControlPlane::AbandonTargetLocked(const std::string& why) {
   if (!target_.has_value()) return;
-  std::fprintf(stderr, "moemesh-router: placement target version %llu abandoned: %s\n",
-               static_cast<unsigned long long>(target_->placement.version()), why.c_str());
+  obs::LogWarn("placement target abandoned target_version={} reason=\"{}\"",
+               target_->placement.version(), why);
   ++counters_.targets_abandoned;
   plan_reasons_.insert(target_->reasons.begin(), target_->reasons.end());
   plan_waiters_.insert(plan_waiters_.end(), target_->waiters.begin(), target_->waiters.end());
@@ -74,11 +74,17 @@ void ControlPlane::RefreshLocked(absl::Time now) {
   for (Node& node : nodes_) {
     const bool was_alive = node.alive;
     node.alive = now - node.last_heartbeat <= options_.heartbeat_timeout;
-    if (was_alive && !node.alive) {
-      obs::LogWarn("node {} lost: no heartbeat for {} (address={})", node.id,
-                   absl::FormatDuration(now - node.last_heartbeat), node.address);
+    const char* kind = node.kind == moemesh::v1::NODE_KIND_EXPERT ? "expert" : "attention";
+    if (was_alive && !node.alive &&
+        (node.drain == HeartbeatReply::DRAINED || node.attention_draining)) {
+      obs::LogInfo("node left after its drain node={} kind={} address={}", node.id, kind,
+                   node.address);
+    } else if (was_alive && !node.alive) {
+      obs::LogWarn("node lost node={} kind={} address={} silent_for={}", node.id, kind,
+                   node.address, absl::FormatDuration(now - node.last_heartbeat));
     } else if (!was_alive && node.alive) {
-      obs::LogInfo("node {} heartbeating again (address={})", node.id, node.address);
+      obs::LogInfo("node heartbeating again node={} kind={} address={}", node.id, kind,
+                   node.address);
     }
     // A death is a membership change: re-plan without the node (its experts go to the others).
     if (was_alive && !node.alive && node.kind == moemesh::v1::NODE_KIND_EXPERT &&
@@ -87,7 +93,8 @@ void ControlPlane::RefreshLocked(absl::Time now) {
       if (!lost_since_.has_value()) lost_since_ = now;
       plan_reasons_.insert("node_lost");
       wake_ = true;
-      obs::LogWarn("expert node {} lost; re-planning without it", node.id);
+      obs::LogWarn("expert node lost, re-planning without it node={} placement_version={}",
+                   node.id, placement_.version());
     }
   }
   // A drained node that stopped heartbeating has left.
@@ -131,8 +138,7 @@ void ControlPlane::MaybeComputePlacementLocked() {
     input.min_replicas = std::clamp(options_.min_replicas, 1, static_cast<int>(input.nodes.size()));
     absl::StatusOr<placement::PlacementPlan> plan = placement::PlanPlacement(input);
     if (!plan.ok()) {
-      std::fprintf(stderr, "moemesh-router: no first placement: %s\n",
-                   std::string(plan.status().message()).c_str());
+      obs::LogError("no first placement error=\"{}\"", std::string(plan.status().message()));
       return;
     }
     entries = PlanEntries(*plan, ids, moe_layers);
@@ -193,8 +199,8 @@ grpc::Status ControlPlane::Register(grpc::ServerContext* context, const moemesh:
     joined = expert;
   }
   // New or restarted: whatever it held before is gone.
-  obs::LogInfo("node {} {}: kind={} address={} peer={}", node->id,
-               node->address.empty() ? "registered" : "rejoined (restarted)",
+  obs::LogInfo("node {} node={} kind={} address={} peer={}",
+               node->address.empty() ? "registered" : "rejoined (restarted)", node->id,
                expert ? "expert" : "attention", request->address(),
                context != nullptr ? context->peer() : std::string("in-process"));
   node->address = request->address();
@@ -258,7 +264,8 @@ grpc::Status ControlPlane::Heartbeat(grpc::ServerContext*,
       node->draining = true;
       node->drain = HeartbeatReply::DRAIN_IN_PROGRESS;
       node->drain_message = "re-planning without this node";
-      std::fprintf(stderr, "moemesh-router: expert node %s asks to drain\n", node->id.c_str());
+      obs::LogInfo("drain started node={} kind=expert placement_version={}", node->id,
+                   placement_.version());
       plan_reasons_.insert("drain");
     }
     if (node->loaded_version != before) wake_ = true;
@@ -269,6 +276,10 @@ grpc::Status ControlPlane::Heartbeat(grpc::ServerContext*,
     node->waiting_sequences = request->waiting_sequences();
     if (request->used_placement_version() != node->used_version) wake_ = true;
     node->used_version = request->used_placement_version();
+    if (request->draining() && !node->attention_draining) {
+      obs::LogInfo("drain started node={} kind=attention running={} waiting={}", node->id,
+                   node->running_sequences, node->waiting_sequences);
+    }
     node->attention_draining = request->draining();
   }
   RefreshLocked(now);
@@ -330,8 +341,8 @@ void ControlPlane::UpdateDrainsLocked() {
                                         " holds nothing here and no attention node uses an "
                                         "older one");
       ++counters_.drains_completed;
-      std::fprintf(stderr, "moemesh-router: expert node %s drained (%s)\n", node.id.c_str(),
-                   node.drain_message.c_str());
+      obs::LogInfo("drain finished node={} kind=expert placement_version={} detail=\"{}\"",
+                   node.id, placement_.version(), node.drain_message);
     }
   }
 }
@@ -445,8 +456,8 @@ void ControlPlane::PlanLocked(absl::Time now, const std::vector<std::vector<doub
         std::clamp(options_.min_replicas, 1, static_cast<int>(input.nodes.size()));
     absl::StatusOr<placement::PlacementPlan> plan = placement::PlanPlacement(input);
     if (!plan.ok() && input.min_replicas > 1) {
-      std::fprintf(stderr, "moemesh-router: no placement with %d replicas each (%s); planning one\n",
-                   input.min_replicas, std::string(plan.status().message()).c_str());
+      obs::LogWarn("no placement with min_replicas={} ({}); planning one replica each",
+                   input.min_replicas, std::string(plan.status().message()));
       input.min_replicas = 1;
       plan = placement::PlanPlacement(input);
     }
@@ -465,8 +476,7 @@ void ControlPlane::PlanLocked(absl::Time now, const std::vector<std::vector<doub
       if (!node.draining || node.drain == HeartbeatReply::DRAINED) continue;
       if (node.drain != HeartbeatReply::DRAIN_REFUSED) {
         ++counters_.drains_refused;
-        std::fprintf(stderr, "moemesh-router: drain of expert node %s refused: %s\n",
-                     node.id.c_str(), why.c_str());
+        obs::LogWarn("drain refused node={} kind=expert reason=\"{}\"", node.id, why);
       }
       node.drain = HeartbeatReply::DRAIN_REFUSED;
       node.drain_message = why;
@@ -480,8 +490,8 @@ void ControlPlane::PlanLocked(absl::Time now, const std::vector<std::vector<doub
     }
   }
   if (!plan.ok()) {
-    std::fprintf(stderr, "moemesh-router: re-plan (%s) failed: %s\n",
-                 absl::StrJoin(reasons, ",").c_str(), std::string(plan.status().message()).c_str());
+    obs::LogWarn("re-plan failed reasons={} error=\"{}\"", absl::StrJoin(reasons, ","),
+                 std::string(plan.status().message()));
     answer(absl::FailedPreconditionError(
         absl::StrCat("re-plan failed: ", plan.status().message())));
     return;
@@ -515,11 +525,10 @@ void ControlPlane::PlanLocked(absl::Time now, const std::vector<std::vector<doub
   }
   target_ = Target{std::move(target), std::move(reasons), now, before, after, std::move(waiters)};
   counters_.target_version = target_->placement.version();
-  std::fprintf(stderr,
-               "moemesh-router: placement target version %llu (%s) over %zu expert nodes: "
-               "predicted balancedness %.3f -> %.3f\n",
-               static_cast<unsigned long long>(target_->placement.version()),
-               absl::StrJoin(target_->reasons, ",").c_str(), used.size(), before, after);
+  obs::LogInfo("placement target planned target_version={} reasons={} expert_nodes={} "
+               "balancedness_before={:.3f} balancedness_after={:.3f}",
+               target_->placement.version(), absl::StrJoin(target_->reasons, ","), used.size(),
+               before, after);
 }
 
 void ControlPlane::CommitTargetLocked(absl::Time now) {
@@ -563,9 +572,9 @@ void ControlPlane::CommitTargetLocked(absl::Time now) {
   counters_.last_balancedness_before = target.balancedness_before;
   counters_.last_balancedness_after = target.balancedness_after;
   for (uint64_t waiter : target.waiters) results_.emplace(waiter, result);
-  std::fprintf(stderr,
-               "moemesh-router: placement version %llu committed (%s) %.2f s after planning\n",
-               static_cast<unsigned long long>(version), result.reason.c_str(), seconds);
+  obs::LogInfo("placement version {} committed placement_version={} reasons={} "
+               "plan_to_commit_seconds={:.2f}",
+               version, version, result.reason, seconds);
 }
 
 absl::StatusOr<RebalanceResult> ControlPlane::Rebalance(absl::Duration timeout) {

@@ -6,6 +6,11 @@
 // Cells carry stable ids and data attributes (an SVG <rect class="cell"
 // id="cell-L<layer>-E<expert>" data-layer data-expert data-total data-recent data-replicas>) so
 // that tests can read them; the number shows on hover (a <title> and the readout line).
+// With API keys on the router (api_auth.h) the page sends `Authorization: Bearer <key>` on its
+// fetches: the key comes from the address's fragment (/dashboard#key=K: never sent to the
+// server, removed from the address bar once read), else from earlier in the same tab
+// (sessionStorage), else from a key field the page shows after a 401. An admin key also shows
+// the placement's drain states (GET /v1/placement is an admin path).
 #include "router/router_metrics.h"
 
 namespace moemesh::router {
@@ -31,7 +36,11 @@ const char* DashboardHtml() {
 </head>
 <body>
 <h1>moemesh &mdash; expert load</h1>
-<div id="status" data-loaded="0">loading&hellip;</div>
+<div id="status" data-loaded="0" data-auth="none">loading&hellip;</div>
+<form id="keyform" hidden>
+  <label>API key <input type="password" id="apikey" autocomplete="off" size="32"></label>
+  <button type="submit">use</button>
+</form>
 <div>
   <label><input type="radio" name="mode" value="total" checked> total (since start)</label>
   <label><input type="radio" name="mode" value="recent"> recent (last window)</label>
@@ -50,6 +59,41 @@ const char* DashboardHtml() {
 <script>
 "use strict";
 let mode = "total";
+// The API key (see the comment in router/dashboard.cc).
+let apiKey = null, needKey = false;
+(function () {
+  const match = /(?:^#|&)key=([^&]*)/.exec(location.hash);
+  if (match) {
+    apiKey = decodeURIComponent(match[1]);
+    try { sessionStorage.setItem('moemesh-api-key', apiKey); } catch (e) {}
+    history.replaceState(null, '', location.pathname + location.search);
+  } else {
+    try { apiKey = sessionStorage.getItem('moemesh-api-key'); } catch (e) {}
+  }
+  if (apiKey) document.getElementById('status').setAttribute('data-auth', 'key');
+})();
+function get(path) {
+  const headers = {};
+  if (apiKey) headers['Authorization'] = 'Bearer ' + apiKey;
+  return fetch(path, {cache: 'no-store', headers: headers});
+}
+document.getElementById('keyform').addEventListener('submit', function (event) {
+  event.preventDefault();
+  apiKey = document.getElementById('apikey').value.trim();
+  try { sessionStorage.setItem('moemesh-api-key', apiKey); } catch (e) {}
+  needKey = false;
+  document.getElementById('keyform').hidden = true;
+  document.getElementById('status').setAttribute('data-auth', 'key');
+  refresh();
+});
+function askForKey(rejected) {
+  needKey = true;
+  document.getElementById('keyform').hidden = false;
+  const status = document.getElementById('status');
+  status.setAttribute('data-auth', rejected ? 'rejected' : 'needed');
+  status.textContent = (rejected ? 'the router refused this API key (401)' :
+      'the router needs an API key (401)') + ': enter it below, or open /dashboard#key=KEY';
+}
 let last = null, placement = null;
 document.querySelectorAll('input[name=mode]').forEach(function (input) {
   input.addEventListener('change', function () { mode = input.value; if (last) draw(last); });
@@ -161,12 +205,18 @@ document.getElementById('heatmap').addEventListener('mousemove', function (event
   if (title) document.getElementById('readout').textContent = title.textContent;
 });
 function refresh() {
-  fetch('/v1/placement', {cache: 'no-store'})
+  if (needKey) return;  // nothing to show until a key is entered
+  // The placement (drain states) is optional: an admin path, refused to an API key.
+  get('/v1/placement')
       .then(function (r) { return r.ok ? r.json() : null; })
       .catch(function () { return null; })
-      .then(function (p) { placement = p; return fetch('/v1/experts/load', {cache: 'no-store'}); })
-      .then(function (r) { return r.json(); })
-      .then(draw)
+      .then(function (p) { placement = p; return get('/v1/experts/load'); })
+      .then(function (r) {
+        if (r.status === 401) { askForKey(apiKey !== null && apiKey !== ''); return null; }
+        if (!r.ok) throw new Error('GET /v1/experts/load: HTTP ' + r.status);
+        return r.json();
+      })
+      .then(function (data) { if (data) draw(data); })
       .catch(function (e) { document.getElementById('status').textContent = 'error: ' + e; });
 }
 refresh();

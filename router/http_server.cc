@@ -171,7 +171,7 @@ class HttpServer::Completion : public ResponseProducer {
     CancelAll();
     Finish();
     Report(false, 499);
-    obs::LogInfo("request {} ended: the client closed the connection", request_id_);
+    obs::LogInfo("request ended: the client closed the connection request_id={}", request_id_);
   }
 
  private:
@@ -260,7 +260,8 @@ class HttpServer::Completion : public ResponseProducer {
   }
 
   void LogError(const ApiError& error) {
-    obs::LogWarn("request {} failed: {} {}", request_id_, error.http_status, error.message);
+    obs::LogWarn("request failed request_id={} status={} type={} error=\"{}\"", request_id_,
+                 error.http_status, error.type, error.message);
   }
 
   void CancelAll() {
@@ -371,8 +372,10 @@ HttpResponse HttpServer::Handle(HttpRequest& request) {
   request.request_id = RequestId(request);
   HttpResponse response;
   if (std::optional<ApiError> denied = CheckApiAuth(options_.auth, request)) {
-    obs::LogWarn("request {} refused: {} {} from {}: {}", request.request_id, request.method,
-                 request.path, request.remote, denied->message);
+    obs::LogWarn("request refused request_id={} status={} method={} path={} remote={} "
+                 "error=\"{}\"",
+                 request.request_id, denied->http_status, request.method, request.path,
+                 request.remote, denied->message);
     response = ErrorResponse(*denied);
     if (denied->http_status == 401) response.SetHeader("WWW-Authenticate", "Bearer");
   } else {
@@ -475,8 +478,8 @@ HttpResponse HttpServer::Completions(Endpoint endpoint, const HttpRequest& reque
       outcome.e2e_seconds = absl::ToDoubleSeconds(absl::Now() - received);
       observer->OnRequestEnd(outcome);
     }
-    obs::LogInfo("request {} refused: {} {}", request.request_id, error.http_status,
-                 error.message);
+    obs::LogInfo("request refused request_id={} status={} param={} error=\"{}\"",
+                 request.request_id, error.http_status, error.param, error.message);
     return ErrorResponse(error);
   };
   absl::StatusOr<ApiRequest> parsed = ParseRequest(endpoint, request.body, model_);

@@ -23,6 +23,9 @@ ABSL_FLAG(int, port, 18080, "HTTP port");
 ABSL_FLAG(int, tokens, 16, "tokens each sequence produces (one event each)");
 ABSL_FLAG(int, io_threads, 2, "HTTP I/O threads");
 ABSL_FLAG(int, max_connections, 8192, "open connections served");
+ABSL_FLAG(double, header_timeout_seconds, 10,
+          "deadline for a request's headers (the slow-connection case raises it so that its "
+          "trickling connections stay open while it measures)");
 
 namespace {
 
@@ -128,6 +131,7 @@ int main(int argc, char** argv) {
   options.port = absl::GetFlag(FLAGS_port);
   options.threads = absl::GetFlag(FLAGS_io_threads);
   options.transport.max_connections = absl::GetFlag(FLAGS_max_connections);
+  options.transport.header_timeout_seconds = absl::GetFlag(FLAGS_header_timeout_seconds);
   moemesh::router::HttpServer server((*model)->info, &backend, options);
   if (absl::Status status = server.Start(); !status.ok()) {
     std::fprintf(stderr, "bench_http_server: %s\n", std::string(status.message()).c_str());

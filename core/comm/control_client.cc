@@ -1,6 +1,7 @@
 #include "core/comm/control_client.h"
 
 #include "core/comm/tls.h"
+#include "core/obs/log.h"
 
 #include <chrono>
 #include <thread>
@@ -114,14 +115,34 @@ class GrpcControlClient : public ControlClient {
     moemesh::v1::RegisterReply reply;
     auto context = Context();
     grpc::Status status = stub_->Register(context.get(), options_.registration, &reply);
-    if (!status.ok()) return false;
-    absl::MutexLock lock(&mutex_);
-    node_id_ = reply.node_id();
-    if (reply.heartbeat_interval_seconds() > 0) {
-      interval_ = absl::Seconds(reply.heartbeat_interval_seconds());
+    if (!status.ok()) {
+      // Once per outage, not per retry.
+      if (!register_failure_logged_) {
+        obs::LogWarn("registration with the control plane failed, retrying kind={} router={} "
+                     "error=\"{}\"",
+                     KindName(), options_.router_address, status.error_message());
+        register_failure_logged_ = true;
+      }
+      return false;
     }
-    ++counters_.registrations;
+    register_failure_logged_ = false;
+    uint64_t registrations;
+    {
+      absl::MutexLock lock(&mutex_);
+      node_id_ = reply.node_id();
+      if (reply.heartbeat_interval_seconds() > 0) {
+        interval_ = absl::Seconds(reply.heartbeat_interval_seconds());
+      }
+      registrations = ++counters_.registrations;
+    }
+    obs::LogInfo("{} with the control plane node={} kind={} router={} registrations={}",
+                 registrations == 1 ? "registered" : "re-registered", reply.node_id(), KindName(),
+                 options_.router_address, registrations);
     return true;
+  }
+
+  const char* KindName() const {
+    return options_.registration.kind() == moemesh::v1::NODE_KIND_EXPERT ? "expert" : "attention";
   }
 
   void DeliverIfNew() {
@@ -162,12 +183,27 @@ class GrpcControlClient : public ControlClient {
       grpc::Status status = stub_->Heartbeat(context.get(), request, &reply);
       bool answered = false;
       if (!status.ok()) {
+        if (!heartbeat_failure_logged_) {
+          obs::LogWarn("control plane lost: heartbeat failed node={} router={} error=\"{}\"",
+                       request.node_id(), options_.router_address, status.error_message());
+          heartbeat_failure_logged_ = true;
+        }
         absl::MutexLock lock(&mutex_);
         ++counters_.heartbeats_failed;
       } else if (!reply.known()) {
-        registered = false;  // the router lost us (it restarted): register again at once
+        // The router lost us (it restarted): register again at once.
+        obs::LogWarn("the control plane does not know this node (router restarted?), rejoining "
+                     "node={} router={}",
+                     request.node_id(), options_.router_address);
+        heartbeat_failure_logged_ = false;
+        registered = false;
         continue;
       } else {
+        if (heartbeat_failure_logged_) {
+          obs::LogInfo("control plane reachable again node={} router={}", request.node_id(),
+                       options_.router_address);
+          heartbeat_failure_logged_ = false;
+        }
         uint64_t known_version;
         {
           absl::MutexLock lock(&mutex_);
@@ -203,6 +239,9 @@ class GrpcControlClient : public ControlClient {
   ControlClientCounters counters_ ABSL_GUARDED_BY(mutex_);
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   bool wake_ ABSL_GUARDED_BY(mutex_) = false;
+  // Touched by the client's thread only: one log line per outage.
+  bool register_failure_logged_ = false;
+  bool heartbeat_failure_logged_ = false;
   std::thread thread_;
 };
 

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 #include <thread>
 
@@ -128,9 +129,48 @@ std::string CompareGreedy(const json& prompt, const std::vector<int64_t>& genera
   return "";
 }
 
-bool ClusterOptions::TlsFromEnvironment() {
-  const char* value = std::getenv("MOEMESH_TEST_TLS");
-  return value != nullptr && std::string(value) == "1";
+const std::string& TestCertificateDir(std::string* error) {
+  static std::once_flag once;
+  static std::string* dir = new std::string();
+  static std::string* failure = new std::string();
+  std::call_once(once, [] {
+    const char* tmp = std::getenv("TMPDIR");
+    std::string templ = std::string(tmp != nullptr && *tmp ? tmp : "/tmp") + "/moemesh-it-ca-XXXXXX";
+    if (::mkdtemp(templ.data()) == nullptr) {
+      *failure = "mkdtemp for the test CA failed";
+      return;
+    }
+    if (absl::Status status = comm::GenerateThrowawayCertificates(templ); !status.ok()) {
+      *failure = std::string(status.message());
+      std::error_code ignored;
+      fs::remove_all(templ, ignored);
+      return;
+    }
+    *dir = templ;
+    std::atexit([] {
+      std::error_code ignored;
+      fs::remove_all(*dir, ignored);
+    });
+  });
+  if (error != nullptr) *error = *failure;
+  return *dir;
+}
+
+absl::StatusOr<std::vector<std::string>> ServiceSecurityFlags(bool tls) {
+  if (!tls) {
+    comm::ResetServiceTls();
+    return std::vector<std::string>{"--insecure-plaintext"};
+  }
+  std::string error;
+  const std::string& dir = TestCertificateDir(&error);
+  if (dir.empty()) return absl::InternalError("test CA: " + error);
+  comm::TlsOptions options;
+  options.ca_file = dir + "/ca.pem";
+  options.cert_file = dir + "/node.pem";
+  options.key_file = dir + "/node.key";
+  if (absl::Status status = comm::ConfigureServiceTls(options); !status.ok()) return status;
+  return std::vector<std::string>{"--tls-ca", options.ca_file, "--tls-cert", options.cert_file,
+                                  "--tls-key", options.key_file};
 }
 
 Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
@@ -145,25 +185,12 @@ Cluster::Cluster(ClusterOptions options) : options_(std::move(options)) {
   }
   log_dir_ = buffer.data();
   const std::string model = options_.model_dir.empty() ? FixtureDir() : options_.model_dir;
-  security_flags_ = {"--insecure-plaintext"};
-  if (options_.tls) {
-    if (absl::Status status = comm::GenerateThrowawayCertificates(log_dir_); !status.ok()) {
-      error_ = std::string(status.message());
-      return;
-    }
-    security_flags_ = {"--tls-ca", tls_file("ca.pem"), "--tls-cert", tls_file("node.pem"),
-                "--tls-key", tls_file("node.key")};
-    comm::TlsOptions tls;
-    tls.ca_file = tls_file("ca.pem");
-    tls.cert_file = tls_file("node.pem");
-    tls.key_file = tls_file("node.key");
-    if (absl::Status status = comm::ConfigureServiceTls(tls); !status.ok()) {
-      error_ = std::string(status.message());
-      return;
-    }
-  } else {
-    comm::ResetServiceTls();
+  absl::StatusOr<std::vector<std::string>> security = ServiceSecurityFlags(options_.tls);
+  if (!security.ok()) {
+    error_ = std::string(security.status().message());
+    return;
   }
+  security_flags_ = *std::move(security);
 
   router_.name = "router";
   router_.argv = {Binary("moemesh-router"), "--model", model, "--host", "127.0.0.1", "--port", "0",

@@ -1,5 +1,6 @@
 // A local moemesh cluster for integration tests: moemesh-router, A moemesh-attention-node and
-// E moemesh-expert-node processes on loopback, ports chosen by the OS, logs in a temp dir.
+// E moemesh-expert-node processes on loopback, ports chosen by the OS, logs in a temp dir, mTLS
+// between them (ClusterOptions::tls).
 //
 //   Cluster cluster({.attention_nodes = 2, .expert_nodes = 3});
 //   ASSERT_TRUE(cluster.ok()) << cluster.error();
@@ -22,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/status/statusor.h"
 #include "nlohmann/json.hpp"
 
 namespace moemesh::integration {
@@ -44,11 +46,20 @@ struct ClusterOptions {
   std::vector<std::string> attention_flags = {};  // extra flags for every attention node
   std::vector<std::string> expert_flags = {};     // extra flags for every expert node
   double ready_timeout_seconds = 120;
-  // mTLS between the processes (a throwaway CA in the log dir, core/comm/tls.h); otherwise
-  // --insecure-plaintext. Defaults to on when MOEMESH_TEST_TLS=1 (the "tls." ctest variant).
-  bool tls = TlsFromEnvironment();
-  static bool TlsFromEnvironment();
+  // mTLS between the processes (core/comm/tls.h; the test process's throwaway CA, see
+  // TestCertificateDir) unless false: then --insecure-plaintext (the development path).
+  bool tls = true;
 };
+
+// The test process's throwaway CA and certificate (core/comm/throwaway_ca.h: ca.pem, ca.key,
+// node.pem, node.key), generated on first use into a temp dir removed at exit; "" (with `error`
+// set) when generation failed. Every mTLS cluster of the process uses it.
+const std::string& TestCertificateDir(std::string* error = nullptr);
+
+// The gRPC security flags every service process of a cluster gets: --tls-ca/--tls-cert/--tls-key
+// of TestCertificateDir() with `tls`, else --insecure-plaintext. Also configures this process's
+// own channels (core/comm/tls.h) the same way. Fails when the certificates cannot be made.
+absl::StatusOr<std::vector<std::string>> ServiceSecurityFlags(bool tls);
 
 struct HttpResult {
   int status = 0;      // 0: no HTTP answer (connection failed, timed out, cancelled)
@@ -72,8 +83,9 @@ class Cluster {
   const std::string& control_address() const { return control_address_; }
   const std::string& attention_address(int i) const { return attention_[i].address; }
   const std::string& expert_address(int i) const { return experts_[i].address; }
-  // With tls: the PEM files every process uses (ca.pem, node.pem, node.key in log_dir()).
-  std::string tls_file(const std::string& name) const { return log_dir_ + "/" + name; }
+  // With tls: the PEM files every process uses (ca.pem, node.pem, node.key of
+  // TestCertificateDir()).
+  std::string tls_file(const std::string& name) const { return TestCertificateDir() + "/" + name; }
   const std::string& log_dir() const { return log_dir_; }
   // Process ids (-1 when not running), e.g. to read /proc/<pid>/status.
   pid_t attention_pid(int i) const { return attention_[i].pid; }

@@ -234,8 +234,22 @@ TEST(Cluster, ErrorBodies) {
     EXPECT_NE(message.find("200000"), std::string::npos) << message;
     EXPECT_NE(message.find(std::to_string(prompt["ids"].size())), std::string::npos) << message;
   }
+  {
+    // Issue 12's crash: `messages` (or a message's content) nesting 60,000 '[' killed the router.
+    SCOPED_TRACE("60,000 nested arrays");
+    const std::string open(60000, '['), close(60000, ']');
+    ExpectErrorBody(cluster.Post("/v1/chat/completions",
+                                 R"({"model":"tiny-r1","messages":)" + open + close + "}"),
+                    400);
+    ExpectErrorBody(
+        cluster.Post("/v1/chat/completions",
+                     R"({"model":"tiny-r1","messages":[{"role":"user","content":)" + open + close +
+                         "}]}"),
+        400);
+  }
   // The server is still fine after all that.
   EXPECT_EQ(CheckGolden(prompt, cluster.Post("/v1/completions", CompletionBody(prompt))), "");
+  EXPECT_EQ(cluster.Get("/health").status, 200);
 }
 
 TEST(Cluster, NoHealthyExpertHolderIs503) {

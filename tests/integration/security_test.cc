@@ -2,7 +2,8 @@
 // a process without a valid client certificate (plaintext, TLS without a certificate, or a
 // certificate from another CA) can neither reach the control plane (and so never register)
 // nor dispatch to an expert node; a correctly certified one can, and a malformed
-// DispatchRequest is answered INVALID without harming the node.
+// DispatchRequest is answered INVALID without harming the node. The development path
+// (--insecure-plaintext on every process) still serves, and then speaks plaintext only.
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -56,7 +57,7 @@ std::vector<Attempt> Attempts(const Cluster& cluster, const std::string& other_d
 class SecurityTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    cluster_ = new Cluster({.attention_nodes = 1, .expert_nodes = 1, .tls = true});
+    cluster_ = new Cluster({.attention_nodes = 1, .expert_nodes = 1});
     other_dir_ = new std::string(cluster_->log_dir() + "/other-ca");
     std::filesystem::create_directories(*other_dir_);
     other_ok_ = comm::GenerateThrowawayCertificates(*other_dir_).ok();
@@ -138,6 +139,42 @@ TEST_F(SecurityTest, ExpertNodeRefusesDispatchesWithoutAValidCertificate) {
   }
   HttpResult result = cluster_->Post("/v1/completions", R"({"prompt":[0,1,2],"max_tokens":2,"temperature":0})");
   EXPECT_EQ(result.status, 200) << result.body << result.error;
+}
+
+// --insecure-plaintext on every process: the cluster serves golden tokens, and its control plane
+// answers plaintext gRPC and refuses a TLS handshake (the flag really turned TLS off).
+TEST(InsecurePlaintext, ClusterServesAndSpeaksPlaintextOnly) {
+  Cluster cluster({.attention_nodes = 1, .expert_nodes = 1, .tls = false});
+  ASSERT_TRUE(cluster.ok()) << cluster.error();
+  grpc::SslCredentialsOptions tls;
+  tls.pem_root_certs = Read(TestCertificateDir() + "/ca.pem");
+  tls.pem_cert_chain = Read(TestCertificateDir() + "/node.pem");
+  tls.pem_private_key = Read(TestCertificateDir() + "/node.key");
+  for (const bool plaintext : {true, false}) {
+    auto stub = moemesh::v1::ControlPlane::NewStub(grpc::CreateChannel(
+        cluster.control_address(),
+        plaintext ? grpc::InsecureChannelCredentials() : grpc::SslCredentials(tls)));
+    grpc::ClientContext context;
+    context.set_deadline(Soon());
+    moemesh::v1::Placement placement;
+    grpc::Status status = stub->GetPlacement(&context, {}, &placement);
+    if (plaintext) {
+      EXPECT_TRUE(status.ok()) << status.error_message();
+      EXPECT_GT(placement.version(), 0u);
+    } else {
+      EXPECT_EQ(status.error_code(), grpc::StatusCode::UNAVAILABLE) << status.error_message();
+    }
+  }
+  const json& prompt = TinyR1Goldens()["results"][0];
+  const json body = {{"prompt", prompt["ids"]},
+                     {"max_tokens", prompt["greedy"].size()},
+                     {"temperature", 0},
+                     {"return_token_ids", true}};
+  HttpResult result = cluster.Post("/v1/completions", body.dump());
+  ASSERT_EQ(result.status, 200) << result.body << result.error;
+  const json reply = result.Json();
+  ASSERT_TRUE(reply.contains("choices")) << result.body;
+  EXPECT_EQ(CompareGreedy(prompt, reply["choices"][0]["token_ids"].get<std::vector<int64_t>>()), "");
 }
 
 }  // namespace

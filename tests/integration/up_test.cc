@@ -1,6 +1,7 @@
 // `moemesh up` keeps the cluster serving when an expert node leaves: SIGTERM on one of its two
 // expert nodes drains it (exit 0), up says so and keeps running, and requests still get the
-// golden tokens; Ctrl-C (SIGINT) then stops everything and up exits 0.
+// golden tokens; Ctrl-C (SIGINT) then stops everything and up exits 0. The processes talk mTLS
+// with the throwaway CA up generates (the default).
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -73,6 +74,13 @@ TEST(MoemeshUp, ExpertNodeDrainedWithSigtermLeavesTheClusterServing) {
   std::smatch expert = WaitFor(output, std::regex("started expert-1 \\(pid (\\d+)\\)"), 1, &text);
   ASSERT_FALSE(expert.empty()) << text;
   const pid_t expert_pid = std::stoi(expert[1]);
+
+  // mTLS by default: up made a throwaway CA and every process serves with it.
+  EXPECT_TRUE(std::ifstream(log_dir + "/tls/ca.pem").good()) << "no throwaway CA in " << log_dir;
+  for (const char* name : {"attention-0", "expert-0", "expert-1"}) {
+    EXPECT_NE(ReadAll(log_dir + "/" + name + ".log").find(" tls=mtls"), std::string::npos)
+        << name << ": " << ReadAll(log_dir + "/" + name + ".log");
+  }
 
   ::kill(expert_pid, SIGTERM);
   std::smatch drained = WaitFor(

@@ -223,8 +223,10 @@ std::vector<std::string> ManifestExpertFlags(std::string* error) {
   std::vector<std::string> flags;
   for (size_t i = 1; i < argv.size(); ++i) {
     const std::string flag = argv[i].substr(0, argv[i].find('='));
+    // Transport security is the harness's (mTLS with the test CA), not the overlay's.
+    const bool security = flag == "--insecure-plaintext" || flag.rfind("--tls-", 0) == 0;
     if (flag != "--model" && flag != "--router" && flag != "--host" && flag != "--port" &&
-        flag != "--node-name" && flag != "--metrics-port") {
+        flag != "--node-name" && flag != "--metrics-port" && !security) {
       flags.push_back(argv[i]);
     }
   }

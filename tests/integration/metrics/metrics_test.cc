@@ -198,18 +198,21 @@ TEST(MetricsIntegrationTest, PrometheusSeesRoutedTokensEqualToPromptsTimesTopKAn
   const double expected = static_cast<double>(n * kTopK);
 
   // Wait until a scrape after the last request is in (counters only grow).
-  std::map<std::string, double> routed, rows;
+  // Every target, the router's included (scraped on its own schedule), must be in.
+  std::map<std::string, double> routed, rows, successes, up;
   const auto deadline = Clock::now() + std::chrono::seconds(30);
   auto settled = [&] {
     for (int layer : kMoeLayers) {
       const std::string key = std::to_string(layer);
       if (routed[key] != expected || rows[key] != expected) return false;
     }
-    return true;
+    return successes[""] == 6.0 && up[""] == 4.0;
   };
   while (Clock::now() < deadline) {
     routed = server.QueryBy("sum by (layer) (moemesh_expert_routed_tokens_total)", {"layer"});
     rows = server.QueryBy("sum by (layer) (moemesh_expert_rows_total)", {"layer"});
+    successes = server.QueryBy("sum(moemesh_request_success_total)", {});
+    up = server.QueryBy("count(up == 1)", {});
     if (settled()) break;
     std::this_thread::sleep_for(std::chrono::milliseconds(500));
   }
@@ -355,6 +358,82 @@ TEST(MetricsIntegrationTest, DashboardHeatmapInHeadlessChromiumMatchesExpertsLoa
   std::cout << "dashboard screenshot: " << screenshot << "\n";
   std::string ignored;
   RunCommand("rm -rf '" + profile + "'", &ignored);
+}
+
+// With --api-key on the router the dashboard's fetches carry `Authorization: Bearer`: the key
+// from the address's fragment draws the same heatmap as /v1/experts/load; without a key the
+// page shows its key field and says the router wants one, instead of failing silently.
+TEST(MetricsIntegrationTest, DashboardWithApiKeyTakesTheKeyFromTheFragment) {
+  std::string chromium = FindTool("chromium");
+  if (chromium.empty()) chromium = FindTool("chromium-browser");
+  if (chromium.empty()) GTEST_SKIP() << "chromium is not installed (Debian package chromium)";
+  const std::string key = "dash-key-0123456789";
+  Cluster cluster({.attention_nodes = 1, .expert_nodes = 1, .router_flags = {"--api-key", key}});
+  ASSERT_TRUE(cluster.ok()) << cluster.error();
+  httplib::Client client("127.0.0.1", cluster.http_port());
+  client.set_read_timeout(60, 0);
+  const httplib::Headers auth = {{"Authorization", "Bearer " + key}};
+  auto completion = client.Post("/v1/completions", auth,
+                                R"({"prompt":[0,1,2,3],"max_tokens":1,"temperature":0})",
+                                "application/json");
+  ASSERT_TRUE(completion) << httplib::to_string(completion.error());
+  ASSERT_EQ(completion->status, 200) << completion->body;
+  auto unauthorized = client.Get("/v1/experts/load");
+  ASSERT_TRUE(unauthorized);
+  EXPECT_EQ(unauthorized->status, 401);
+  auto wrong = client.Get("/v1/experts/load", {{"Authorization", "Bearer not-" + key}});
+  ASSERT_TRUE(wrong);
+  EXPECT_EQ(wrong->status, 401);
+  EXPECT_EQ(json::parse(wrong->body)["error"]["code"], "invalid_api_key") << wrong->body;
+  // Every routed token of the request reaches the router with the heartbeats.
+  std::map<LayerExpert, int64_t> totals;
+  const auto deadline = Clock::now() + std::chrono::seconds(15);
+  int64_t sum = 0;
+  while (Clock::now() < deadline) {
+    auto load = client.Get("/v1/experts/load", auth);
+    ASSERT_TRUE(load);
+    ASSERT_EQ(load->status, 200) << load->body;
+    totals = LoadTotals(json::parse(load->body));
+    sum = 0;
+    for (const auto& [cell, value] : totals) sum += value;
+    // One token generated: the 4 prompt tokens went through the experts of each MoE layer.
+    if (sum == 4 * kTopK * static_cast<int64_t>(kMoeLayers.size())) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  }
+  ASSERT_EQ(sum, 4 * kTopK * static_cast<int64_t>(kMoeLayers.size()));
+
+  const std::string url = "http://127.0.0.1:" + std::to_string(cluster.http_port()) + "/dashboard";
+  const std::string profile = TempDir("moemesh-chromium-");
+  const std::string flags =
+      " --headless --no-sandbox --disable-gpu --disable-quic --no-first-run"
+      " --disable-background-networking --disable-component-update --disable-sync"
+      " --disable-dev-shm-usage --user-data-dir=" + profile + " --virtual-time-budget=5000";
+  std::string dom;
+  ASSERT_EQ(RunCommand("timeout 90 " + chromium + flags + " --dump-dom '" + url + "#key=" + key +
+                           "'",
+                       &dom, /*with_stderr=*/false),
+            0)
+      << dom;
+  EXPECT_NE(dom.find("data-auth=\"key\""), std::string::npos) << dom.substr(0, 3000);
+  EXPECT_EQ(HeatmapCells(dom), totals) << "heatmap cells differ from /v1/experts/load";
+
+  // A fresh profile (no key kept): the page asks for one.
+  std::string ignored;
+  RunCommand("rm -rf '" + profile + "'", &ignored);
+  const std::string fresh = TempDir("moemesh-chromium-");
+  const std::string fresh_flags =
+      " --headless --no-sandbox --disable-gpu --disable-quic --no-first-run"
+      " --disable-background-networking --disable-component-update --disable-sync"
+      " --disable-dev-shm-usage --user-data-dir=" + fresh + " --virtual-time-budget=5000";
+  ASSERT_EQ(RunCommand("timeout 90 " + chromium + fresh_flags + " --dump-dom " + url, &dom,
+                       /*with_stderr=*/false),
+            0)
+      << dom;
+  EXPECT_NE(dom.find("data-auth=\"needed\""), std::string::npos) << dom.substr(0, 3000);
+  EXPECT_NE(dom.find("<form id=\"keyform\">"), std::string::npos) << "key field not shown";
+  EXPECT_NE(dom.find("needs an API key"), std::string::npos);
+  EXPECT_TRUE(HeatmapCells(dom).empty());
+  RunCommand("rm -rf '" + fresh + "'", &ignored);
 }
 
 }  // namespace

@@ -55,11 +55,16 @@ TEST(LogTest, ControlPlaneLogsRegistrationLossAndPlacementVersions) {
   ASSERT_TRUE(control.Heartbeat(nullptr, &heartbeat, &heartbeat_reply).ok());  // refreshes
   ASSERT_TRUE(control.Register(nullptr, &request, &reply).ok());
   const std::string out = ::testing::internal::GetCapturedStderr();
-  EXPECT_NE(out.find("node expert-9 registered: kind=expert address=127.0.0.1:5555"),
+  EXPECT_NE(out.find("info moemesh-router: node registered node=expert-9 kind=expert "
+                     "address=127.0.0.1:5555"),
             std::string::npos) << out;
-  EXPECT_NE(out.find("placement version 1 published"), std::string::npos) << out;
-  EXPECT_NE(out.find("node expert-9 lost: no heartbeat"), std::string::npos) << out;
-  EXPECT_NE(out.find("node expert-9 rejoined (restarted)"), std::string::npos) << out;
+  EXPECT_NE(out.find("placement version 1 published placement_version=1 expert_nodes=1"),
+            std::string::npos) << out;
+  EXPECT_NE(out.find("warning moemesh-router: node lost node=expert-9 kind=expert "
+                     "address=127.0.0.1:5555 silent_for="),
+            std::string::npos) << out;
+  EXPECT_NE(out.find("node rejoined (restarted) node=expert-9 kind=expert"), std::string::npos)
+      << out;
 }
 
 }  // namespace
