@@ -113,7 +113,9 @@ class GrpcControlClient : public ControlClient {
   bool Register() {
     moemesh::v1::RegisterReply reply;
     auto context = Context();
-    grpc::Status status = stub_->Register(context.get(), options_.registration, &reply);
+    moemesh::v1::RegisterRequest request = options_.registration;
+    if (options_.registration_state) options_.registration_state(request);
+    grpc::Status status = stub_->Register(context.get(), request, &reply);
     if (!status.ok()) return false;
     absl::MutexLock lock(&mutex_);
     node_id_ = reply.node_id();
@@ -178,7 +180,9 @@ class GrpcControlClient : public ControlClient {
           auto placement = Fetch();
           if (placement.ok()) {
             absl::MutexLock lock(&mutex_);
-            placement_ = *std::move(placement);
+            // Forward only: a restarted router answers version 0 until it has rebuilt the
+            // placement (and then numbers it above what the nodes reported).
+            if (placement->version() > placement_.version()) placement_ = *std::move(placement);
             ++counters_.placements_fetched;
           }
         }
