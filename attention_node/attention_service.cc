@@ -120,7 +120,8 @@ absl::StatusOr<std::unique_ptr<AttentionNode>> AttentionNode::Start(AttentionNod
       scheduler_options);
   if (node->metrics_ != nullptr) {
     node->metrics_->Watch(node->scheduler_.get(),
-                          static_cast<const comm::GrpcExpertTransport*>(node->transport_.get()));
+                          static_cast<const comm::GrpcExpertTransport*>(node->transport_.get()),
+                          [raw] { return raw->dispatch_statistics(); });
   }
 
   node->service_ = std::make_unique<AttentionServiceImpl>(node->scheduler_.get());

@@ -457,6 +457,10 @@ std::string Cluster::ExpertMetricsAddress(int i) const {
   return FindAddress(ReadFile(experts_.at(i).log_path), "moemesh-expert-node metrics on ");
 }
 
+std::string Cluster::AttentionMetricsAddress(int i) const {
+  return FindAddress(ReadFile(attention_.at(i).log_path), "moemesh-attention-node metrics on ");
+}
+
 Cluster::NodeStatus Cluster::AttentionStatus(int i) {
   auto channel = comm::CreateServiceChannel(attention_.at(i).address);
   auto stub = moemesh::v1::AttentionService::NewStub(channel);

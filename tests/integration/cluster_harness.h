@@ -111,8 +111,9 @@ class Cluster {
   bool RestartRouter(std::string* error);
   pid_t router_pid() const { return router_.pid; }
 
-  // host:port of expert node i's /metrics ("" when it printed none).
+  // host:port of expert node i's / attention node i's /metrics ("" when it printed none).
   std::string ExpertMetricsAddress(int i) const;
+  std::string AttentionMetricsAddress(int i) const;
   // GET http://`address``path` (any node's HTTP endpoint, e.g. /metrics).
   static HttpResult GetFrom(const std::string& address, const std::string& path,
                             double timeout_seconds = 10);
