@@ -154,7 +154,7 @@ AttentionNodeMetrics::AttentionNodeMetrics(std::shared_ptr<obs::MetricsRegistry>
     }
     if (watched->dispatch) {
       const DispatchStatistics now = watched->dispatch();
-      const DispatchStatistics& seen = watched->dispatch_seen;
+      const DispatchStatistics seen = watched->dispatch_seen;
       // The statistics are cumulative: each counter advances by what is new since the last
       // scrape.
       auto advance = [](prometheus::Counter* counter, double value, double before) {
