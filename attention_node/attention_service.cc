@@ -120,7 +120,8 @@ absl::StatusOr<std::unique_ptr<AttentionNode>> AttentionNode::Start(AttentionNod
       scheduler_options);
   if (node->metrics_ != nullptr) {
     node->metrics_->Watch(node->scheduler_.get(),
-                          static_cast<const comm::GrpcExpertTransport*>(node->transport_.get()));
+                          static_cast<const comm::GrpcExpertTransport*>(node->transport_.get()),
+                          [raw] { return raw->dispatch_statistics(); });
   }
 
   node->service_ = std::make_unique<AttentionServiceImpl>(node->scheduler_.get());
@@ -139,6 +140,11 @@ absl::StatusOr<std::unique_ptr<AttentionNode>> AttentionNode::Start(AttentionNod
   control.registration.set_preferred_id(options.node_name);
   control.registration.set_metrics_address(options.metrics_address);
   control.registration.set_cache_capacity_tokens(static_cast<uint64_t>(blocks * options.cache_block_size));
+  // Registering again (the router restarted): the router numbers its placements above the one
+  // this node dispatches with, so that it takes them as newer.
+  control.registration_state = [raw](moemesh::v1::RegisterRequest& request) {
+    request.set_placement_version(raw->placement_.Snapshot()->version);
+  };
   node->control_ = comm::ControlClient::Start(
       control, [raw](const moemesh::v1::Placement& placement) { raw->placement_.Update(placement); },
       [raw](moemesh::v1::HeartbeatRequest& heartbeat) {

@@ -92,6 +92,41 @@ AttentionNodeMetrics::AttentionNodeMetrics(std::shared_ptr<obs::MetricsRegistry>
   prometheus::Gauge* capacity_gauge = &capacity.Add({});
   prometheus::Counter* sent_counter = &bytes_sent.Add({});
   prometheus::Counter* received_counter = &bytes_received.Add({});
+  auto& failovers = registry_->Counter(
+      "moemesh_dispatch_failovers_total",
+      "Dispatches to one expert node that failed over to another replica or a later try, by "
+      "reason: unreachable (broken stream, refused connection, no reply within the dispatch "
+      "deadline: the node is suspected at once) or not_held (placement lag).");
+  prometheus::Counter* failovers_unreachable = &failovers.Add({{"reason", "unreachable"}});
+  prometheus::Counter* failovers_not_held = &failovers.Add({{"reason", "not_held"}});
+  prometheus::Counter* redispatched_rows =
+      &registry_->Counter("moemesh_dispatch_redispatched_rows_total",
+                          "(row, expert) pairs sent again to another replica after a failover.")
+           .Add({});
+  prometheus::Counter* dispatch_failures =
+      &registry_->Counter("moemesh_dispatch_layer_failures_total",
+                          "MoE layers whose dispatch failed after every retry and the recovery "
+                          "wait (the step's sequences fail).")
+           .Add({});
+  prometheus::Counter* detection_sum =
+      &registry_->Counter("moemesh_dispatch_failure_detection_seconds_total",
+                          "Summed over unreachable failovers: layer dispatch start -> failure "
+                          "seen (divide by the unreachable failovers for the mean).")
+           .Add({});
+  prometheus::Gauge* detection_max =
+      &registry_->Gauge("moemesh_dispatch_failure_detection_seconds_max",
+                        "Longest layer dispatch start -> failure seen of any unreachable "
+                        "failover since the node started.")
+           .Add({});
+  prometheus::Counter* recovery_waits =
+      &registry_->Counter("moemesh_dispatch_recovery_waits_total",
+                          "MoE layers that waited for an expert without a live replica to be "
+                          "re-placed by the router.")
+           .Add({});
+  prometheus::Counter* recovery_wait_seconds =
+      &registry_->Counter("moemesh_dispatch_recovery_wait_seconds_total",
+                          "Time MoE layers spent waiting for re-placed experts.")
+           .Add({});
   std::shared_ptr<Watched> watched = watched_;
   registry_->AddRefresh([=] {
     absl::MutexLock lock(&watched->mutex);
@@ -117,6 +152,24 @@ AttentionNodeMetrics::AttentionNodeMetrics(std::shared_ptr<obs::MetricsRegistry>
         watched->bytes_received = counters.bytes_received;
       }
     }
+    if (watched->dispatch) {
+      const DispatchStatistics now = watched->dispatch();
+      const DispatchStatistics seen = watched->dispatch_seen;
+      // The statistics are cumulative: each counter advances by what is new since the last
+      // scrape.
+      auto advance = [](prometheus::Counter* counter, double value, double before) {
+        if (value > before) counter->Increment(value - before);
+      };
+      advance(failovers_unreachable, now.failovers_unreachable, seen.failovers_unreachable);
+      advance(failovers_not_held, now.failovers_not_held, seen.failovers_not_held);
+      advance(redispatched_rows, now.redispatched_rows, seen.redispatched_rows);
+      advance(dispatch_failures, now.failures, seen.failures);
+      advance(recovery_waits, now.recovery_waits, seen.recovery_waits);
+      advance(detection_sum, now.detection_seconds_sum, seen.detection_seconds_sum);
+      advance(recovery_wait_seconds, now.recovery_wait_seconds, seen.recovery_wait_seconds);
+      watched->dispatch_seen = now;
+      detection_max->Set(now.detection_seconds_max);
+    }
   });
 }
 
@@ -124,6 +177,7 @@ AttentionNodeMetrics::~AttentionNodeMetrics() {
   absl::MutexLock lock(&watched_->mutex);
   watched_->scheduler = nullptr;
   watched_->transport = nullptr;
+  watched_->dispatch = nullptr;
 }
 
 void AttentionNodeMetrics::AddLane(int lane, TimedRoutedExperts* experts) {
@@ -132,10 +186,12 @@ void AttentionNodeMetrics::AddLane(int lane, TimedRoutedExperts* experts) {
 }
 
 void AttentionNodeMetrics::Watch(const Scheduler* scheduler,
-                                 const comm::GrpcExpertTransport* transport) {
+                                 const comm::GrpcExpertTransport* transport,
+                                 std::function<DispatchStatistics()> dispatch) {
   absl::MutexLock lock(&watched_->mutex);
   watched_->scheduler = scheduler;
   watched_->transport = transport;
+  watched_->dispatch = std::move(dispatch);
 }
 
 void AttentionNodeMetrics::OnForward(int lane, const model::ForwardTrace& trace, double seconds) {

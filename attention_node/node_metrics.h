@@ -1,6 +1,7 @@
 // Prometheus metrics of an attention node: KV cache usage, running and waiting sequences, step
 // time by phase, per-expert routed-token counts (logical routing decisions of real tokens), the
-// dispatch round trip per expert node, and data-path bytes. The routed-token counts also travel
+// dispatch round trip per expert node, data-path bytes, and expert-node failure handling on the
+// data path (failovers by reason, re-dispatched rows, detection time, recovery waits). The routed-token counts also travel
 // to the router in heartbeats (for /v1/experts/load and the dashboard).
 #pragma once
 
@@ -13,6 +14,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "attention_node/remote_routed_experts.h"
 #include "attention_node/scheduler.h"
 #include "core/checkpoint/model_config.h"
 #include "core/comm/grpc_expert_transport.h"
@@ -55,8 +57,11 @@ class AttentionNodeMetrics : public SchedulerObserver {
 
   // Lane `lane`'s phase times are read after each of its forwards. Call before it runs.
   void AddLane(int lane, TimedRoutedExperts* experts);
-  // Gauges and byte counters read these at scrape time (until destruction). Not owned.
-  void Watch(const Scheduler* scheduler, const comm::GrpcExpertTransport* transport);
+  // Gauges and byte counters read these at scrape time (until destruction or the next call;
+  // Watch(nullptr, nullptr) stops). Not owned. `dispatch`, if given, sums the lanes' dispatch
+  // statistics (RemoteRoutedExperts) for the failover counters.
+  void Watch(const Scheduler* scheduler, const comm::GrpcExpertTransport* transport,
+             std::function<DispatchStatistics()> dispatch = nullptr);
 
   void OnForward(int lane, const model::ForwardTrace& trace, double seconds) override;
   void OnStep(double step_seconds, double sampling_seconds) override;
@@ -75,6 +80,8 @@ class AttentionNodeMetrics : public SchedulerObserver {
     const comm::GrpcExpertTransport* transport ABSL_GUARDED_BY(mutex) = nullptr;
     uint64_t bytes_sent ABSL_GUARDED_BY(mutex) = 0;
     uint64_t bytes_received ABSL_GUARDED_BY(mutex) = 0;
+    std::function<DispatchStatistics()> dispatch ABSL_GUARDED_BY(mutex);
+    DispatchStatistics dispatch_seen ABSL_GUARDED_BY(mutex);  // advanced into the counters
   };
 
   std::shared_ptr<obs::MetricsRegistry> registry_;

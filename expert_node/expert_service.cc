@@ -279,6 +279,21 @@ absl::StatusOr<std::unique_ptr<ExpertNode>> ExpertNode::Start(ExpertNodeOptions 
   control.registration.set_max_experts_per_layer(
       static_cast<uint32_t>(std::max(0, node->options_.max_experts_per_layer)));
   ExpertNode* self = node.get();
+  // Registering again (the router restarted): what it holds and serves, so that the new router
+  // adopts it instead of having it loaded again.
+  control.registration_state = [self](moemesh::v1::RegisterRequest& request) {
+    request.set_placement_version(self->service_->placement_version());
+    std::shared_ptr<const model::ExpertShard> shard = self->service_->shard();
+    if (shard == nullptr) return;
+    moemesh::v1::HeldExperts* layer = nullptr;
+    for (const model::ExpertKey& key : shard->HeldExperts()) {  // sorted by (layer, expert)
+      if (layer == nullptr || static_cast<int>(layer->layer()) != key.first) {
+        layer = request.add_held_experts();
+        layer->set_layer(static_cast<uint32_t>(key.first));
+      }
+      layer->add_experts(static_cast<uint32_t>(key.second));
+    }
+  };
   control.on_heartbeat_reply = [self](const moemesh::v1::HeartbeatReply& reply) {
     self->OnHeartbeatReply(reply);
   };

@@ -220,13 +220,45 @@ grpc::Status ControlPlane::Register(grpc::ServerContext* context, const moemesh:
   node->used_version = 0;
   node->attention_draining = false;
   const std::string id = node->id;
+  // What a previous router gave it (router restart): our versions go above its, and its experts
+  // are adopted rather than loaded again.
+  node->reported_held.clear();
+  for (const moemesh::v1::HeldExperts& layer : request->held_experts()) {
+    const int index = static_cast<int>(layer.layer());
+    if (!expert || index >= config_.num_hidden_layers || !config_.IsMoeLayer(index)) continue;
+    for (uint32_t e : layer.experts()) {
+      if (e < static_cast<uint32_t>(config_.n_routed_experts)) {
+        node->reported_held.emplace_back(index, static_cast<int>(e));
+      }
+    }
+  }
+  std::sort(node->reported_held.begin(), node->reported_held.end());
+  node->reported_held.erase(std::unique(node->reported_held.begin(), node->reported_held.end()),
+                            node->reported_held.end());
+  const uint64_t reported_version = request->placement_version();
+  if (reported_version > last_version_) last_version_ = reported_version;
+  // It serves what it holds as of the version it reports (see Serving()): adopted replicas are
+  // healthy at once, without waiting for the node to fetch the adopted placement.
+  if (expert && !node->reported_held.empty()) node->loaded_version = reported_version;
+  if (reported_version > 0 && placement_.version() > 0 &&
+      reported_version >= placement_.version()) {
+    // It would take our placement for an old one: publish it again under a newer version.
+    PublishLocked(NextVersionLocked());
+  }
   if (expert) {
     if (node->in_placement) {
       const uint64_t version = NextVersionLocked();
       node->assigned_version = version;  // its experts again, new version
       PublishLocked(version);
     } else if (placement_.version() == 0) {
-      MaybeComputePlacementLocked();
+      if (!node->reported_held.empty() && !first_report_.has_value()) first_report_ = now;
+      MaybeFirstPlacementLocked(now);
+    } else if (!node->reported_held.empty()) {
+      MergeReportedLocked(*node);
+      if (!node->in_placement) {
+        plan_reasons_.insert(joined ? "join" : "rejoin");
+        wake_ = true;
+      }
     } else if (!node->in_placement) {
       // A node joining a serving cluster gets experts at the next re-plan.
       plan_reasons_.insert(joined ? "join" : "rejoin");
@@ -375,6 +407,7 @@ void ControlPlane::Loop() {
 }
 
 void ControlPlane::ReconcileLocked(absl::Time now, const std::vector<std::vector<double>>& load) {
+  if (placement_.version() == 0 && first_report_.has_value()) MaybeFirstPlacementLocked(now);
   if (target_.has_value()) {
     bool loaded = true;
     std::string missing;
@@ -398,6 +431,7 @@ void ControlPlane::ReconcileLocked(absl::Time now, const std::vector<std::vector
   } else if (WantsPlanLocked(now)) {
     PlanLocked(now, load);
   }
+  CheckAdoptedRedundancyLocked(now);
   UpdateDrainsLocked();
 }
 

@@ -136,6 +136,10 @@ struct ControlPlaneCounters {
   uint64_t redundancy_restored = 0;      // commits that re-placed a lost node's experts
   double last_restore_seconds = 0;       // loss (heartbeat timeout) -> commit without the node
   uint64_t experts_below_min_replicas = 0;  // (layer, expert) pairs with < min_replicas serving
+  // Router restart: replicas taken over from what re-registering expert nodes reported holding
+  // (instead of being planned and loaded again), and placements rebuilt that way.
+  uint64_t adopted_replicas = 0;
+  uint64_t placements_adopted = 0;
 };
 
 // Thread-safe. Health is re-evaluated (against the clock) on every call, so a node that stops
@@ -150,6 +154,14 @@ class ControlPlane final : public moemesh::v1::ControlPlane::Service {
   // name gets its id and its experts back), else "expert-N" / "attention-N". Errors:
   // INVALID_ARGUMENT for an unspecified kind or a preferred_id already used by the other kind.
   // An expert node new to a serving cluster triggers a re-plan ("join").
+  // After a router restart the nodes register again with what they hold
+  // (RegisterRequest.placement_version, held_experts): versions are numbered above every
+  // reported one; before there is a placement, the one the registered expert nodes report
+  // holding is adopted when it covers every expert (nothing is loaded again); an expert
+  // node registering later with experts becomes a replica of what it holds (adoption waits for
+  // the expected expert nodes, at most a heartbeat timeout after the first report). Adoption replaces
+  // the first plan; the usual re-plans go on from there (a re-plan "adopt" restores
+  // min_replicas when, a heartbeat timeout after adoption, some expert is still short of it).
   grpc::Status Register(grpc::ServerContext* context, const moemesh::v1::RegisterRequest* request,
                         moemesh::v1::RegisterReply* reply) override;
   // Unknown node ids get known = false (register again). Expert nodes get the target version,
@@ -207,6 +219,9 @@ class ControlPlane final : public moemesh::v1::ControlPlane::Service {
     bool in_placement = false;
     int max_experts_per_layer = 0;
     uint32_t held_experts = 0;
+    // What it reported holding when it registered ((layer, expert), sorted): experts a
+    // previous router gave it (router restart).
+    std::vector<std::pair<int, int>> reported_held;
     bool draining = false;  // asks to leave the placement (SIGTERM)
     moemesh::v1::HeartbeatReply::DrainState drain = moemesh::v1::HeartbeatReply::DRAIN_NONE;
     std::string drain_message;
@@ -239,6 +254,20 @@ class ControlPlane final : public moemesh::v1::ControlPlane::Service {
   // Re-evaluates liveness; bumps the version when an expert node's healthy flag changes.
   void RefreshLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   void MaybeComputePlacementLocked() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Before the first placement: without reports, MaybeComputePlacementLocked(). With reports
+  // (router restart), once the expected expert nodes registered or a heartbeat timeout after the
+  // first report, adopts what the alive expert nodes hold if it covers every expert; past that
+  // timeout without coverage, plans as at a first start.
+  void MaybeFirstPlacementLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Adopts what the alive expert nodes reported holding when it covers every (MoE layer,
+  // expert); returns whether it did.
+  bool MaybeAdoptReportedLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Router restart: adds `node` as a replica of every expert it reported holding (a new
+  // committed version). The node must be alive and not yet in the placement.
+  void MergeReportedLocked(Node& node) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
+  // Router restart: a heartbeat timeout after the adoption, asks for a re-plan ("adopt") when
+  // some expert has fewer live replicas than min_replicas (as far as the live nodes allow).
+  void CheckAdoptedRedundancyLocked(absl::Time now) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
   // Rebuilds placement_.nodes from the registry with version `version`; abandons a target that
   // is now older than the committed version (and asks for a new plan).
   void PublishLocked(uint64_t version) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_);
@@ -272,6 +301,11 @@ class ControlPlane final : public moemesh::v1::ControlPlane::Service {
   absl::Time last_plan_ ABSL_GUARDED_BY(mutex_);
   // When the first in-placement expert node not yet re-planned around was declared lost.
   std::optional<absl::Time> lost_since_ ABSL_GUARDED_BY(mutex_);
+  // When the placement was adopted from the nodes' reports (router restart), until the check
+  // for experts short of min_replicas a heartbeat timeout later.
+  std::optional<absl::Time> adopted_at_ ABSL_GUARDED_BY(mutex_);
+  // When the first expert node reporting held experts registered (router restart).
+  std::optional<absl::Time> first_report_ ABSL_GUARDED_BY(mutex_);
   uint64_t next_waiter_ ABSL_GUARDED_BY(mutex_) = 0;
   std::map<uint64_t, absl::StatusOr<RebalanceResult>> results_ ABSL_GUARDED_BY(mutex_);
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;

@@ -88,6 +88,11 @@ RouterMetrics::RouterMetrics(ControlPlane* control, ExpertLoadTracker* load)
                                     "Committed re-plans that re-placed a lost expert node's "
                                     "experts on the others.")
                               .Add({});
+  adopted_replicas_ = &r.Counter("moemesh_adopted_replicas_total",
+                                 "Replicas taken over from what expert nodes reported holding "
+                                 "when they registered with this router after it restarted "
+                                 "(kept as they are: no expert loaded again).")
+                           .Add({});
   last_restore_seconds_ = &r.Gauge("moemesh_redundancy_last_restore_seconds",
                                    "Time from declaring an expert node lost to committing a "
                                    "placement without it (the survivors loaded its experts).")
@@ -218,6 +223,7 @@ void RouterMetrics::Refresh() {
           seen_.plan_to_commit_seconds_sum);
   advance(expert_nodes_lost_, counters.expert_nodes_lost, seen_.expert_nodes_lost);
   advance(redundancy_restored_, counters.redundancy_restored, seen_.redundancy_restored);
+  advance(adopted_replicas_, counters.adopted_replicas, seen_.adopted_replicas);
   seen_ = counters;
   last_restore_seconds_->Set(counters.last_restore_seconds);
   below_min_replicas_->Set(static_cast<double>(counters.experts_below_min_replicas));

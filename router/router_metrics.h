@@ -79,6 +79,7 @@ class RouterMetrics : public HttpServerObserver {
   prometheus::Gauge* min_used_version_;
   prometheus::Counter* expert_nodes_lost_;
   prometheus::Counter* redundancy_restored_;
+  prometheus::Counter* adopted_replicas_;
   prometheus::Gauge* last_restore_seconds_;
   prometheus::Gauge* below_min_replicas_;
   ControlPlaneCounters seen_;  // refresh only

@@ -28,6 +28,7 @@
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_split.h"
+#include "bench/cluster/bench_flags.h"
 #include "core/checkpoint/checkpoint.h"
 #include "core/kernels/cpu/threading.h"
 #include "core/model/deepseek_model.h"
@@ -55,15 +56,6 @@ double Percentile(std::vector<double> v, double p) {
 void Die(const std::string& message) {
   std::fprintf(stderr, "bench_cluster: %s\n", message.c_str());
   std::exit(1);
-}
-
-std::vector<int> ParseList(const std::string& text) {
-  std::vector<int> values;
-  for (absl::string_view piece : absl::StrSplit(text, ',', absl::SkipEmpty())) {
-    int value = 0;
-    if (absl::SimpleAtoi(piece, &value)) values.push_back(value);
-  }
-  return values;
 }
 
 struct Level {
@@ -175,23 +167,17 @@ int main(int argc, char** argv) {
   std::string url, engine_dir, stats_log;
   int stats_pid = 0, prompt_tokens = 128, output_tokens = 64, rounds = 1, threads = 0;
   std::vector<int> levels = {1, 8, 32};
-  for (int i = 1; i < argc; ++i) {
-    const std::string flag = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) Die("missing value for " + flag);
-      return argv[++i];
-    };
-    if (flag == "--url") url = value();
-    else if (flag == "--engine") engine_dir = value();
-    else if (flag == "--stats-pid") stats_pid = std::atoi(value().c_str());
-    else if (flag == "--stats-log") stats_log = value();
-    else if (flag == "--concurrency") levels = ParseList(value());
-    else if (flag == "--prompt-tokens") prompt_tokens = std::atoi(value().c_str());
-    else if (flag == "--output-tokens") output_tokens = std::atoi(value().c_str());
-    else if (flag == "--rounds") rounds = std::atoi(value().c_str());
-    else if (flag == "--threads") threads = std::atoi(value().c_str());
-    else Die("unknown flag " + flag);
-  }
+  moemesh::bench::BenchFlags flags("bench_cluster");
+  flags.Add("--url", &url);
+  flags.Add("--engine", &engine_dir);
+  flags.Add("--stats-pid", &stats_pid);
+  flags.Add("--stats-log", &stats_log);
+  flags.Add("--concurrency", &levels);
+  flags.Add("--prompt-tokens", &prompt_tokens);
+  flags.Add("--output-tokens", &output_tokens);
+  flags.Add("--rounds", &rounds);
+  flags.Add("--threads", &threads);
+  flags.Parse(argc, argv);
   if (url.empty() == engine_dir.empty()) Die("give exactly one of --url and --engine");
   std::mt19937 rng(7);
   std::uniform_int_distribution<int32_t> token(0, 127999);  // ordinary (non-special) ids

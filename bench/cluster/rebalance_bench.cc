@@ -29,6 +29,7 @@
 #include <vector>
 
 #include "absl/strings/numbers.h"
+#include "bench/cluster/bench_flags.h"
 #include "httplib.h"
 #include "nlohmann/json.hpp"
 
@@ -141,19 +142,15 @@ int main(int argc, char** argv) {
   std::string url, join_command;
   int concurrency = 8, prompt_tokens = 64, output_tokens = 96, cycles = 2;
   double steady_seconds = 20;
-  for (int i = 1; i + 1 < argc; i += 2) {
-    const std::string flag = argv[i], value = argv[i + 1];
-    bool ok = true;
-    if (flag == "--url") url = value;
-    else if (flag == "--join-command") join_command = value;
-    else if (flag == "--concurrency") ok = absl::SimpleAtoi(value, &concurrency);
-    else if (flag == "--prompt-tokens") ok = absl::SimpleAtoi(value, &prompt_tokens);
-    else if (flag == "--output-tokens") ok = absl::SimpleAtoi(value, &output_tokens);
-    else if (flag == "--cycles") ok = absl::SimpleAtoi(value, &cycles);
-    else if (flag == "--steady-seconds") ok = absl::SimpleAtod(value, &steady_seconds);
-    else Die("unknown flag " + flag);
-    if (!ok) Die("bad value for " + flag);
-  }
+  moemesh::bench::BenchFlags flags("bench_rebalance");
+  flags.Add("--url", &url);
+  flags.Add("--join-command", &join_command);
+  flags.Add("--concurrency", &concurrency);
+  flags.Add("--prompt-tokens", &prompt_tokens);
+  flags.Add("--output-tokens", &output_tokens);
+  flags.Add("--cycles", &cycles);
+  flags.Add("--steady-seconds", &steady_seconds);
+  flags.Parse(argc, argv);
   if (url.empty() || join_command.empty()) Die("--url and --join-command are required");
 
   Samples samples;

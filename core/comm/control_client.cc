@@ -114,7 +114,9 @@ class GrpcControlClient : public ControlClient {
   bool Register() {
     moemesh::v1::RegisterReply reply;
     auto context = Context();
-    grpc::Status status = stub_->Register(context.get(), options_.registration, &reply);
+    moemesh::v1::RegisterRequest request = options_.registration;
+    if (options_.registration_state) options_.registration_state(request);
+    grpc::Status status = stub_->Register(context.get(), request, &reply);
     if (!status.ok()) {
       // Once per outage, not per retry.
       if (!register_failure_logged_) {
@@ -214,7 +216,9 @@ class GrpcControlClient : public ControlClient {
           auto placement = Fetch();
           if (placement.ok()) {
             absl::MutexLock lock(&mutex_);
-            placement_ = *std::move(placement);
+            // Forward only: a restarted router answers version 0 until it has rebuilt the
+            // placement (and then numbers it above what the nodes reported).
+            if (placement->version() > placement_.version()) placement_ = *std::move(placement);
             ++counters_.placements_fetched;
           }
         }

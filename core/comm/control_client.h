@@ -14,6 +14,10 @@ namespace moemesh::comm {
 struct ControlClientOptions {
   std::string router_address;  // host:port of the router's control-plane gRPC server
   moemesh::v1::RegisterRequest registration;
+  // Optional: fills the dynamic part of every registration (called on the client's thread, on a
+  // copy of `registration`): what the node holds from a router it was registered with before
+  // (RegisterRequest.placement_version, held_experts), so that a restarted router adopts it.
+  std::function<void(moemesh::v1::RegisterRequest&)> registration_state;
   // Used until the router's RegisterReply names its own interval (which then wins).
   double heartbeat_interval_seconds = 0.5;
   double rpc_timeout_seconds = 2.0;       // deadline of each Register/Heartbeat/GetPlacement
@@ -35,8 +39,9 @@ struct ControlClientCounters {
 // Registers (retrying until the router answers), then heartbeats on its own thread. Start does
 // not block: registration happens on that thread, and node_id() is set before the first
 // on_placement call. Re-registers
-// when the router says it does not know the node. Calls `on_placement` (from its thread) with
-// every new placement version it sees. `heartbeat_state` is called before every heartbeat to
+// when the router says it does not know the node (it restarted). Calls `on_placement` (from its
+// thread) with every newer placement version it sees; a placement older than the one held (or a
+// restarted router's version 0, before it has one) never replaces it. `heartbeat_state` is called before every heartbeat to
 // fill the node's state (loaded placement version, cache usage...).
 class ControlClient {
  public:

@@ -29,6 +29,15 @@ struct GrpcExpertTransportOptions {
   absl::Duration dispatch_deadline_floor = absl::Seconds(10);
   // Channel reconnect backoff bounds: a restarted node is reached again within about this.
   absl::Duration max_reconnect_backoff = absl::Seconds(1);
+  // HTTP/2 keepalive on every stream's connection (gRPC GRPC_ARG_KEEPALIVE_*): a PING after
+  // `keepalive_time` without traffic, and the connection is closed when it is not acknowledged
+  // within `keepalive_timeout`. The stream then breaks like any broken stream: everything pending
+  // on it fails with UNAVAILABLE (the attention node suspects the node at once and re-dispatches)
+  // without waiting for a dispatch deadline, e.g. for a node whose host or network went away
+  // without closing the connection. Zero keepalive_time turns it off. The servers accept pings
+  // this often (comm::StartGrpcServer).
+  absl::Duration keepalive_time = absl::Seconds(2);
+  absl::Duration keepalive_timeout = absl::Seconds(1);
   // Optional (metrics): called from a stream's reader thread for every reply, with the seconds
   // from the request's write to its reply and whether the reply was OK.
   std::function<void(const std::string& node_id, double seconds, bool ok)> on_round_trip;

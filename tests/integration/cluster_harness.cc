@@ -456,6 +456,38 @@ bool Cluster::RestartExpert(int i, std::string* error, bool same_port) {
   return started;
 }
 
+void Cluster::KillRouter() {
+  if (router_.pid <= 0) return;
+  ::kill(router_.pid, SIGKILL);
+  int status = 0;
+  ::waitpid(router_.pid, &status, 0);
+  router_.pid = -1;
+}
+
+bool Cluster::RestartRouter(std::string* error) {
+  if (std::string problem = Stop(router_); !problem.empty()) {
+    ADD_FAILURE() << "restarting " << problem;
+  }
+  const std::string control_port = std::to_string(PortOf(control_address_));
+  for (size_t a = 0; a + 1 < router_.argv.size(); ++a) {
+    if (router_.argv[a] == "--port") router_.argv[a + 1] = std::to_string(http_port_);
+    if (router_.argv[a] == "--control-port") router_.argv[a + 1] = control_port;
+  }
+  error_.clear();
+  const bool started = Spawn(router_, "moemesh-router http listening on ", 60);
+  if (!started && error != nullptr) *error = error_;
+  error_.clear();
+  return started;
+}
+
+std::string Cluster::ExpertMetricsAddress(int i) const {
+  return FindAddress(ReadFile(experts_.at(i).log_path), "moemesh-expert-node metrics on ");
+}
+
+std::string Cluster::AttentionMetricsAddress(int i) const {
+  return FindAddress(ReadFile(attention_.at(i).log_path), "moemesh-attention-node metrics on ");
+}
+
 Cluster::NodeStatus Cluster::AttentionStatus(int i) {
   auto channel = comm::CreateServiceChannel(attention_.at(i).address);
   auto stub = moemesh::v1::AttentionService::NewStub(channel);
@@ -498,6 +530,12 @@ HttpResult FromResult(const httplib::Result& result) {
 
 HttpResult Cluster::Get(const std::string& path, double timeout_seconds) {
   httplib::Client client = MakeClient(http_port_, timeout_seconds);
+  return FromResult(client.Get(path.c_str()));
+}
+
+HttpResult Cluster::GetFrom(const std::string& address, const std::string& path,
+                           double timeout_seconds) {
+  httplib::Client client = MakeClient(PortOf(address), timeout_seconds);
   return FromResult(client.Get(path.c_str()));
 }
 

@@ -115,6 +115,21 @@ class Cluster {
   void SignalAttention(int i, int signal);
   int WaitAttentionExit(int i, double seconds = 60);
 
+  // The router: SIGKILL it and reap it (requests in flight at it are lost with their
+  // connections), then start a new one with the same flags on the same HTTP and control ports,
+  // as a restarted pod behind a stable address. RestartRouter returns once it listens (the nodes
+  // register again on their own); false with `error` when it did not start.
+  void KillRouter();
+  bool RestartRouter(std::string* error);
+  pid_t router_pid() const { return router_.pid; }
+
+  // host:port of expert node i's / attention node i's /metrics ("" when it printed none).
+  std::string ExpertMetricsAddress(int i) const;
+  std::string AttentionMetricsAddress(int i) const;
+  // GET http://`address``path` (any node's HTTP endpoint, e.g. /metrics).
+  static HttpResult GetFrom(const std::string& address, const std::string& path,
+                            double timeout_seconds = 10);
+
   // AttentionService.GetStatus of attention node i (all -1 on RPC failure).
   struct NodeStatus {
     int64_t capacity = -1, used = -1, running = -1, waiting = -1;

@@ -204,6 +204,14 @@ TEST(ExpertFailure, MinReplicasTwoSigkillUnderEightStreamsLosesNothing) {
   const std::string metrics = cluster.Get("/metrics").body;
   EXPECT_EQ(MetricValue(metrics, "moemesh_expert_nodes_lost_total"), 1) << metrics.substr(0, 400);
   EXPECT_EQ(MetricValue(metrics, "moemesh_experts_below_min_replicas"), 0);
+  // The attention node saw the loss on its data path and re-dispatched the rows.
+  const std::string attention =
+      Cluster::GetFrom(cluster.AttentionMetricsAddress(0), "/metrics").body;
+  EXPECT_GE(MetricValue(attention, "moemesh_dispatch_failovers_total{reason=\"unreachable\"}"), 1)
+      << attention.substr(0, 400);
+  EXPECT_GT(MetricValue(attention, "moemesh_dispatch_redispatched_rows_total"), 0);
+  EXPECT_GT(MetricValue(attention, "moemesh_dispatch_failure_detection_seconds_max"), 0);
+  EXPECT_EQ(MetricValue(attention, "moemesh_dispatch_layer_failures_total"), 0);
   // And the goldens on the new placement.
   for (const json& prompt : Prompts()) {
     const Output out = Complete(cluster, prompt, 24);

@@ -149,6 +149,155 @@ TEST(ControlPlane, HeartbeatTimeoutMarksUnhealthyAndReRegistrationGivesExpertsBa
   EXPECT_TRUE(plane.Ready(&why)) << why;
 }
 
+// An expert node registering with a restarted router: what it reports holding from before.
+std::string RegisterHolding(ControlPlane& plane, const std::string& name, uint64_t version,
+                            const std::vector<std::pair<int, int>>& held) {
+  RegisterRequest request;
+  request.set_kind(moemesh::v1::NODE_KIND_EXPERT);
+  request.set_address("h:" + name);
+  request.set_preferred_id(name);
+  request.set_placement_version(version);
+  for (const auto& [layer, expert] : held) {
+    if (request.held_experts_size() == 0 ||
+        request.held_experts(request.held_experts_size() - 1).layer() !=
+            static_cast<uint32_t>(layer)) {
+      request.add_held_experts()->set_layer(layer);
+    }
+    request.mutable_held_experts(request.held_experts_size() - 1)->add_experts(expert);
+  }
+  RegisterReply reply;
+  EXPECT_TRUE(plane.Register(nullptr, &request, &reply).ok());
+  return reply.node_id();
+}
+
+TEST(ControlPlane, RestartedRouterAdoptsWhatTheNodesHold) {
+  ControlPlaneOptions options;
+  options.expected_expert_nodes = 2;
+  options.expected_attention_nodes = 0;
+  ControlPlane plane(TinyConfig(), options);
+  std::vector<std::pair<int, int>> even, odd;
+  for (int layer = 1; layer <= 3; ++layer) {
+    for (int expert = 0; expert < 16; ++expert) {
+      (expert % 2 == 0 ? even : odd).emplace_back(layer, expert);
+    }
+  }
+  even.emplace_back(0, 1);  // a dense layer: not an expert, ignored
+  const std::string a = RegisterHolding(plane, "ex-a", 7, even);
+  EXPECT_EQ(plane.CurrentPlacement().version(), 0u) << "odd experts are not held by anyone yet";
+  const std::string b = RegisterHolding(plane, "ex-b", 7, odd);
+  moemesh::v1::Placement placement = plane.CurrentPlacement();
+  EXPECT_GT(placement.version(), 7u) << "versions go above the previous router's";
+  ASSERT_EQ(placement.experts_size(), 48);
+  for (const auto& replicas : placement.experts()) {
+    ASSERT_EQ(replicas.node_ids_size(), 1);
+    EXPECT_EQ(replicas.node_ids(0), replicas.expert() % 2 == 0 ? a : b);
+  }
+  // Serving at once (they hold their share), and still after heartbeats of the old version.
+  EXPECT_TRUE(NodeIn(placement, a)->healthy());
+  EXPECT_TRUE(NodeIn(placement, b)->healthy());
+  const uint64_t adopted = placement.version();
+  Beat(plane, a, 7);
+  Beat(plane, b, 7);
+  EXPECT_EQ(plane.CurrentPlacement().version(), adopted);
+  EXPECT_EQ(plane.FirstUnservedExpert(), std::nullopt);
+  EXPECT_EQ(plane.counters().adopted_replicas, 48u);
+  EXPECT_EQ(plane.counters().placements_adopted, 1u);
+
+  // A node registering later with experts becomes a replica of exactly those.
+  const std::string c = RegisterHolding(plane, "ex-c", 7, {{1, 0}, {1, 3}});
+  placement = plane.CurrentPlacement();
+  EXPECT_GT(placement.version(), adopted);
+  for (const auto& replicas : placement.experts()) {
+    const bool held = replicas.layer() == 1 && (replicas.expert() == 0 || replicas.expert() == 3);
+    EXPECT_EQ(replicas.node_ids_size(), held ? 2 : 1);
+    if (held) {
+      EXPECT_EQ(replicas.node_ids(1), c);
+    }
+  }
+  EXPECT_TRUE(NodeIn(placement, c)->healthy());
+  EXPECT_EQ(plane.counters().adopted_replicas, 50u);
+
+  // The nodes take our versions as newer: the new placement the nodes get is numbered above any
+  // version a node reports (here an attention node that dispatched with version 100).
+  RegisterRequest attention;
+  attention.set_kind(moemesh::v1::NODE_KIND_ATTENTION);
+  attention.set_address("h:att");
+  attention.set_placement_version(100);
+  RegisterReply reply;
+  ASSERT_TRUE(plane.Register(nullptr, &attention, &reply).ok());
+  EXPECT_GT(plane.CurrentPlacement().version(), 100u);
+  EXPECT_EQ(plane.CurrentPlacement().experts_size(), 48);
+}
+
+TEST(ControlPlane, AdoptionWaitsForTheExpectedExpertNodesAtMostAHeartbeatTimeout) {
+  std::vector<std::pair<int, int>> even, odd;
+  for (int layer = 1; layer <= 3; ++layer) {
+    for (int expert = 0; expert < 16; ++expert) {
+      (expert % 2 == 0 ? even : odd).emplace_back(layer, expert);
+    }
+  }
+  ControlPlaneOptions options;
+  options.expected_expert_nodes = 3;
+  options.expected_attention_nodes = 0;
+  options.heartbeat_timeout = absl::Milliseconds(300);
+  options.reconcile_interval = absl::Milliseconds(20);
+  {
+    // The third node comes back in time: one adopted placement with all three.
+    ControlPlane plane(TinyConfig(), options);
+    RegisterHolding(plane, "ex-a", 5, even);
+    RegisterHolding(plane, "ex-b", 5, odd);
+    EXPECT_EQ(plane.CurrentPlacement().version(), 0u) << "ex-c may still come back";
+    const std::string c = RegisterHolding(plane, "ex-c", 5, {{2, 7}});
+    const moemesh::v1::Placement placement = plane.CurrentPlacement();
+    EXPECT_EQ(placement.version(), 6u);
+    EXPECT_EQ(placement.nodes_size(), 3);
+    EXPECT_EQ(plane.counters().adopted_replicas, 49u);
+  }
+  {
+    // It does not: adopted from the two a heartbeat timeout after the first report.
+    ControlPlane plane(TinyConfig(), options);
+    const std::string a = RegisterHolding(plane, "ex-a", 5, even);
+    const std::string b = RegisterHolding(plane, "ex-b", 5, odd);
+    for (int i = 0; i < 100 && plane.CurrentPlacement().version() == 0; ++i) {
+      Beat(plane, a, 5);
+      Beat(plane, b, 5);
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    EXPECT_EQ(plane.CurrentPlacement().version(), 6u);
+    EXPECT_EQ(plane.counters().placements_adopted, 1u);
+    EXPECT_EQ(plane.counters().adopted_replicas, 48u);
+  }
+}
+
+TEST(ControlPlane, AdoptedPlacementShortOfMinReplicasIsReplannedAfterAHeartbeatTimeout) {
+  // Before the restart a third node held the second replicas; it does not come back.
+  ControlPlaneOptions options;
+  options.expected_attention_nodes = 0;
+  options.min_replicas = 2;
+  options.heartbeat_timeout = absl::Milliseconds(200);
+  options.reconcile_interval = absl::Milliseconds(20);
+  ControlPlane plane(TinyConfig(), options);
+  std::vector<std::pair<int, int>> even, odd;
+  for (int layer = 1; layer <= 3; ++layer) {
+    for (int expert = 0; expert < 16; ++expert) {
+      (expert % 2 == 0 ? even : odd).emplace_back(layer, expert);
+    }
+  }
+  const std::string a = RegisterHolding(plane, "ex-a", 3, even);
+  const std::string b = RegisterHolding(plane, "ex-b", 3, odd);
+  ASSERT_GT(plane.CurrentPlacement().version(), 3u);
+  EXPECT_FALSE(plane.TargetPlacement().has_value()) << "no re-plan before the grace period";
+  std::optional<moemesh::v1::Placement> target;
+  for (int i = 0; i < 100 && !target.has_value(); ++i) {
+    Beat(plane, a, 3);
+    Beat(plane, b, 3);
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    target = plane.TargetPlacement();
+  }
+  ASSERT_TRUE(target.has_value()) << "no re-plan restored two replicas";
+  for (const auto& replicas : target->experts()) EXPECT_EQ(replicas.node_ids_size(), 2);
+}
+
 TEST(ControlPlane, UnknownNodeIsToldToRegisterAgain) {
   ControlPlane plane(TinyConfig(), ControlPlaneOptions{});
   EXPECT_FALSE(Beat(plane, "expert-7", 0).known());

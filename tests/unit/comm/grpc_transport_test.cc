@@ -1,8 +1,15 @@
 // GrpcExpertTransport against fake expert services: ordering and thread safety, deadlines,
 // broken streams, unreachable nodes; the server helper's health and reflection; the codec.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <thread>
+#include <vector>
 
 #include "core/comm/dispatch_codec.h"
 #include "core/comm/grpc_expert_transport.h"
@@ -191,6 +198,110 @@ TEST(GrpcExpertTransport, ServerShutdownFailsPendingAndNextDispatchesFast) {
   auto next = transport.Dispatch("expert-2", address, 1, MakeBatch(2, 4, 0)).get();
   EXPECT_LT(SecondsSince(next_start), 5.0);
   EXPECT_TRUE(absl::IsUnavailable(next.status())) << next.status();
+}
+
+// A loopback TCP proxy to `target_port` that can freeze: it then stops forwarding in both
+// directions but keeps every connection open, as a host or network that went away would.
+class FreezingProxy {
+ public:
+  explicit FreezingProxy(int target_port) : target_port_(target_port) {
+    listen_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    socklen_t length = sizeof(address);
+    if (::bind(listen_, reinterpret_cast<sockaddr*>(&address), length) != 0 ||
+        ::listen(listen_, 8) != 0 ||
+        ::getsockname(listen_, reinterpret_cast<sockaddr*>(&address), &length) != 0) {
+      ADD_FAILURE() << "proxy: cannot listen";
+      return;
+    }
+    port_ = ntohs(address.sin_port);
+    threads_.reserve(64);
+    threads_.emplace_back([this] { Accept(); });
+  }
+  ~FreezingProxy() {
+    stopping_ = true;
+    ::shutdown(listen_, SHUT_RDWR);
+    threads_.front().join();  // the accept thread: no pump is added after it
+    for (size_t i = 1; i < threads_.size(); ++i) threads_[i].join();
+    for (int fd : fds_) ::close(fd);
+    ::close(listen_);
+  }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  void Freeze() { frozen_ = true; }
+
+ private:
+  void Accept() {
+    while (!stopping_) {
+      pollfd wait{listen_, POLLIN, 0};
+      if (::poll(&wait, 1, 50) <= 0) continue;
+      const int client = ::accept(listen_, nullptr, nullptr);
+      if (client < 0) continue;
+      const int server = ::socket(AF_INET, SOCK_STREAM, 0);
+      sockaddr_in target{};
+      target.sin_family = AF_INET;
+      target.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      target.sin_port = htons(static_cast<uint16_t>(target_port_));
+      if (::connect(server, reinterpret_cast<sockaddr*>(&target), sizeof(target)) != 0) {
+        ::close(client);
+        ::close(server);
+        continue;
+      }
+      fds_.push_back(client);
+      fds_.push_back(server);
+      threads_.emplace_back([this, client, server] { Pump(client, server); });
+      threads_.emplace_back([this, server, client] { Pump(server, client); });
+    }
+  }
+  void Pump(int from, int to) {
+    char buffer[16384];
+    while (!stopping_) {
+      if (frozen_) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+        continue;
+      }
+      pollfd wait{from, POLLIN, 0};
+      if (::poll(&wait, 1, 20) <= 0 || frozen_) continue;  // frozen while polling: keep it
+      const ssize_t read = ::recv(from, buffer, sizeof(buffer), 0);
+      if (read <= 0) return;
+      for (ssize_t sent = 0; sent < read;) {
+        const ssize_t n = ::send(to, buffer + sent, static_cast<size_t>(read - sent), MSG_NOSIGNAL);
+        if (n <= 0) return;
+        sent += n;
+      }
+    }
+  }
+
+  const int target_port_;
+  int listen_ = -1;
+  int port_ = 0;
+  std::atomic<bool> frozen_{false};
+  std::atomic<bool> stopping_{false};
+  std::vector<int> fds_;  // accept thread only, closed after the joins
+  std::vector<std::thread> threads_;  // the accept thread adds pumps; joined after it ends
+};
+
+TEST(GrpcExpertTransport, KeepaliveFailureBreaksTheStreamBeforeTheDispatchDeadline) {
+  FakeServer server(/*hang=*/false);
+  FreezingProxy proxy(server.port);
+  GrpcExpertTransportOptions options;
+  options.dispatch_deadline = absl::Seconds(60);
+  options.dispatch_deadline_floor = absl::Seconds(60);
+  options.keepalive_time = absl::Milliseconds(200);
+  options.keepalive_timeout = absl::Milliseconds(300);
+  GrpcExpertTransport transport(options);
+  auto first = transport.Dispatch("expert-3", proxy.address(), 0, MakeBatch(1, 4, 0)).get();
+  ASSERT_TRUE(first.ok()) << first.status();
+  proxy.Freeze();  // the node's host goes silent; its connection stays open
+  const auto start = std::chrono::steady_clock::now();
+  auto frozen = transport.Dispatch("expert-3", proxy.address(), 0, MakeBatch(1, 4, 1)).get();
+  EXPECT_TRUE(absl::IsUnavailable(frozen.status())) << frozen.status();
+  EXPECT_NE(frozen.status().message().find("expert-3"), absl::string_view::npos)
+      << frozen.status();
+  // Seconds (PING unanswered), not the 60 s dispatch deadline.
+  EXPECT_LT(SecondsSince(start), 30.0);
+  EXPECT_EQ(transport.counters().deadline_exceeded, 0u);
 }
 
 TEST(GrpcExpertTransport, UnreachableNodeIsUnavailable) {

@@ -123,6 +123,27 @@ TEST_F(BatchInvarianceTest, AloneInABatchOfEightAndChunkedPrefillGiveTheSameBits
                      "chunks of 7 next to two decoding sequences");
 }
 
+// A recompute prefill (attention-node failover: the new node prefills prompt + the tokens
+// already streamed) gives the same bits as the decode steps it replaces: the logits of its last
+// row equal those of the decode step that fed the same token.
+TEST_F(BatchInvarianceTest, RecomputePrefillOfPromptAndGeneratedTokensEqualsTheDecodeSteps) {
+  auto& model = *loaded_->model;
+  const int64_t vocab = model.config().vocab_size;
+  const std::vector<int32_t> prompt = PromptIds(3);
+  const LogitTrace decoded = RunSequence(model, *loaded_->experts, prompt, 0, {});
+  ASSERT_EQ(decoded.size(), 1u + kDecodeSteps);
+  std::vector<int32_t> replay = prompt;
+  for (size_t step = 1; step < decoded.size(); ++step) {
+    replay.push_back(Argmax(decoded[step - 1].data(), vocab));  // the token decode step `step` fed
+    model::LatentCache cache = model.NewCache();
+    model::SequenceStep prefill{&cache, replay};
+    auto logits = model.Forward({&prefill, 1}, *loaded_->experts);
+    ASSERT_TRUE(logits.ok()) << logits.status();
+    ExpectBitwiseEqual({decoded[step]}, {std::vector<float>(logits->begin(), logits->begin() + vocab)},
+                       "recompute prefill vs decode step");
+  }
+}
+
 // Every SIMD path meets the goldens' prefill logits and gives the same bits as the others.
 TEST_F(BatchInvarianceTest, EverySimdPathMeetsTheGoldensWithTheSameBits) {
   auto& model = *loaded_->model;
