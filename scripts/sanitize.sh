@@ -10,7 +10,8 @@
 #                                            ctest -L 'unit|integration'
 #   bash scripts/sanitize.sh tsan            clang TSan build ($TSAN_BUILD_DIR, default
 #                                            build-tsan/) of the concurrency tests: scheduler,
-#                                            control plane, transport, cluster
+#                                            control plane, transport (TSAN_CLUSTER=1: and the
+#                                            services with the cluster tests)
 #
 # Each sanitizer build has its own directory (the TSan one builds only what its tests need). The
 # Debian abseil libraries are not instrumented, so TSan cannot see absl::Mutex on its own:
@@ -112,13 +113,17 @@ EOF
       -DMOEMESH_TSAN=ON -DCMAKE_CXX_FLAGS="$FLAGS" -DCMAKE_C_FLAGS="$FLAGS" \
       -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=thread" \
       -DCMAKE_SHARED_LINKER_FLAGS="-fsanitize=thread" > /dev/null
-    # Only the concurrency test binaries and the services the cluster tests start.
-    cmake --build "$BUILD_DIR" -j "$JOBS" --target attention_node_tests comm_tests \
-      router_control_tests integration_tests moemesh-router moemesh-attention-node \
-      moemesh-expert-node
+    # Only the concurrency test binaries: the scheduler, control plane and gRPC transport; with
+    # TSAN_CLUSTER=1 also the services and the cluster tests that start them.
+    TARGETS=(attention_node_tests comm_tests router_control_tests)
+    TESTS='SchedulerTest|ControlPlane[A-Za-z]*|ControlClient|GrpcExpertTransport|GrpcServer'
+    if [[ -n "${TSAN_CLUSTER:-}" ]]; then
+      TARGETS+=(integration_tests moemesh-router moemesh-attention-node moemesh-expert-node)
+      TESTS+='|Cluster'
+    fi
+    cmake --build "$BUILD_DIR" -j "$JOBS" --target "${TARGETS[@]}"
     export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$PWD/tests/support/tsan.supp"
-    ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS" \
-      -R '^(SchedulerTest|ControlPlane[A-Za-z]*|ControlClient|GrpcExpertTransport|GrpcServer|Cluster)\.'
+    ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS" -R "^($TESTS)\\."
     ;;
   *)
     echo "sanitize.sh: unknown mode '$MODE' (thread-safety, asan, tsan)" >&2
