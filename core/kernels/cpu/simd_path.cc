@@ -1,5 +1,9 @@
 #include "core/kernels/cpu/simd_path.h"
 
+#if defined(MOEMESH_HAVE_AVX2_KERNELS)
+#include <cpuid.h>
+#endif
+
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -27,6 +31,16 @@ SimdPath FromEnvironmentOrBest() {
   return *path;
 }
 
+#if defined(MOEMESH_HAVE_AVX2_KERNELS)
+// F16C from CPUID leaf 1, ECX bit 29 (Intel SDM vol. 2A, CPUID): clang 14's
+// __builtin_cpu_supports does not know "f16c".
+bool CpuHasF16c() {
+  unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+  if (__get_cpuid(1, &eax, &ebx, &ecx, &edx) == 0) return false;
+  return (ecx & (1u << 29)) != 0;
+}
+#endif
+
 }  // namespace
 
 absl::string_view SimdPathName(SimdPath path) {
@@ -51,8 +65,7 @@ bool SimdPathSupported(SimdPath path) {
     case SimdPath::kScalar: return true;
     case SimdPath::kAvx2:
 #if defined(MOEMESH_HAVE_AVX2_KERNELS)
-      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-             __builtin_cpu_supports("f16c");
+      return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && CpuHasF16c();
 #else
       return false;
 #endif
