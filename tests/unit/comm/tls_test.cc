@@ -4,6 +4,8 @@
 // certificate-less TLS clients.
 #include "core/comm/tls.h"
 
+#include <unistd.h>
+
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -30,7 +32,9 @@ std::string Read(const std::string& path) {
 class TlsTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = ::testing::TempDir() + "/moemesh_tls_test";
+    // One directory per test process: ctest runs the cases of this fixture in parallel.
+    dir_ = ::testing::TempDir() + "/moemesh_tls_test_" + std::to_string(::getpid()) + "_" +
+           ::testing::UnitTest::GetInstance()->current_test_info()->name();
     std::filesystem::create_directories(dir_);
     ASSERT_TRUE(GenerateThrowawayCertificates(dir_).ok());
   }
