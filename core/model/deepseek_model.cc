@@ -12,6 +12,7 @@
 #include "core/kernels/cpu/elementwise.h"
 #include "core/kernels/cpu/gemm.h"
 #include "core/kernels/cpu/linear.h"
+#include "core/kernels/cpu/packed_bf16.h"
 #include "core/model/expert_shard.h"
 #include "core/model/mla_attention.h"
 #include "core/status_macros.h"
@@ -236,7 +237,11 @@ void DeepseekModel::Logits(const float* hidden, int64_t rows, float* logits) con
   kernels::RmsNorm(hidden, rows, config_.hidden_size, config_.hidden_size,
                    weights_.final_norm.data(), static_cast<float>(config_.rms_norm_eps),
                    normed.data());
-  kernels::Linear(normed.data(), rows, weights_.lm_head, logits);
+  if (weights_.lm_head_packed.has_value()) {
+    kernels::LinearPacked(normed.data(), rows, *weights_.lm_head_packed, logits);
+  } else {
+    kernels::Linear(normed.data(), rows, weights_.lm_head, logits);
+  }
 }
 
 absl::StatusOr<std::vector<float>> DeepseekModel::Forward(std::span<const SequenceStep> steps,
