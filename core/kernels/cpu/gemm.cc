@@ -44,7 +44,8 @@ void RunNtThreaded(const NtTask& task) {
   const bool parallel =
       threads > 1 && task.rows * outputs * task.w.cols >= kParallelMinimumWork &&
       outputs >= 2 * kPanelOutputs;
-  const bool wants_panel = task.w.kind == WeightOperand::Kind::kFp8;
+  const bool wants_panel = task.w.kind == WeightOperand::Kind::kFp8 ||
+                           task.w.kind == WeightOperand::Kind::kBf16Packed;
   const int64_t item = parallel ? ItemSize(outputs, threads, kPanelOutputs) : outputs;
   const int64_t items = (outputs + item - 1) / item;
   // Items are taken dynamically: which thread computes an output never changes its value.

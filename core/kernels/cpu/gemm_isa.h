@@ -46,8 +46,8 @@ struct NtTask {
   int64_t y_stride = 0;
   int64_t out_begin = 0;
   int64_t out_end = 0;
-  // Scratch of at least kPanelOutputs * w.cols floats (FP8 weights with many rows decode a panel
-  // of outputs once into it instead of once per row tile).
+  // Scratch of at least kPanelOutputs * w.cols floats (FP8 and packed BF16 weights with many rows
+  // decode a panel of outputs once into it instead of once per row tile).
   float* panel = nullptr;
 };
 
