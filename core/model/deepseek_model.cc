@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/checkpoint/dtype.h"
+#include "core/kernels/cpu/compute_pool.h"
 #include "core/kernels/cpu/elementwise.h"
 #include "core/kernels/cpu/gemm.h"
 #include "core/kernels/cpu/linear.h"
@@ -176,8 +177,7 @@ absl::Status DeepseekModel::AttentionBlock(int layer, const StepLayout& layout,
       }
     }
     const int64_t item_count = static_cast<int64_t>(items.size());
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && item_count > 1)
-    for (int64_t i = 0; i < item_count; ++i) {
+    kernels::ParallelFor(item_count, threads, [&](int64_t i) {
       const Item& item = items[i];
       const int64_t first_row = layout.row_begin[item.sequence] + item.row_begin;
       MlaDims part = dims;
@@ -195,7 +195,7 @@ absl::Status DeepseekModel::AttentionBlock(int layer, const StepLayout& layout,
                           attention_out.data() + first_row * heads * value_dim +
                               item.head_begin * value_dim);
       }
-    }
+    });
   }
   std::vector<float> projected(static_cast<size_t>(rows * hidden_size));
   kernels::Linear(attention_out.data(), rows, weights.o_proj, projected.data());
