@@ -9,9 +9,12 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/checkpoint/dtype.h"
+#include "core/kernels/cpu/compute_pool.h"
 #include "core/kernels/cpu/elementwise.h"
 #include "core/kernels/cpu/gemm.h"
 #include "core/kernels/cpu/linear.h"
+#include "core/kernels/cpu/packed_bf16.h"
+#include "core/kernels/cpu/threading.h"
 #include "core/model/expert_shard.h"
 #include "core/model/mla_attention.h"
 #include "core/status_macros.h"
@@ -140,17 +143,59 @@ absl::Status DeepseekModel::AttentionBlock(int layer, const StepLayout& layout,
                      static_cast<float>(1.0 / std::sqrt(static_cast<double>(qk_head)) *
                                         rope_.SoftmaxScaleMultiplier())};
   std::vector<float> attention_out(static_cast<size_t>(rows * heads * value_dim));
-  for (size_t s = 0; s < layout.caches.size(); ++s) {
-    if (layout.row_count[s] == 0) continue;
-    const float* sequence_query = query.data() + layout.row_begin[s] * heads * qk_head;
-    float* sequence_out = attention_out.data() + layout.row_begin[s] * heads * value_dim;
-    if (attention_kernel_ == AttentionKernel::kNaive) {
-      MlaAttentionNaive(dims, *layout.caches[s], layer, weights.kv_b_proj.data(), sequence_query,
-                        layout.row_count[s], layout.start_position[s], sequence_out);
-    } else {
-      MlaAttentionTiled(dims, *layout.caches[s], layer, weights.kv_b_proj.data(), sequence_query,
-                        layout.row_count[s], layout.start_position[s], sequence_out);
+  if (attention_kernel_ == AttentionKernel::kNaive) {
+    for (size_t s = 0; s < layout.caches.size(); ++s) {
+      if (layout.row_count[s] == 0) continue;
+      MlaAttentionNaive(dims, *layout.caches[s], layer, weights.kv_b_proj.data(),
+                        query.data() + layout.row_begin[s] * heads * qk_head, layout.row_count[s],
+                        layout.start_position[s],
+                        attention_out.data() + layout.row_begin[s] * heads * value_dim);
     }
+  } else {
+    // The tiled kernel computes every (row, head) on its own (mla_attention.h), so the work is
+    // split into items over the compute threads without changing a bit: runs of rows of a
+    // sequence (row i of a run sees the positions row start + i sees), and, for one-row
+    // sequences fewer than the threads (batch-1 decode), groups of heads.
+    struct Item {
+      size_t sequence;
+      int64_t row_begin, row_count, head_begin, head_count;
+    };
+    const int threads = kernels::ComputeThreads();
+    constexpr int64_t kRowsPerItem = 8;
+    std::vector<Item> items;
+    for (size_t s = 0; s < layout.caches.size(); ++s) {
+      const int64_t count = layout.row_count[s];
+      if (count == 1 && static_cast<int64_t>(layout.caches.size()) < threads) {
+        const int64_t per_group = (heads + threads - 1) / threads;
+        for (int64_t h = 0; h < heads; h += per_group) {
+          items.push_back({s, 0, 1, h, std::min(per_group, heads - h)});
+        }
+        continue;
+      }
+      for (int64_t r = 0; r < count; r += kRowsPerItem) {
+        items.push_back({s, r, std::min(kRowsPerItem, count - r), 0, heads});
+      }
+    }
+    const int64_t item_count = static_cast<int64_t>(items.size());
+    kernels::ParallelFor(item_count, threads, [&](int64_t i) {
+      const Item& item = items[i];
+      const int64_t first_row = layout.row_begin[item.sequence] + item.row_begin;
+      MlaDims part = dims;
+      part.heads = item.head_count;
+      const float* kv_b = weights.kv_b_proj.data() + item.head_begin * (nope + value_dim) * kv_rank;
+      if (item.head_count == heads) {
+        MlaAttentionTiled(part, *layout.caches[item.sequence], layer, kv_b,
+                          query.data() + first_row * heads * qk_head, item.row_count,
+                          layout.start_position[item.sequence] + item.row_begin,
+                          attention_out.data() + first_row * heads * value_dim);
+      } else {  // one row: its heads [head_begin, + head_count) are contiguous in query and out
+        MlaAttentionTiled(part, *layout.caches[item.sequence], layer, kv_b,
+                          query.data() + first_row * heads * qk_head + item.head_begin * qk_head,
+                          1, layout.start_position[item.sequence],
+                          attention_out.data() + first_row * heads * value_dim +
+                              item.head_begin * value_dim);
+      }
+    });
   }
   std::vector<float> projected(static_cast<size_t>(rows * hidden_size));
   kernels::Linear(attention_out.data(), rows, weights.o_proj, projected.data());
@@ -236,7 +281,11 @@ void DeepseekModel::Logits(const float* hidden, int64_t rows, float* logits) con
   kernels::RmsNorm(hidden, rows, config_.hidden_size, config_.hidden_size,
                    weights_.final_norm.data(), static_cast<float>(config_.rms_norm_eps),
                    normed.data());
-  kernels::Linear(normed.data(), rows, weights_.lm_head, logits);
+  if (weights_.lm_head_packed.has_value()) {
+    kernels::LinearPacked(normed.data(), rows, *weights_.lm_head_packed, logits);
+  } else {
+    kernels::Linear(normed.data(), rows, weights_.lm_head, logits);
+  }
 }
 
 absl::StatusOr<std::vector<float>> DeepseekModel::Forward(std::span<const SequenceStep> steps,

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "core/kernels/cpu/compute_pool.h"
 #include "core/kernels/cpu/elementwise.h"
 #include "core/kernels/cpu/linear.h"
 #include "core/kernels/cpu/threading.h"
@@ -135,8 +136,7 @@ absl::Status ExpertShard::ComputePartial(int layer, const float* hidden, int64_t
   const int threads = kernels::ComputeThreads();
   const int64_t items = static_cast<int64_t>(work.size());
   if (threads > 1 && items >= 2 * threads) {
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
-    for (int64_t i = 0; i < items; ++i) run(work[i]);
+    kernels::ParallelFor(items, threads, [&](int64_t i) { run(work[i]); });
   } else {
     for (ExpertWork& item : work) run(item);
   }

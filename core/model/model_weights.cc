@@ -82,6 +82,10 @@ absl::StatusOr<DenseWeights> LoadDenseWeights(Checkpoint& checkpoint) {
   }
   ASSIGN_OR_RETURN(weights.final_norm, checkpoint.ReadFloat("model.norm.weight", {hidden}));
   ASSIGN_OR_RETURN(weights.lm_head, ReadKept(checkpoint, "lm_head", config.vocab_size, hidden));
+  if (weights.lm_head.format == WeightMatrix::Format::kBFloat16 && hidden % 64 == 0) {
+    ASSIGN_OR_RETURN(weights.lm_head_packed, kernels::PackedBf16Matrix::Pack(weights.lm_head));
+    weights.lm_head.bf16 = {};
+  }
   // Layer num_hidden_layers (and beyond) is the MTP module: not part of the main forward pass.
   for (int layer = 0; layer < config.num_hidden_layers; ++layer) {
     const std::string prefix = absl::StrCat("model.layers.", layer);

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "core/kernels/cpu/compute_pool.h"
 #include "core/kernels/cpu/gemm_isa.h"
 #include "core/kernels/cpu/gemm_threads.h"
 #include "core/kernels/cpu/simd_path.h"
@@ -44,12 +45,12 @@ void RunNtThreaded(const NtTask& task) {
   const bool parallel =
       threads > 1 && task.rows * outputs * task.w.cols >= kParallelMinimumWork &&
       outputs >= 2 * kPanelOutputs;
-  const bool wants_panel = task.w.kind == WeightOperand::Kind::kFp8;
+  const bool wants_panel = task.w.kind == WeightOperand::Kind::kFp8 ||
+                           task.w.kind == WeightOperand::Kind::kBf16Packed;
   const int64_t item = parallel ? ItemSize(outputs, threads, kPanelOutputs) : outputs;
   const int64_t items = (outputs + item - 1) / item;
   // Items are taken dynamically: which thread computes an output never changes its value.
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (parallel)
-  for (int64_t i = 0; i < items; ++i) {
+  ParallelFor(items, parallel ? threads : 1, [&](int64_t i) {
     thread_local std::vector<float> panel;
     NtTask part = task;
     part.out_begin = task.out_begin + i * item;
@@ -59,7 +60,7 @@ void RunNtThreaded(const NtTask& task) {
       part.panel = panel.data();
     }
     kernels.nt(part);
-  }
+  });
 }
 
 void RunNnThreaded(const NnTask& task) {
@@ -71,13 +72,12 @@ void RunNnThreaded(const NnTask& task) {
       threads > 1 && task.rows * columns * task.depth >= kParallelMinimumWork && columns >= 128;
   const int64_t item = parallel ? ItemSize(columns, threads, 64) : columns;
   const int64_t items = (columns + item - 1) / item;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (parallel)
-  for (int64_t i = 0; i < items; ++i) {
+  ParallelFor(items, parallel ? threads : 1, [&](int64_t i) {
     NnTask part = task;
     part.col_begin = task.col_begin + i * item;
     part.col_end = std::min(task.col_end, part.col_begin + item);
     kernels.nn(part);
-  }
+  });
 }
 
 }  // namespace internal

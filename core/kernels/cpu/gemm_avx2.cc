@@ -49,6 +49,44 @@ inline V16 VLoadFp8(const uint8_t* p) {
   return V16{_mm256_cvtph_ps(_mm256_castsi256_si128(half)),
              _mm256_cvtph_ps(_mm256_extracti128_si256(half, 1))};
 }
+// Packed BF16 (packed_bf16.h): lanes 0-7 and 8-15 of a block are its first and second 32 low
+// bytes and 16 index bytes. Vector V's index of a lane goes to the lane's byte 3 (the other bytes
+// 0x80), so one byte shuffle of the table puts the high byte in bits 24-31 and zeros below.
+struct VTable {
+  __m256i high;
+};
+inline VTable VLoadTable(const uint8_t* table) {
+  return VTable{_mm256_broadcastsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(table)))};
+}
+struct VBlock {
+  __m256i low_lo, low_hi, index_lo, index_hi;
+};
+inline VBlock VLoadBlock(const uint8_t* block) {
+  return VBlock{
+      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block)),
+      _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + 32)),
+      _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 64))),
+      _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(block + 80)))};
+}
+template <int V>
+inline __m256 DecodeHalf(__m256i low_bytes, __m256i index, const VTable& table) {
+  __m256i low;
+  if constexpr (V == 0) low = _mm256_slli_epi32(low_bytes, 16);
+  if constexpr (V == 1) low = _mm256_slli_epi32(low_bytes, 8);
+  if constexpr (V == 2) low = low_bytes;
+  if constexpr (V == 3) low = _mm256_srli_epi32(low_bytes, 8);
+  low = _mm256_and_si256(low, _mm256_set1_epi32(0x00FF0000));
+  const __m256i control =
+      _mm256_or_si256(_mm256_srli_epi32(_mm256_slli_epi32(index, 28 - 4 * V), 4),
+                      _mm256_set1_epi32(0x00808080));
+  const __m256i high = _mm256_shuffle_epi8(table.high, control);
+  return _mm256_castsi256_ps(_mm256_or_si256(low, high));
+}
+template <int V>
+inline V16 VDecode(const VBlock& block, const VTable& table) {
+  return V16{DecodeHalf<V>(block.low_lo, block.index_lo, table),
+             DecodeHalf<V>(block.low_hi, block.index_hi, table)};
+}
 inline V16 VFma(V16 a, V16 b, V16 c) {
   return V16{_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)};
 }

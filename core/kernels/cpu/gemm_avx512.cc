@@ -38,6 +38,38 @@ inline V16 VLoadFp8(const uint8_t* p) {
       _mm256_add_epi16(shifted, _mm256_and_si256(shifted, _mm256_set1_epi16(0x4000)));
   return V16{_mm512_cvtph_ps(half)};
 }
+// Packed BF16 (packed_bf16.h): the table's high bytes moved to bits 24-31 of a lane. A block's 64
+// low bytes are one register whose lane l holds the low bytes of vectors 0-3 in its bytes 0-3;
+// its index words widened put vector V's index in bits 4V..4V+3 of lane l (vpermd reads only an
+// index's low 4 bits).
+struct VTable {
+  __m512i high;
+};
+inline VTable VLoadTable(const uint8_t* table) {
+  const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(table));
+  return VTable{_mm512_slli_epi32(_mm512_cvtepu8_epi32(bytes), 24)};
+}
+struct VBlock {
+  __m512i low;
+  __m512i index;
+};
+inline VBlock VLoadBlock(const uint8_t* block) {
+  return VBlock{_mm512_loadu_si512(block),
+                _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + 64)))};
+}
+template <int V>
+inline V16 VDecode(const VBlock& block, const VTable& table) {
+  __m512i low;
+  if constexpr (V == 0) low = _mm512_slli_epi32(block.low, 16);
+  if constexpr (V == 1) low = _mm512_slli_epi32(block.low, 8);
+  if constexpr (V == 2) low = block.low;
+  if constexpr (V == 3) low = _mm512_srli_epi32(block.low, 8);
+  const __m512i index = V == 0 ? block.index : _mm512_srli_epi32(block.index, 4 * V);
+  const __m512i high = _mm512_permutexvar_epi32(index, table.high);
+  // (low & 0x00FF0000) | high
+  return V16{_mm512_castsi512_ps(
+      _mm512_ternarylogic_epi32(low, _mm512_set1_epi32(0x00FF0000), high, 0xEA))};
+}
 inline V16 VFma(V16 a, V16 b, V16 c) { return V16{_mm512_fmadd_ps(a.v, b.v, c.v)}; }
 inline V16 VMul(V16 a, V16 b) { return V16{_mm512_mul_ps(a.v, b.v)}; }
 inline float VSum(V16 v) {

@@ -8,7 +8,8 @@
 //    x[m, k] * w[n, k] for the k of each FP8 block (or of the whole row) with
 //    (k - block start) % 16 == l (a partial last vector reads zeros beyond the end). FP8 weights
 //    enter as their float32 dequantized value (e4m3 * block scale, rounded once, exactly as
-//    WeightMatrix::Dequantize); BF16 weights widened exactly. Finally the 16 lanes are summed by
+//    WeightMatrix::Dequantize); BF16 weights widened exactly (packed BF16, packed_bf16.h, decodes
+//    to the same values). Finally the 16 lanes are summed by
 //    a fixed tree: s[i] + s[i + 8], then + 4, + 2, + 1.
 //  - x B ("NN"): each output is one fused multiply-add chain over k ascending, starting from 0
 //    (or from y's value when accumulating).
@@ -20,10 +21,12 @@ namespace moemesh::kernels::internal {
 
 // Rows [0, rows) of a weight W [rows, cols] in one of the storage formats.
 struct WeightOperand {
-  enum class Kind { kF32, kBf16, kFp8 };
+  enum class Kind { kF32, kBf16, kFp8, kBf16Packed };
   Kind kind = Kind::kF32;
-  const void* data = nullptr;  // float / uint16_t (bf16 bits) / uint8_t (e4m3 codes)
-  int64_t stride = 0;          // elements between consecutive rows
+  // float / uint16_t (bf16 bits) / uint8_t (e4m3 codes) / uint8_t (PackedBf16Matrix rows; cols a
+  // multiple of 64)
+  const void* data = nullptr;
+  int64_t stride = 0;  // elements (bytes for kBf16Packed) between consecutive rows
   int64_t rows = 0;
   int64_t cols = 0;
   // kFp8 only: scales [ceil(rows / block_rows), scale_stride], one per block.
@@ -43,8 +46,8 @@ struct NtTask {
   int64_t y_stride = 0;
   int64_t out_begin = 0;
   int64_t out_end = 0;
-  // Scratch of at least kPanelOutputs * w.cols floats (FP8 weights with many rows decode a panel
-  // of outputs once into it instead of once per row tile).
+  // Scratch of at least kPanelOutputs * w.cols floats (FP8 and packed BF16 weights with many rows
+  // decode a panel of outputs once into it instead of once per row tile).
   float* panel = nullptr;
 };
 

@@ -71,6 +71,32 @@ inline V16 VLoadFp8(const uint8_t* p) {
   }
   return v;
 }
+// Packed BF16 (packed_bf16.h): lane l of vector V of a block = table[index] << 8 | low byte
+// 4 l + V, the index in bits 4V..4V+3 of the block's 16-bit word l.
+struct VTable {
+  uint8_t high[16];
+};
+inline VTable VLoadTable(const uint8_t* table) {
+  VTable t;
+  std::memcpy(t.high, table, sizeof(t.high));
+  return t;
+}
+struct VBlock {
+  const uint8_t* bytes;
+};
+inline VBlock VLoadBlock(const uint8_t* block) { return VBlock{block}; }
+template <int V>
+inline V16 VDecode(const VBlock& block, const VTable& table) {
+  V16 v;
+  for (int l = 0; l < 16; ++l) {
+    const int word = block.bytes[64 + 2 * l] | (block.bytes[65 + 2 * l] << 8);
+    const int index = (word >> (4 * V)) & 0x0F;
+    const uint32_t bits = (static_cast<uint32_t>(table.high[index]) << 24) |
+                          (static_cast<uint32_t>(block.bytes[4 * l + V]) << 16);
+    std::memcpy(&v.lane[l], &bits, sizeof(float));
+  }
+  return v;
+}
 inline V16 VFma(V16 a, V16 b, V16 c) {
   V16 v;
   for (int i = 0; i < 16; ++i) v.lane[i] = std::fma(a.lane[i], b.lane[i], c.lane[i]);
