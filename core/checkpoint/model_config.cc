@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "core/json_field.h"
 #include "nlohmann/json.hpp"
 
 namespace moemesh::checkpoint {
@@ -53,18 +54,6 @@ absl::Status ReadNumber(const json& object, const char* key, bool required, T& o
   return absl::OkStatus();
 }
 
-// `object[key]` when it has type T's JSON type, else `fallback` (never throws on a hostile type).
-template <typename T>
-T ValueOr(const json& object, const char* key, T fallback) {
-  auto it = object.find(key);
-  if (it == object.end()) return fallback;
-  if constexpr (std::is_same_v<T, bool>) {
-    return it->is_boolean() ? it->get<bool>() : fallback;
-  } else {
-    return it->is_string() ? it->get<std::string>() : fallback;
-  }
-}
-
 }  // namespace
 
 std::vector<int> ModelConfig::MoeLayers() const {
@@ -80,7 +69,7 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
   if (root.is_discarded() || !root.is_object()) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": not a JSON object"));
   }
-  const std::string model_type = ValueOr(root, "model_type", std::string());
+  const std::string model_type = FieldOr(root, "model_type", std::string());
   if (model_type != "deepseek_v3") {
     return absl::InvalidArgumentError(absl::StrCat(
         source, ": model_type is '", model_type, "', moemesh serves only 'deepseek_v3'"));
@@ -130,17 +119,18 @@ absl::StatusOr<ModelConfig> ParseModelConfig(absl::string_view json_text, absl::
     return status;
   if (auto status = ReadNumber(root, "rope_theta", false, config.rope_theta, source); !status.ok())
     return status;
-  config.norm_topk_prob = ValueOr(root, "norm_topk_prob", true);
-  config.tie_word_embeddings = ValueOr(root, "tie_word_embeddings", false);
-  config.scoring_func = ValueOr(root, "scoring_func", std::string("sigmoid"));
-  config.topk_method = ValueOr(root, "topk_method", std::string("noaux_tc"));
+  config.norm_topk_prob = FieldOr(root, "norm_topk_prob", true);
+  config.tie_word_embeddings = FieldOr(root, "tie_word_embeddings", false);
+  config.scoring_func = FieldOr(root, "scoring_func", std::string("sigmoid"));
+  config.topk_method = FieldOr(root, "topk_method", std::string("noaux_tc"));
   if (config.scoring_func != "sigmoid" && config.scoring_func != "softmax") {
     return absl::InvalidArgumentError(
         absl::StrCat(source, ": unsupported scoring_func '", config.scoring_func, "'"));
   }
 
   if (auto it = root.find("rope_scaling"); it != root.end() && it->is_object()) {
-    const std::string type = it->value("type", it->value("rope_type", std::string()));
+    const std::string type =
+        FieldOr(*it, "type", FieldOr(*it, "rope_type", std::string()));
     if (type != "yarn") {
       return absl::InvalidArgumentError(
           absl::StrCat(source, ": rope_scaling type '", type, "' is not supported (only yarn)"));

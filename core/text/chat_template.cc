@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
+#include "core/json_field.h"
 
 namespace moemesh::text {
 namespace {
@@ -74,7 +75,7 @@ absl::StatusOr<ChatTemplate> LoadChatTemplate(const std::string& tokenizer_path,
     } else if (templates.is_array()) {
       for (const Json& entry : templates) {
         if (!entry.is_object() || !entry.value("template", Json()).is_string()) continue;
-        const std::string name = entry.value("name", "");
+        const std::string name = FieldOr(entry, "name", std::string());
         if (name == "default") source = entry["template"].get<std::string>();
         if (name == "tool_use") tool_use_source = entry["template"].get<std::string>();
       }

@@ -14,6 +14,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "core/json_field.h"
 #include "core/text/utf8.h"
 #include "nlohmann/json.hpp"
 
@@ -192,9 +193,9 @@ absl::Status Tokenizer::Load(std::string_view text) {
   // normalizer: only an (empty or nested) Sequence is supported; DeepSeek's is empty.
   std::function<absl::Status(const Json&)> check_normalizer = [&](const Json& n) -> absl::Status {
     if (n.is_null()) return absl::OkStatus();
-    const std::string type = n.value("type", "");
+    const std::string type = FieldOr(n, "type", std::string());
     if (type == "Sequence") {
-      for (const Json& inner : n.value("normalizers", Json::array())) {
+      for (const Json& inner : FieldOr(n, "normalizers", Json::array())) {
         absl::Status status = check_normalizer(inner);
         if (!status.ok()) return status;
       }
@@ -202,22 +203,23 @@ absl::Status Tokenizer::Load(std::string_view text) {
     }
     return absl::UnimplementedError(absl::StrCat("normalizer type '", type, "' is not supported"));
   };
-  if (absl::Status status = check_normalizer(json.value("normalizer", Json())); !status.ok()) {
+  if (absl::Status status = check_normalizer(FieldOr(json, "normalizer", Json())); !status.ok()) {
     return status;
   }
 
   // model: byte-level BPE without dropout, unk token or subword prefixes.
-  const Json model = json.value("model", Json());
-  if (!model.is_object() || model.value("type", "") != "BPE") {
+  const Json model = FieldOr(json, "model", Json());
+  if (!model.is_object() || FieldOr(model, "type", std::string()) != "BPE") {
     return absl::UnimplementedError("tokenizer.json model is not BPE");
   }
-  if (!model.value("dropout", Json()).is_null() ||
-      !model.value("continuing_subword_prefix", Json()).is_null() ||
-      !model.value("end_of_word_suffix", Json()).is_null() || model.value("byte_fallback", false)) {
+  if (!FieldOr(model, "dropout", Json()).is_null() ||
+      !FieldOr(model, "continuing_subword_prefix", Json()).is_null() ||
+      !FieldOr(model, "end_of_word_suffix", Json()).is_null() ||
+      FieldOr(model, "byte_fallback", false)) {
     return absl::UnimplementedError(
         "BPE dropout, subword prefixes/suffixes and byte_fallback are not supported");
   }
-  const Json vocab = model.value("vocab", Json());
+  const Json vocab = FieldOr(model, "vocab", Json());
   if (!vocab.is_object()) return absl::InvalidArgumentError("model.vocab is missing");
   auto add_token = [&](TokenId id, std::string bytes, std::string key) {
     if (id >= static_cast<TokenId>(token_bytes_.size())) {
@@ -228,8 +230,10 @@ absl::Status Tokenizer::Load(std::string_view text) {
     token_ids_[std::move(key)] = id;
   };
   for (const auto& [token, id_json] : vocab.items()) {
-    if (!id_json.is_number_integer() || id_json.get<int64_t>() < 0 ||
-        id_json.get<int64_t>() > (1 << 24)) {
+    if (!id_json.is_number_integer() ||
+        (id_json.is_number_unsigned() ? id_json.get<uint64_t>() > (1 << 24)
+                                      : (id_json.get<int64_t>() < 0 ||
+                                         id_json.get<int64_t>() > (1 << 24)))) {
       return absl::InvalidArgumentError(absl::StrCat("bad id for vocabulary token ", token));
     }
     add_token(id_json.get<TokenId>(), ByteLevelDecode(token), token);
@@ -243,7 +247,8 @@ absl::Status Tokenizer::Load(std::string_view text) {
     }
     byte_ids_[byte] = it->second;
   }
-  const Json merges = model.value("merges", Json::array());
+  const Json merges = FieldOr(model, "merges", Json::array());
+  if (!merges.is_array()) return absl::InvalidArgumentError("model.merges is not an array");
   merges_.reserve(merges.size());
   for (size_t rank = 0; rank < merges.size(); ++rank) {
     std::string left, right;
@@ -276,46 +281,50 @@ absl::Status Tokenizer::Load(std::string_view text) {
   }
 
   // added_tokens: matched before BPE, decoded through the same byte-level rule.
-  for (const Json& added : json.value("added_tokens", Json::array())) {
-    if (!added.is_object() || !added.value("id", Json()).is_number_integer() ||
-        !added.value("content", Json()).is_string()) {
+  for (const Json& added : FieldOr(json, "added_tokens", Json::array())) {
+    if (!added.is_object() || !FieldOr(added, "id", Json()).is_number_integer() ||
+        !FieldOr(added, "content", Json()).is_string()) {
       return absl::InvalidArgumentError("bad entry in added_tokens");
     }
-    if (added.value("single_word", false) || added.value("lstrip", false) ||
-        added.value("rstrip", false)) {
+    if (FieldOr(added, "single_word", false) || FieldOr(added, "lstrip", false) ||
+        FieldOr(added, "rstrip", false)) {
       return absl::UnimplementedError("added tokens with single_word/lstrip/rstrip");
     }
-    const TokenId id = added["id"].get<TokenId>();
+    const Json& id_json = added["id"];
     const std::string content = added["content"].get<std::string>();
-    if (id < 0 || id > (1 << 24) || content.empty()) {
+    if (id_json.is_number_unsigned() ? id_json.get<uint64_t>() > (1 << 24)
+                                     : (id_json.get<int64_t>() < 0 ||
+                                        id_json.get<int64_t>() > (1 << 24)) ||
+        content.empty()) {
       return absl::InvalidArgumentError("bad entry in added_tokens");
     }
+    const TokenId id = static_cast<TokenId>(id_json.get<int64_t>());
     add_token(id, ByteLevelDecode(content), content);
-    special_[id] = added.value("special", false);
+    special_[id] = FieldOr(added, "special", false);
     added_tokens_->Insert(content, id);
   }
 
   // pre_tokenizer: a Sequence of Split (regex or literal) and ByteLevel steps.
   std::function<absl::Status(const Json&)> add_pre_tokenizer = [&](const Json& p) -> absl::Status {
     if (p.is_null()) return absl::OkStatus();
-    const std::string type = p.value("type", "");
+    const std::string type = FieldOr(p, "type", std::string());
     std::string pattern;
     SplitBehavior behavior = SplitBehavior::kIsolated;
     if (type == "Sequence") {
-      for (const Json& inner : p.value("pretokenizers", Json::array())) {
+      for (const Json& inner : FieldOr(p, "pretokenizers", Json::array())) {
         if (absl::Status status = add_pre_tokenizer(inner); !status.ok()) return status;
       }
       return absl::OkStatus();
     } else if (type == "ByteLevel") {
-      if (p.value("add_prefix_space", false)) {
+      if (FieldOr(p, "add_prefix_space", false)) {
         return absl::UnimplementedError("ByteLevel pre-tokenizer with add_prefix_space");
       }
-      if (!p.value("use_regex", true)) return absl::OkStatus();  // bytes are mapped by BPE itself
+      if (!FieldOr(p, "use_regex", true)) return absl::OkStatus();  // bytes are mapped by BPE itself
       // GPT-2's pattern, which ByteLevel applies when use_regex is set.
       pattern =
           "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+";
     } else if (type == "Split") {
-      const Json regex = p.value("pattern", Json());
+      const Json regex = FieldOr(p, "pattern", Json());
       if (regex.contains("Regex") && regex["Regex"].is_string()) {
         pattern = regex["Regex"].get<std::string>();
       } else if (regex.contains("String") && regex["String"].is_string()) {
@@ -323,8 +332,8 @@ absl::Status Tokenizer::Load(std::string_view text) {
       } else {
         return absl::InvalidArgumentError("Split pre-tokenizer without a pattern");
       }
-      if (p.value("invert", false)) return absl::UnimplementedError("inverted Split");
-      const std::string behavior_name = p.value("behavior", "");
+      if (FieldOr(p, "invert", false)) return absl::UnimplementedError("inverted Split");
+      const std::string behavior_name = FieldOr(p, "behavior", std::string());
       if (behavior_name == "Isolated") {
         behavior = SplitBehavior::kIsolated;
       } else if (behavior_name == "Removed") {
@@ -354,12 +363,12 @@ absl::Status Tokenizer::Load(std::string_view text) {
     splits_.push_back(Split{std::move(regex), behavior});
     return absl::OkStatus();
   };
-  if (absl::Status status = add_pre_tokenizer(json.value("pre_tokenizer", Json())); !status.ok()) {
+  if (absl::Status status = add_pre_tokenizer(FieldOr(json, "pre_tokenizer", Json())); !status.ok()) {
     return status;
   }
 
-  const Json decoder = json.value("decoder", Json());
-  if (!decoder.is_null() && decoder.value("type", "") != "ByteLevel") {
+  const Json decoder = FieldOr(json, "decoder", Json());
+  if (!decoder.is_null() && FieldOr(decoder, "type", std::string()) != "ByteLevel") {
     return absl::UnimplementedError("only the ByteLevel decoder is supported");
   }
   return absl::OkStatus();

@@ -6,6 +6,7 @@
 #include <cstdlib>
 #include <string>
 
+#include "core/json_field.h"
 #include "httplib.h"
 #include "nlohmann/json.hpp"
 #include "tools/moemesh/arguments.h"
@@ -61,11 +62,12 @@ int RunChat(const Arguments& arguments) {
       return 1;
     }
     auto body = nlohmann::json::parse(models->body, nullptr, false);
-    if (body.is_discarded() || !body.contains("data") || body["data"].empty()) {
+    if (body.is_discarded() || !body.contains("data") || !body["data"].is_array() ||
+        body["data"].empty()) {
       std::fprintf(stderr, "moemesh chat: %s/v1/models lists no model\n", url.c_str());
       return 1;
     }
-    model = body["data"][0].value("id", "");
+    model = FieldOr(body["data"][0], "id", std::string());
   }
   nlohmann::json messages = nlohmann::json::array();
   if (auto system = parsed->Get("system")) messages.push_back({{"role", "system"}, {"content", *system}});
@@ -90,13 +92,13 @@ int RunChat(const Arguments& arguments) {
     auto chunk = nlohmann::json::parse(data, nullptr, false);
     if (chunk.is_discarded()) return;
     if (chunk.contains("error")) {
-      error = chunk["error"].value("message", chunk["error"].dump());
+      error = FieldOr(chunk["error"], "message", chunk["error"].dump());
       return;
     }
     if (chunk.contains("usage") && chunk["usage"].is_object()) usage = chunk["usage"];
     if (!chunk.contains("choices")) return;
     for (const auto& choice : chunk["choices"]) {
-      const auto& delta = choice.value("delta", nlohmann::json::object());
+      const nlohmann::json delta = FieldOr(choice, "delta", nlohmann::json::object());
       if (delta.contains("reasoning_content") && delta["reasoning_content"].is_string()) {
         if (section != Section::kReasoning) {
           std::printf("%s[reasoning]%s\n%s", dim, reset, dim);

@@ -10,6 +10,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "core/json_field.h"
 #include "nlohmann/json.hpp"
 #include "tools/moemesh/arguments.h"
 #include "tools/moemesh/commands.h"
@@ -60,7 +61,7 @@ absl::Status ConvertToR1(const fs::path& from, const fs::path& out) {
   if (!tokenizer.ok()) return tokenizer.status();
   int renamed = 0;
   for (json& token : (*tokenizer)["added_tokens"]) {
-    const int id = token.value("id", -1);
+    const int64_t id = FieldOr(token, "id", int64_t{-1});
     if (id != 128798 && id != 128799) continue;
     token["content"] = id == 128798 ? "<think>" : "</think>";
     token["special"] = false;

@@ -59,5 +59,19 @@ TEST(HostileConfigTest, ZeroOrHugeGroupCountsAreRefusedBeforeAnyDivision) {
   }
 }
 
+// Found by fuzz_checkpoint: a rope_scaling "type" that is not a string escaped as an exception
+// from nlohmann's value() (std::terminate in the router).
+TEST(HostileConfigTest, FieldsOfTheWrongJsonTypeAreRefusedWithoutAnException) {
+  for (const char* rope_scaling :
+       {R"({"type": 7, "factor": 40})", R"({"rope_type": [1], "factor": 40})", R"({"type": {}})"}) {
+    nlohmann::json config = FixtureConfig();
+    config["rope_scaling"] = nlohmann::json::parse(rope_scaling);
+    absl::StatusOr<ModelConfig> parsed = ParseModelConfig(config.dump(), "hostile");
+    ASSERT_FALSE(parsed.ok()) << rope_scaling;
+    EXPECT_NE(parsed.status().message().find("rope_scaling"), std::string::npos)
+        << parsed.status();
+  }
+}
+
 }  // namespace
 }  // namespace moemesh::checkpoint

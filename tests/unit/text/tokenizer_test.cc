@@ -50,6 +50,36 @@ TEST(TokenizerTest, BadJsonIsInvalidArgument) {
             absl::StatusCode::kUnimplemented);
 }
 
+// A hostile tokenizer.json (fields of the wrong JSON type, found while fuzzing the checkpoint
+// parsers) is an error, never an exception out of nlohmann's accessors.
+TEST(TokenizerTest, FieldsOfTheWrongJsonTypeAreErrorsNotExceptions) {
+  for (const char* json : {
+           R"({"normalizer": {"type": 7}, "model": {"type": "BPE", "vocab": {}}})",
+           R"({"normalizer": "Sequence", "model": {"type": "BPE", "vocab": {}}})",
+           R"({"model": {"type": 7}})",
+           R"({"model": {"type": "BPE", "byte_fallback": "yes", "vocab": {}}})",
+           R"({"model": {"type": "BPE", "vocab": {"a": 18446744073709551615}}})",
+           R"({"model": {"type": "BPE", "vocab": {}, "merges": {"a": 1}}})",
+           R"({"model": {"type": "BPE", "vocab": {}}, "pre_tokenizer": {"type": ["Split"]}})",
+           R"({"model": {"type": "BPE", "vocab": {}}, "decoder": {"type": 1}})",
+       }) {
+    absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::FromJson(json);
+    EXPECT_FALSE(tokenizer.ok()) << json;
+  }
+  // Past the vocabulary (DeepSeek-R1's, which loads): merges and added tokens of the wrong type.
+  const nlohmann::json real = ReadJson(MOEMESH_SHARED_DIR "/fixtures/tiny-r1/tokenizer.json");
+  ASSERT_TRUE(Tokenizer::FromJson(real.dump()).ok());
+  nlohmann::json merges_object = real;
+  merges_object["model"]["merges"] = {{"a", 1}};
+  EXPECT_FALSE(Tokenizer::FromJson(merges_object.dump()).ok());
+  nlohmann::json huge_added_id = real;
+  huge_added_id["added_tokens"][0]["id"] = uint64_t{18446744073709551615u};
+  EXPECT_FALSE(Tokenizer::FromJson(huge_added_id.dump()).ok());
+  nlohmann::json special_string = real;
+  special_string["added_tokens"][0]["special"] = "yes";  // not a bool: treated as absent
+  EXPECT_TRUE(Tokenizer::FromJson(special_string.dump()).ok());
+}
+
 TEST(TokenizerTest, IdsOutsideVocabularyDecodeToNothing) {
   const std::vector<TokenId> ids = {19923, 128815, 129279, 200000, -5, 2058};
   EXPECT_EQ(R1Tokenizer().Decode(ids), "Hello world");
