@@ -181,7 +181,8 @@ absl::StatusOr<model::RoutedExperts::Combine> RemoteRoutedExperts::Dispatch(
       batch.layer = layer;
       batch.placement_version = version;
       batch.hidden_size = static_cast<int>(hidden_size);
-      batch.hidden.resize(share.rows.size() * hidden_size);
+      // The rows are gathered straight into the bytes the request will carry.
+      batch.hidden = comm::FloatBuffer(share.rows.size() * hidden_size);
       std::map<int64_t, uint32_t> compact;
       for (size_t i = 0; i < share.rows.size(); ++i) {
         compact[share.rows[i]] = static_cast<uint32_t>(i);
@@ -212,7 +213,7 @@ absl::StatusOr<model::RoutedExperts::Combine> RemoteRoutedExperts::Dispatch(
       const float* output;
     };
     std::vector<std::vector<Contribution>> per_row(static_cast<size_t>(rows));
-    std::vector<std::vector<float>> outputs;  // keeps every reply's floats alive
+    std::vector<comm::FloatBuffer> outputs;  // keeps every reply's floats alive (read in place)
     std::vector<Pending> pending = std::move(*first);
     absl::Status failure;
     uint64_t round_trips = 0, redispatches = 0, redispatched_rows = 0;

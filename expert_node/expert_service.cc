@@ -139,13 +139,13 @@ grpc::Status ExpertService::Dispatch(
     grpc::ServerReaderWriter<moemesh::v1::DispatchReply, moemesh::v1::DispatchRequest>* stream) {
   moemesh::v1::DispatchRequest request;
   while (stream->Read(&request)) {
-    moemesh::v1::DispatchReply reply = Handle(request);
+    moemesh::v1::DispatchReply reply = Handle(request);  // takes the request's hidden bytes
     if (!stream->Write(reply)) break;
   }
   return grpc::Status::OK;
 }
 
-moemesh::v1::DispatchReply ExpertService::Handle(const moemesh::v1::DispatchRequest& request) {
+moemesh::v1::DispatchReply ExpertService::Handle(moemesh::v1::DispatchRequest& request) {
   using moemesh::v1::DispatchReply;
   const auto start = std::chrono::steady_clock::now();
   std::shared_ptr<const model::ExpertShard> shard;
@@ -202,7 +202,8 @@ moemesh::v1::DispatchReply ExpertService::Handle(const moemesh::v1::DispatchRequ
   for (size_t i = 0; i < slices_in_order.size(); ++i) {
     offsets[i + 1] = offsets[i] + slices_in_order[i].rows.size();
   }
-  std::vector<float> out(offsets.back() * static_cast<size_t>(hidden_size));
+  // Written in place into the reply's bytes (no copy into the message afterwards).
+  comm::FloatBuffer out(offsets.back() * static_cast<size_t>(hidden_size));
   std::vector<absl::Status> statuses(slices_in_order.size());
   workers_->Run(static_cast<int>(slices_in_order.size()), [&](int i) {
     const comm::ExpertSliceRows& slice = slices_in_order[i];
@@ -224,7 +225,7 @@ moemesh::v1::DispatchReply ExpertService::Handle(const moemesh::v1::DispatchRequ
     expert_rows += slices_in_order[i].rows.size();
     if (!slices_in_order[i].rows.empty()) slices.push_back(&slices_in_order[i]);
   }
-  reply.set_expert_outputs(comm::FloatsToBytes(out.data(), out.size()));
+  reply.set_expert_outputs(out.TakeBytes());
   reply.set_code(DispatchReply::OK);
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();

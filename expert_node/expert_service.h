@@ -68,7 +68,8 @@ class ExpertService final : public moemesh::v1::ExpertService::Service {
 
   // The reply to one request: OK with partial sums, NOT_HELD naming every expert not held here,
   // or INVALID (not an MoE layer, hidden size differs from the model's, inconsistent sizes).
-  moemesh::v1::DispatchReply Handle(const moemesh::v1::DispatchRequest& request);
+  // Takes the request's hidden bytes (the rows are read in place, not copied out first).
+  moemesh::v1::DispatchReply Handle(moemesh::v1::DispatchRequest& request);
 
   // Serves `shard` from now on, as placement version `version`.
   void Install(std::shared_ptr<const model::ExpertShard> shard, uint64_t version);

@@ -1,41 +1,19 @@
 #include "core/comm/dispatch_codec.h"
 
-#include <bit>
-#include <cstring>
 #include <set>
 
 #include "absl/strings/str_cat.h"
 
 namespace moemesh::comm {
 
-static_assert(std::endian::native == std::endian::little,
-              "the float32 wire format is little-endian; add byte swapping for this host");
-
-std::string FloatsToBytes(const float* values, size_t count) {
-  std::string bytes(count * sizeof(float), '\0');
-  if (count > 0) std::memcpy(bytes.data(), values, count * sizeof(float));
-  return bytes;
-}
-
-absl::StatusOr<std::vector<float>> BytesToFloats(const std::string& bytes) {
-  if (bytes.size() % sizeof(float) != 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("float32 payload of ", bytes.size(), " bytes is not a multiple of 4"));
-  }
-  std::vector<float> values(bytes.size() / sizeof(float));
-  if (!values.empty()) std::memcpy(values.data(), bytes.data(), bytes.size());
-  return values;
-}
-
-moemesh::v1::DispatchRequest DispatchRequestFromBatch(const DispatchBatch& batch,
-                                                      uint64_t dispatch_id) {
+moemesh::v1::DispatchRequest DispatchRequestFromBatch(DispatchBatch batch, uint64_t dispatch_id) {
   moemesh::v1::DispatchRequest request;
   request.set_dispatch_id(dispatch_id);
   request.set_layer(static_cast<uint32_t>(batch.layer));
   request.set_placement_version(batch.placement_version);
   request.set_hidden_size(static_cast<uint32_t>(batch.hidden_size));
   request.set_rows(static_cast<uint32_t>(batch.rows()));
-  request.set_hidden(FloatsToBytes(batch.hidden.data(), batch.hidden.size()));
+  request.set_hidden(batch.hidden.TakeBytes());
   for (const ExpertSliceRows& slice : batch.slices) {
     moemesh::v1::ExpertSlice* out = request.add_slices();
     out->set_expert(static_cast<uint32_t>(slice.expert));
@@ -45,7 +23,7 @@ moemesh::v1::DispatchRequest DispatchRequestFromBatch(const DispatchBatch& batch
   return request;
 }
 
-absl::StatusOr<DispatchBatch> DispatchBatchFromRequest(const moemesh::v1::DispatchRequest& request,
+absl::StatusOr<DispatchBatch> DispatchBatchFromRequest(moemesh::v1::DispatchRequest& request,
                                                        int num_experts) {
   const uint64_t rows = request.rows();
   const uint64_t hidden_size = request.hidden_size();
@@ -59,9 +37,6 @@ absl::StatusOr<DispatchBatch> DispatchBatchFromRequest(const moemesh::v1::Dispat
   batch.layer = static_cast<int>(request.layer());
   batch.placement_version = request.placement_version();
   batch.hidden_size = static_cast<int>(hidden_size);
-  auto hidden = BytesToFloats(request.hidden());
-  if (!hidden.ok()) return hidden.status();
-  batch.hidden = *std::move(hidden);
   std::set<uint32_t> seen;
   for (const moemesh::v1::ExpertSlice& slice : request.slices()) {
     if (num_experts > 0 && slice.expert() >= static_cast<uint32_t>(num_experts)) {
@@ -89,6 +64,10 @@ absl::StatusOr<DispatchBatch> DispatchBatchFromRequest(const moemesh::v1::Dispat
     rows_of_expert.gate_weights.assign(slice.gate_weights().begin(), slice.gate_weights().end());
     batch.slices.push_back(std::move(rows_of_expert));
   }
+  // (The size was checked above: a multiple of 4.)
+  auto hidden = FloatBuffer::FromBytes(std::move(*request.mutable_hidden()));
+  if (!hidden.ok()) return hidden.status();
+  batch.hidden = *std::move(hidden);
   return batch;
 }
 

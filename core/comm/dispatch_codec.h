@@ -1,6 +1,6 @@
 // Conversion between the expert data path's C++ types (comm::DispatchBatch / DispatchResult) and
 // the wire messages (moemesh.v1.DispatchRequest / DispatchReply). Floats travel as float32
-// little-endian bytes.
+// little-endian bytes (comm::FloatBuffer), moved between batch and message, never copied.
 #pragma once
 
 #include <cstdint>
@@ -13,19 +13,14 @@
 
 namespace moemesh::comm {
 
-// Packs `values` as float32 little-endian bytes.
-std::string FloatsToBytes(const float* values, size_t count);
-// Unpacks float32 little-endian bytes. Errors: InvalidArgument if the size is not a multiple of 4.
-absl::StatusOr<std::vector<float>> BytesToFloats(const std::string& bytes);
-
-// The request for `batch`, tagged `dispatch_id`.
-moemesh::v1::DispatchRequest DispatchRequestFromBatch(const DispatchBatch& batch,
-                                                      uint64_t dispatch_id);
+// The request for `batch`, tagged `dispatch_id`; takes the batch's hidden bytes.
+moemesh::v1::DispatchRequest DispatchRequestFromBatch(DispatchBatch batch, uint64_t dispatch_id);
 
 // The batch a request carries, checked for consistent sizes (hidden bytes = rows * hidden_size *
 // 4, one gate weight per row index, row indices < rows, each expert at most once and below
-// `num_experts` when it is > 0). Errors: InvalidArgument saying which check failed.
-absl::StatusOr<DispatchBatch> DispatchBatchFromRequest(const moemesh::v1::DispatchRequest& request,
+// `num_experts` when it is > 0); takes the request's hidden bytes (left empty on success).
+// Errors: InvalidArgument saying which check failed.
+absl::StatusOr<DispatchBatch> DispatchBatchFromRequest(moemesh::v1::DispatchRequest& request,
                                                        int num_experts);
 
 }  // namespace moemesh::comm

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "core/comm/float_buffer.h"
 
 namespace moemesh::comm {
 
@@ -24,7 +25,7 @@ struct DispatchBatch {
   int layer = 0;
   uint64_t placement_version = 0;
   int hidden_size = 0;
-  std::vector<float> hidden;  // [rows, hidden_size], compacted to the rows this node needs
+  FloatBuffer hidden;  // [rows, hidden_size], compacted to the rows this node needs
   std::vector<ExpertSliceRows> slices;
   int64_t rows() const { return hidden_size == 0 ? 0 : static_cast<int64_t>(hidden.size()) / hidden_size; }
 };
@@ -35,8 +36,8 @@ struct DispatchBatch {
 // The legacy encoding fills partial_sum [rows, hidden_size] (sum over the batch's slices of
 // gate_weight * expert(row), experts in ascending id order) instead.
 struct DispatchResult {
-  std::vector<float> expert_outputs;
-  std::vector<float> partial_sum;
+  FloatBuffer expert_outputs;
+  FloatBuffer partial_sum;
   uint64_t node_placement_version = 0;
   double compute_seconds = 0;
 };

@@ -89,7 +89,7 @@ class GrpcExpertTransport::Stream {
       pending.sent = absl::Now();
       future = pending.promise.get_future();
     }
-    moemesh::v1::DispatchRequest request = DispatchRequestFromBatch(batch, id);
+    moemesh::v1::DispatchRequest request = DispatchRequestFromBatch(std::move(batch), id);
     const size_t bytes = request.ByteSizeLong();
     owner_->Count([&](ExpertTransportCounters& c) {
       ++c.dispatches;
@@ -221,7 +221,8 @@ class GrpcExpertTransport::Stream {
         "stream closed: ", status.ok() ? std::string("by the node") : status.error_message()))));
   }
 
-  Result Convert(const moemesh::v1::DispatchReply& reply, const Pending& pending) const {
+  // Takes the reply's float bytes.
+  Result Convert(moemesh::v1::DispatchReply& reply, const Pending& pending) const {
     using moemesh::v1::DispatchReply;
     switch (reply.code()) {
       case DispatchReply::OK: {
@@ -236,7 +237,7 @@ class GrpcExpertTransport::Stream {
                 "reply to dispatch ", reply.dispatch_id(), " has ", reply.expert_outputs().size(),
                 " bytes of expert outputs, expected ", expected)));
           }
-          auto floats = BytesToFloats(reply.expert_outputs());
+          auto floats = FloatBuffer::FromBytes(std::move(*reply.mutable_expert_outputs()));
           if (!floats.ok()) return floats.status();
           result.expert_outputs = *std::move(floats);
           return result;
@@ -248,7 +249,7 @@ class GrpcExpertTransport::Stream {
               "reply to dispatch ", reply.dispatch_id(), " has ", reply.partial_sum().size(),
               " bytes of partial sums, expected ", expected)));
         }
-        auto floats = BytesToFloats(reply.partial_sum());
+        auto floats = FloatBuffer::FromBytes(std::move(*reply.mutable_partial_sum()));
         if (!floats.ok()) return floats.status();
         result.partial_sum = *std::move(floats);
         return result;

@@ -38,9 +38,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     Check(slice.rows.size() == slice.gate_weights.size(), "one weight per row");
     for (uint32_t row : slice.rows) Check(static_cast<int64_t>(row) < rows, "row in range");
   }
-  // The reply path: a batch's floats survive the wire encoding.
-  absl::StatusOr<std::vector<float>> back =
-      BytesToFloats(FloatsToBytes(batch->hidden.data(), batch->hidden.size()));
-  Check(back.ok() && back->size() == batch->hidden.size(), "float bytes round trip");
+  Check(request.hidden().empty(), "the hidden bytes were taken, not copied");
+  // The attention node's side: the batch encodes back to the same request.
+  const DispatchBatch original = *batch;
+  moemesh::v1::DispatchRequest again = DispatchRequestFromBatch(*std::move(batch), request.dispatch_id());
+  absl::StatusOr<DispatchBatch> decoded = DispatchBatchFromRequest(again, kExperts);
+  Check(decoded.ok() && decoded->hidden == original.hidden && decoded->rows() == rows,
+        "a batch round trips through its request");
   return 0;
 }

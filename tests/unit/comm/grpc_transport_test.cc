@@ -47,9 +47,9 @@ class FakeExpertService final : public moemesh::v1::ExpertService::Service {
         reply.set_code(DispatchReply::NOT_HELD);
         reply.add_missing_experts(13);
       } else {
-        auto hidden = BytesToFloats(request.hidden());
-        for (float& v : *hidden) v *= 2;
-        reply.set_partial_sum(FloatsToBytes(hidden->data(), hidden->size()));
+        auto hidden = FloatBuffer::FromBytes(request.hidden());
+        for (size_t i = 0; i < hidden->size(); ++i) hidden->data()[i] *= 2;
+        reply.set_partial_sum(hidden->TakeBytes());
       }
       if (!stream->Write(reply)) break;
     }
@@ -77,7 +77,9 @@ DispatchBatch MakeBatch(int rows, int hidden, float base, int expert = 1) {
   batch.layer = 1;
   batch.placement_version = 7;
   batch.hidden_size = hidden;
-  for (int i = 0; i < rows * hidden; ++i) batch.hidden.push_back(base + i);
+  std::vector<float> values;
+  for (int i = 0; i < rows * hidden; ++i) values.push_back(base + i);
+  batch.hidden = FloatBuffer(values);
   ExpertSliceRows slice;
   slice.expert = expert;
   for (int r = 0; r < rows; ++r) {
@@ -94,13 +96,22 @@ double SecondsSince(std::chrono::steady_clock::time_point start) {
 
 TEST(DispatchCodec, RoundTripAndValidation) {
   DispatchBatch batch = MakeBatch(3, 4, 1.5f);
-  DispatchRequest request = DispatchRequestFromBatch(batch, 42);
+  const DispatchRequest request = DispatchRequestFromBatch(batch, 42);
   EXPECT_EQ(request.dispatch_id(), 42u);
   EXPECT_EQ(request.hidden().size(), 3u * 4 * 4);
-  auto back = DispatchBatchFromRequest(request, 16);
+  DispatchRequest taken = request;
+  auto back = DispatchBatchFromRequest(taken, 16);
   ASSERT_TRUE(back.ok()) << back.status();
-  EXPECT_EQ(back->hidden, batch.hidden);
+  EXPECT_EQ(back->hidden, batch.hidden);  // bitwise
+  EXPECT_EQ(back->hidden.ToVector(), (std::vector<float>{1.5f, 2.5f, 3.5f, 4.5f, 5.5f, 6.5f,
+                                                         7.5f, 8.5f, 9.5f, 10.5f, 11.5f, 12.5f}));
+  EXPECT_TRUE(taken.hidden().empty()) << "the bytes are moved into the batch, not copied";
   EXPECT_EQ(back->slices[0].rows, batch.slices[0].rows);
+  // A rejected request keeps its bytes.
+  DispatchRequest rejected = request;
+  rejected.set_rows(5);
+  EXPECT_FALSE(DispatchBatchFromRequest(rejected, 16).ok());
+  EXPECT_EQ(rejected.hidden(), request.hidden());
 
   DispatchRequest bad = request;
   bad.set_rows(4);
@@ -135,10 +146,10 @@ TEST(GrpcExpertTransport, ConcurrentDispatchesOnSeveralLanesGetTheirOwnReplies) 
     threads.emplace_back([&, t] {
       for (int i = 0; i < 25; ++i) {
         DispatchBatch batch = MakeBatch(1 + (i % 3), 8, 100.0f * t + i);
-        std::vector<float> expected = batch.hidden;
+        std::vector<float> expected = batch.hidden.ToVector();
         for (float& v : expected) v *= 2;
         auto result = transport.Dispatch("expert-0", server.address(), t % 2, batch).get();
-        if (!result.ok() || result->partial_sum != expected ||
+        if (!result.ok() || result->partial_sum.ToVector() != expected ||
             result->node_placement_version != 7) {
           ++failures;
         }
@@ -323,7 +334,7 @@ TEST(GrpcExpertTransport, UnreachableNodeIsUnavailable) {
 TEST(GrpcExpertTransport, RejectsMalformedBatchWithoutSending) {
   GrpcExpertTransport transport;
   DispatchBatch batch = MakeBatch(1, 4, 0);
-  batch.hidden.pop_back();
+  batch.hidden = FloatBuffer(std::vector<float>(3));
   auto result = transport.Dispatch("expert-0", "127.0.0.1:1", 0, batch).get();
   EXPECT_TRUE(absl::IsInvalidArgument(result.status()));
 }

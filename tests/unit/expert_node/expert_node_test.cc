@@ -100,7 +100,7 @@ class ExpertNodeClusterTest : public ::testing::Test {
     batch.layer = layer;
     batch.placement_version = version;
     batch.hidden_size = checkpoint_->config().hidden_size;
-    batch.hidden = hidden;
+    batch.hidden = comm::FloatBuffer(hidden);
     std::map<int, comm::ExpertSliceRows> slices;
     for (int64_t r = 0; r < decision.rows(); ++r) {
       for (int k = 0; k < decision.top_k; ++k) {
