@@ -6,12 +6,14 @@
 #                                            (compile-only; reads $BUILD_DIR/compile_commands.json,
 #                                            default build/)
 #   bash scripts/sanitize.sh asan            clang ASan + UBSan build ($ASAN_BUILD_DIR, default
-#                                            build-asan/) of everything but the benchmarks;
-#                                            ctest -L 'unit|integration'
+#                                            build-asan/) of everything but the benchmarks,
+#                                            compiled with -Wthread-safety -Werror=thread-safety
+#                                            too; ctest -L 'unit|integration'
 #   bash scripts/sanitize.sh tsan            clang TSan build ($TSAN_BUILD_DIR, default
 #                                            build-tsan/) of the concurrency tests: scheduler,
-#                                            control plane, transport (TSAN_CLUSTER=1: and the
-#                                            services with the cluster tests)
+#                                            control plane, transport, in-process expert cluster
+#                                            (TSAN_CLUSTER=1: and the services with the
+#                                            process cluster tests)
 #
 # Each sanitizer build has its own directory (the TSan one builds only what its tests need). The
 # Debian abseil libraries are not instrumented, so TSan cannot see absl::Mutex on its own:
@@ -90,8 +92,9 @@ EOF
     ;;
   asan)
     BUILD_DIR=${ASAN_BUILD_DIR:-build-asan}
-    FLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -O1 -gline-tables-only"
+    FLAGS="-fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -O1 -gline-tables-only -Wthread-safety -Werror=thread-safety"
     cmake -S . -B "$BUILD_DIR" "${SHARED_FLAGS[@]}" "${SANITIZER_BUILD_TYPE[@]}" \
+      -DMOEMESH_NUMERICS_OPTIMIZATION=-O2 \
       -DCMAKE_CXX_FLAGS="$FLAGS" -DCMAKE_C_FLAGS="$FLAGS" \
       -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=address,undefined" \
       -DCMAKE_SHARED_LINKER_FLAGS="-fsanitize=address,undefined" > /dev/null
@@ -113,10 +116,11 @@ EOF
       -DMOEMESH_TSAN=ON -DCMAKE_CXX_FLAGS="$FLAGS" -DCMAKE_C_FLAGS="$FLAGS" \
       -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=thread" \
       -DCMAKE_SHARED_LINKER_FLAGS="-fsanitize=thread" > /dev/null
-    # Only the concurrency test binaries: the scheduler, control plane and gRPC transport; with
-    # TSAN_CLUSTER=1 also the services and the cluster tests that start them.
-    TARGETS=(attention_node_tests comm_tests router_control_tests)
-    TESTS='SchedulerTest|ControlPlane[A-Za-z]*|ControlClient|GrpcExpertTransport|GrpcServer'
+    # Only the concurrency test binaries: the scheduler, control plane, gRPC transport and an
+    # in-process cluster (a control plane and two expert nodes serving dispatches over gRPC);
+    # with TSAN_CLUSTER=1 also the services and the cluster tests that start them.
+    TARGETS=(attention_node_tests comm_tests router_control_tests expert_node_tests)
+    TESTS='SchedulerTest|ControlPlane[A-Za-z]*|ControlClient|GrpcExpertTransport|GrpcServer|ExpertNodeClusterTest'
     if [[ -n "${TSAN_CLUSTER:-}" ]]; then
       TARGETS+=(integration_tests moemesh-router moemesh-attention-node moemesh-expert-node)
       TESTS+='|Cluster'

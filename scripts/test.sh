@@ -4,11 +4,12 @@
 #   1. release build (gcc -O2, $BUILD_DIR) and every test (ctest -LE long)
 #   2. the bounded fuzz run (scripts/fuzz.sh: its own small clang ASan + UBSan build of the
 #      parsers the fuzzers reach)
-#   3. scripts/sanitize.sh thread-safety: clang -Wthread-safety -Werror
-#   (scripts/sanitize.sh tsan, the concurrency tests under TSan, and asan are opt-in, below)
+#   3. scripts/sanitize.sh tsan: the concurrency tests under ThreadSanitizer
+#   4. scripts/sanitize.sh thread-safety: clang -Wthread-safety -Werror
+#   (scripts/sanitize.sh asan, every unit and integration test under ASan + UBSan, is opt-in)
 # Variables:
-#   SANITIZERS="thread-safety"       which checks of scripts/sanitize.sh run (this is the default;
-#                                    "" skips them; "tsan thread-safety" adds TSan). With `asan` in the list the ASan + UBSan
+#   SANITIZERS="tsan thread-safety"  which checks of scripts/sanitize.sh run (this is the default;
+#                                    "" skips them). With `asan` in the list the ASan + UBSan
 #                                    build runs every unit and integration test, and the release
 #                                    build is cut to what the main job runs (services, CLI,
 #                                    benchmarks) plus the golden/numerics tests (model_tests,
@@ -20,7 +21,7 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh --with-tests
 BUILD_DIR=${BUILD_DIR:-build}
 JOBS=${JOBS:-$(nproc)}
-SANITIZERS=${SANITIZERS-thread-safety}
+SANITIZERS=${SANITIZERS-tsan thread-safety}
 WITH_ASAN=""
 if [[ " $SANITIZERS " == *" asan "* ]]; then WITH_ASAN=1; fi
 phase() { echo "== $1 (${SECONDS}s so far)"; }
