@@ -19,125 +19,32 @@
 #include <signal.h>
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <map>
-#include <mutex>
-#include <random>
-#include <sstream>
+#include <optional>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
-#include "absl/strings/numbers.h"
+#include "bench/cluster/bench_client.h"
 #include "bench/cluster/bench_flags.h"
-#include "httplib.h"
-#include "nlohmann/json.hpp"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-using nlohmann::json;
+using moemesh::bench::Now;
+using moemesh::bench::Percentile;
 
-const Clock::time_point kStart = Clock::now();
-double Now() { return std::chrono::duration<double>(Clock::now() - kStart).count(); }
-
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const double rank = p * (v.size() - 1);
-  const size_t low = static_cast<size_t>(rank);
-  const size_t high = std::min(low + 1, v.size() - 1);
-  return v[low] + (rank - low) * (v[high] - v[low]);
-}
-
-struct Samples {
-  std::mutex mutex;
-  std::vector<double> token_times;             // every token's arrival (s since start)
-  std::vector<std::pair<double, double>> itl;  // (arrival, gap before it)
-  double longest_gap = 0;
-  double longest_gap_at = 0;  // arrival of the token that ended it
-  int requests = 0;
-  int failed = 0;
-};
-
-// One streaming request of `output_tokens` tokens (ignore_eos); records its token times.
-void Request(const std::string& url, const std::vector<int32_t>& prompt, int output_tokens,
-             Samples& samples) {
-  httplib::Client client(url);
-  client.set_read_timeout(600, 0);
-  client.set_connection_timeout(10, 0);
-  json body = {{"prompt", prompt},   {"max_tokens", output_tokens}, {"temperature", 0},
-               {"ignore_eos", true}, {"stream", true},              {"return_token_ids", true}};
-  httplib::Request request;
-  request.method = "POST";
-  request.path = "/v1/completions";
-  request.set_header("Content-Type", "application/json");
-  request.body = body.dump();
-  std::vector<double> times;
-  std::string buffer;
-  bool error_event = false;
-  request.content_receiver = [&](const char* data, size_t length, uint64_t, uint64_t) {
-    const double now = Now();
-    buffer.append(data, length);
-    for (size_t end; (end = buffer.find("\n\n")) != std::string::npos;) {
-      const std::string event = buffer.substr(0, end);
-      buffer.erase(0, end + 2);
-      if (event.rfind("data: ", 0) != 0) continue;
-      const std::string payload = event.substr(6);
-      if (payload == "[DONE]") continue;
-      const json chunk = json::parse(payload, nullptr, false);
-      if (chunk.contains("error")) error_event = true;
-      if (chunk.is_discarded() || !chunk.contains("choices") || chunk["choices"].empty()) continue;
-      const json& choice = chunk["choices"][0];
-      const size_t count = choice.contains("token_ids") ? choice["token_ids"].size() : 0;
-      for (size_t i = 0; i < count; ++i) times.push_back(now);
-    }
-    return true;
-  };
-  httplib::Result result = client.send(request);
-  std::lock_guard<std::mutex> lock(samples.mutex);
-  ++samples.requests;
-  samples.token_times.insert(samples.token_times.end(), times.begin(), times.end());
-  for (size_t i = 1; i < times.size(); ++i) {
-    const double gap = times[i] - times[i - 1];
-    samples.itl.push_back({times[i], gap});
-    if (gap > samples.longest_gap) {
-      samples.longest_gap = gap;
-      samples.longest_gap_at = times[i];
-    }
-  }
-  if (!result || result->status != 200 || error_event ||
-      static_cast<int>(times.size()) != output_tokens) {
-    ++samples.failed;
-    std::fprintf(stderr, "request failed: %s, %zu of %d tokens%s\n",
-                 result ? ("HTTP " + std::to_string(result->status)).c_str()
-                        : httplib::to_string(result.error()).c_str(),
-                 times.size(), output_tokens, error_event ? ", error event" : "");
-  }
-}
-
-// The sum of every sample line starting with `prefix` in the Prometheus text at `url`
-// (http://host:port/path), or NaN when it does not answer.
-double ScrapeSum(const std::string& url, const std::string& prefix) {
+// The sum of every sample of metric `name` in the Prometheus text at `url`
+// (http://host:port/path, default path /metrics), or NaN when it does not answer.
+double ScrapeSum(const std::string& url, const std::string& name) {
   const size_t path_at = url.find('/', url.find("//") + 2);
-  httplib::Client client(url.substr(0, path_at));
-  client.set_read_timeout(2, 0);
-  client.set_connection_timeout(1, 0);
-  auto result = client.Get(path_at == std::string::npos ? "/metrics" : url.substr(path_at));
-  if (!result || result->status != 200) return std::nan("");
-  double sum = 0;
-  std::istringstream lines(result->body);
-  for (std::string line; std::getline(lines, line);) {
-    if (line.rfind(prefix, 0) != 0) continue;
-    const char next = line.size() > prefix.size() ? line[prefix.size()] : ' ';
-    if (next != ' ' && next != '{') continue;
-    double value = 0;
-    if (absl::SimpleAtod(line.substr(line.rfind(' ') + 1), &value)) sum += value;
-  }
-  return sum;
+  const std::optional<std::string> text = moemesh::bench::GetBody(
+      url.substr(0, path_at), path_at == std::string::npos ? "/metrics" : url.substr(path_at),
+      /*read_timeout_s=*/2, /*connection_timeout_s=*/1);
+  return text ? moemesh::bench::SumMetric(*text, name) : std::nan("");
 }
 
 }  // namespace
@@ -164,20 +71,12 @@ int main(int argc, char** argv) {
     flags.Fail("give both --detect-url and --detect-prefix, or neither");
   }
 
-  Samples samples;
-  std::atomic<bool> stop{false};
-  std::vector<std::thread> clients;
-  for (int c = 0; c < concurrency; ++c) {
-    clients.emplace_back([&, c] {
-      std::mt19937 random(4321 + c);
-      std::uniform_int_distribution<int32_t> token(1000, 100000);
-      while (!stop) {
-        std::vector<int32_t> prompt(prompt_tokens);
-        for (int32_t& id : prompt) id = token(random);
-        Request(url, prompt, output_tokens, samples);
-      }
-    });
-  }
+  // Every token's arrival, failed requests' too; the longest gap.
+  moemesh::bench::StreamSamples samples({.record_incomplete = true, .detailed_failures = true});
+  moemesh::bench::ContinuousClients clients(
+      concurrency, /*seed=*/4321, prompt_tokens, [&](const std::vector<int32_t>& prompt) {
+        samples.Record(moemesh::bench::StreamCompletion(url, prompt, output_tokens), output_tokens);
+      });
   // Warm-up, then the steady window the recovery is measured against.
   std::this_thread::sleep_for(std::chrono::seconds(3));
   const double steady_start = Now();
@@ -196,8 +95,7 @@ int main(int argc, char** argv) {
     }
   }
   const double end = Now();
-  stop = true;
-  for (std::thread& client : clients) client.join();
+  clients.Stop();
 
   // One-second buckets relative to the kill, from the steady start to the end.
   const int first = static_cast<int>(std::floor(steady_start - kill_at));

@@ -14,49 +14,33 @@
 #include <signal.h>
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
-#include <cstdlib>
 #include <fstream>
 #include <mutex>
-#include <random>
 #include <regex>
 #include <string>
 #include <thread>
 #include <vector>
 
-#include "absl/strings/numbers.h"
-#include "absl/strings/str_split.h"
+#include "bench/cluster/bench_client.h"
 #include "bench/cluster/bench_flags.h"
 #include "core/checkpoint/checkpoint.h"
 #include "core/kernels/cpu/threading.h"
 #include "core/model/deepseek_model.h"
 #include "core/model/expert_shard.h"
 #include "core/model/generator.h"
-#include "httplib.h"
-#include "nlohmann/json.hpp"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-using nlohmann::json;
+using moemesh::bench::Clock;
+using moemesh::bench::Percentile;
+using moemesh::bench::SecondsSince;
 
-double Since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+constexpr char kProgram[] = "bench_cluster";
 
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const double rank = p * (v.size() - 1);
-  const size_t low = static_cast<size_t>(rank);
-  const size_t high = std::min(low + 1, v.size() - 1);
-  return v[low] + (rank - low) * (v[high] - v[low]);
-}
-
-void Die(const std::string& message) {
-  std::fprintf(stderr, "bench_cluster: %s\n", message.c_str());
-  std::exit(1);
-}
+[[noreturn]] void Die(const std::string& message) { moemesh::bench::Die(kProgram, message); }
 
 struct Level {
   std::vector<double> throughputs;  // output tokens/s per round
@@ -114,46 +98,17 @@ DispatchTotals ReadDispatchTotals(int pid, const std::string& log) {
   return totals;
 }
 
+// One streaming request; TTFT and ITL from its tokens' arrivals (seconds since it was sent).
 void RunClusterRequest(const std::string& url, const std::vector<int32_t>& prompt, int output_tokens,
                        std::mutex& mutex, Level& level) {
-  httplib::Client client(url);
-  client.set_read_timeout(600, 0);
-  client.set_connection_timeout(10, 0);
-  json body = {{"prompt", prompt},       {"max_tokens", output_tokens},
-               {"temperature", 0},          {"ignore_eos", true},     {"stream", true},
-               {"return_token_ids", true}};
-  httplib::Request request;
-  request.method = "POST";
-  request.path = "/v1/completions";
-  request.set_header("Content-Type", "application/json");
-  request.body = body.dump();
-  std::vector<double> token_times;
-  std::string buffer;
-  const auto begin = Clock::now();
-  request.content_receiver = [&](const char* data, size_t length, uint64_t, uint64_t) {
-    const double now = Since(begin);
-    buffer.append(data, length);
-    size_t end;
-    while ((end = buffer.find("\n\n")) != std::string::npos) {
-      const std::string event = buffer.substr(0, end);
-      buffer.erase(0, end + 2);
-      if (event.rfind("data: ", 0) != 0) continue;
-      const std::string payload = event.substr(6);
-      if (payload == "[DONE]") continue;
-      json chunk = json::parse(payload, nullptr, false);
-      if (chunk.is_discarded() || !chunk.contains("choices") || chunk["choices"].empty()) continue;
-      const json& choice = chunk["choices"][0];
-      size_t count = choice.contains("token_ids") ? choice["token_ids"].size() : 0;
-      for (size_t i = 0; i < count; ++i) token_times.push_back(now);
-    }
-    return true;
-  };
-  httplib::Result result = client.send(request);
+  const moemesh::bench::StreamedCompletion result =
+      moemesh::bench::StreamCompletion(url, prompt, output_tokens);
+  const std::vector<double> token_times = result.TokenSeconds(result.sent);
   std::lock_guard<std::mutex> lock(mutex);
-  if (!result || result->status != 200 || token_times.empty()) {
+  // Error events and short streams are not failures here: the tokens that came are counted.
+  if (!result.answered || result.status != 200 || token_times.empty()) {
     ++level.errors;
-    std::fprintf(stderr, "request failed: %s\n",
-                 result ? std::to_string(result->status).c_str() : httplib::to_string(result.error()).c_str());
+    std::fprintf(stderr, "request failed: %s\n", result.StatusText().c_str());
     return;
   }
   level.ttft.push_back(token_times.front());
@@ -167,7 +122,7 @@ int main(int argc, char** argv) {
   std::string url, engine_dir, stats_log;
   int stats_pid = 0, prompt_tokens = 128, output_tokens = 64, rounds = 1, threads = 0;
   std::vector<int> levels = {1, 8, 32};
-  moemesh::bench::BenchFlags flags("bench_cluster");
+  moemesh::bench::BenchFlags flags(kProgram);
   flags.Add("--url", &url);
   flags.Add("--engine", &engine_dir);
   flags.Add("--stats-pid", &stats_pid);
@@ -179,13 +134,8 @@ int main(int argc, char** argv) {
   flags.Add("--threads", &threads);
   flags.Parse(argc, argv);
   if (url.empty() == engine_dir.empty()) Die("give exactly one of --url and --engine");
-  std::mt19937 rng(7);
-  std::uniform_int_distribution<int32_t> token(0, 127999);  // ordinary (non-special) ids
-  auto random_prompt = [&] {
-    std::vector<int32_t> prompt(prompt_tokens);
-    for (auto& t : prompt) t = token(rng);
-    return prompt;
-  };
+  moemesh::bench::PromptSource prompts(/*seed=*/7, 0, 127999);  // ordinary (non-special) ids
+  auto random_prompt = [&] { return prompts.Next(prompt_tokens); };
   std::printf("workload: %d-token random prompts, %d output tokens (ignore_eos, greedy), %d "
               "round(s) per level; ITL from per-token arrival times\n",
               prompt_tokens, output_tokens, rounds);
@@ -214,12 +164,12 @@ int main(int argc, char** argv) {
         auto begin = Clock::now();
         auto first = moemesh::model::Generate(**model, **experts, requests, 0);
         if (!first.ok()) Die(first.status().ToString());
-        const double ttft = Since(begin);
+        const double ttft = SecondsSince(begin);
         for (auto& r : requests) r.max_new_tokens = output_tokens;
         begin = Clock::now();
         auto results = moemesh::model::Generate(**model, **experts, requests, 0);
         if (!results.ok()) Die(results.status().ToString());
-        const double total = Since(begin);
+        const double total = SecondsSince(begin);
         int64_t tokens = 0;
         for (const auto& result : *results) tokens += static_cast<int64_t>(result.generated.size());
         level.throughputs.push_back(tokens / total);
@@ -247,7 +197,7 @@ int main(int argc, char** argv) {
         clients.emplace_back([&, c] { RunClusterRequest(url, prompts[c], output_tokens, mutex, level); });
       }
       for (auto& t : clients) t.join();
-      level.throughputs.push_back((level.tokens - tokens_before) / Since(begin));
+      level.throughputs.push_back((level.tokens - tokens_before) / SecondsSince(begin));
     }
     DispatchTotals after = ReadDispatchTotals(stats_pid, stats_log);
     std::string dispatch = "n/a";

@@ -16,108 +16,29 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <cstdio>
-#include <cstdlib>
-#include <mutex>
-#include <random>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
-#include "absl/strings/numbers.h"
+#include "bench/cluster/bench_client.h"
 #include "bench/cluster/bench_flags.h"
 #include "httplib.h"
 #include "nlohmann/json.hpp"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
+using moemesh::bench::GetJson;
+using moemesh::bench::Now;
+using moemesh::bench::Percentile;
 using nlohmann::json;
 
-const Clock::time_point kStart = Clock::now();
-double Now() { return std::chrono::duration<double>(Clock::now() - kStart).count(); }
+constexpr char kProgram[] = "bench_rebalance";
 
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  const double rank = p * (v.size() - 1);
-  const size_t low = static_cast<size_t>(rank);
-  const size_t high = std::min(low + 1, v.size() - 1);
-  return v[low] + (rank - low) * (v[high] - v[low]);
-}
-
-void Die(const std::string& message) {
-  std::fprintf(stderr, "bench_rebalance: %s\n", message.c_str());
-  std::exit(1);
-}
-
-struct Samples {
-  std::mutex mutex;
-  std::vector<std::pair<double, double>> itl;  // (arrival time, gap) in seconds
-  int requests = 0;
-  int errors = 0;
-};
-
-// One streaming request; records the gap before every token after the first.
-void Request(const std::string& url, const std::vector<int32_t>& prompt, int output_tokens,
-             Samples& samples) {
-  httplib::Client client(url);
-  client.set_read_timeout(600, 0);
-  client.set_connection_timeout(10, 0);
-  json body = {{"prompt", prompt},   {"max_tokens", output_tokens}, {"temperature", 0},
-               {"ignore_eos", true}, {"stream", true},              {"return_token_ids", true}};
-  httplib::Request request;
-  request.method = "POST";
-  request.path = "/v1/completions";
-  request.set_header("Content-Type", "application/json");
-  request.body = body.dump();
-  std::vector<double> times;
-  std::string buffer;
-  bool error_event = false;
-  request.content_receiver = [&](const char* data, size_t length, uint64_t, uint64_t) {
-    const double now = Now();
-    buffer.append(data, length);
-    size_t end;
-    while ((end = buffer.find("\n\n")) != std::string::npos) {
-      const std::string event = buffer.substr(0, end);
-      buffer.erase(0, end + 2);
-      if (event.rfind("data: ", 0) != 0) continue;
-      const std::string payload = event.substr(6);
-      if (payload == "[DONE]") continue;
-      json chunk = json::parse(payload, nullptr, false);
-      if (chunk.contains("error")) error_event = true;
-      if (chunk.is_discarded() || !chunk.contains("choices") || chunk["choices"].empty()) continue;
-      const json& choice = chunk["choices"][0];
-      const size_t count = choice.contains("token_ids") ? choice["token_ids"].size() : 0;
-      for (size_t i = 0; i < count; ++i) times.push_back(now);
-    }
-    return true;
-  };
-  httplib::Result result = client.send(request);
-  std::lock_guard<std::mutex> lock(samples.mutex);
-  ++samples.requests;
-  if (!result || result->status != 200 || error_event ||
-      static_cast<int>(times.size()) != output_tokens) {
-    ++samples.errors;
-    std::fprintf(stderr, "request failed: %s\n",
-                 result ? std::to_string(result->status).c_str()
-                        : httplib::to_string(result.error()).c_str());
-    return;
-  }
-  for (size_t i = 1; i < times.size(); ++i) samples.itl.push_back({times[i], times[i] - times[i - 1]});
-}
-
-json GetJson(const std::string& url, const std::string& path) {
-  httplib::Client client(url);
-  client.set_read_timeout(30, 0);
-  auto result = client.Get(path);
-  if (!result || result->status != 200) return json();
-  return json::parse(result->body, nullptr, false);
-}
+[[noreturn]] void Die(const std::string& message) { moemesh::bench::Die(kProgram, message); }
 
 // Mean over layers of the router's measured recent-window balancedness.
 double MeasuredBalancedness(const std::string& url) {
@@ -142,7 +63,7 @@ int main(int argc, char** argv) {
   std::string url, join_command;
   int concurrency = 8, prompt_tokens = 64, output_tokens = 96, cycles = 2;
   double steady_seconds = 20;
-  moemesh::bench::BenchFlags flags("bench_rebalance");
+  moemesh::bench::BenchFlags flags(kProgram);
   flags.Add("--url", &url);
   flags.Add("--join-command", &join_command);
   flags.Add("--concurrency", &concurrency);
@@ -153,20 +74,12 @@ int main(int argc, char** argv) {
   flags.Parse(argc, argv);
   if (url.empty() || join_command.empty()) Die("--url and --join-command are required");
 
-  Samples samples;
-  std::atomic<bool> stop{false};
-  std::vector<std::thread> clients;
-  for (int c = 0; c < concurrency; ++c) {
-    clients.emplace_back([&, c] {
-      std::mt19937 random(1234 + c);
-      std::uniform_int_distribution<int32_t> token(1000, 100000);
-      while (!stop) {
-        std::vector<int32_t> prompt(prompt_tokens);
-        for (int32_t& id : prompt) id = token(random);
-        Request(url, prompt, output_tokens, samples);
-      }
-    });
-  }
+  // ITL samples of complete requests only.
+  moemesh::bench::StreamSamples samples({.record_incomplete = false, .detailed_failures = false});
+  moemesh::bench::ContinuousClients clients(
+      concurrency, /*seed=*/1234, prompt_tokens, [&](const std::vector<int32_t>& prompt) {
+        samples.Record(moemesh::bench::StreamCompletion(url, prompt, output_tokens), output_tokens);
+      });
   std::vector<std::pair<double, double>> windows;  // [start, end] of each change
   const double warm = Now() + 3;
   std::this_thread::sleep_for(std::chrono::duration<double>(3 + steady_seconds));
@@ -212,8 +125,7 @@ int main(int argc, char** argv) {
   const double after_start = Now();
   std::this_thread::sleep_for(std::chrono::duration<double>(steady_seconds));
   const double measured_after = MeasuredBalancedness(url);
-  stop = true;
-  for (std::thread& client : clients) client.join();
+  clients.Stop();
 
   std::vector<double> steady, during, after;
   double during_seconds = 0;
@@ -228,7 +140,7 @@ int main(int argc, char** argv) {
   std::printf("concurrency %d, prompt %d tokens, output %d tokens; %zu placement changes "
               "(%.1f s in total); %d requests, %d failed\n",
               concurrency, prompt_tokens, output_tokens, windows.size(), during_seconds,
-              samples.requests, samples.errors);
+              samples.requests, samples.failed);
   std::printf("\n| phase | ITL samples | ITL p50 ms | ITL p99 ms |\n|---|---|---|---|\n");
   for (const auto& [name, v] : {std::pair<const char*, std::vector<double>*>{"steady", &steady},
                                 {"during placement changes", &during},
@@ -245,26 +157,12 @@ int main(int argc, char** argv) {
   for (const json& group : targets.is_array() ? targets : json::array()) {
     if (group["labels"]["kind"] != "expert") continue;
     const std::string address = group["targets"][0];
-    httplib::Client client("http://" + address);
-    client.set_read_timeout(10, 0);
-    auto result = client.Get("/metrics");
-    if (!result || result->status != 200) continue;
-    size_t begin = 0;
-    const std::string& text = result->body;
-    while (begin < text.size()) {
-      size_t end = text.find('\n', begin);
-      if (end == std::string::npos) end = text.size();
-      const std::string line = text.substr(begin, end - begin);
-      begin = end + 1;
-      double value = 0;
-      const size_t space = line.rfind(' ');
-      if (line.empty() || line[0] == '#' || space == std::string::npos ||
-          !absl::SimpleAtod(line.substr(space + 1), &value)) {
-        continue;
-      }
-      if (line.rfind("moemesh_expert_rows_total{", 0) == 0) expert_rows += value;
-      if (line.rfind("moemesh_expert_dispatch_rows_total", 0) == 0) rows += value;
-    }
+    const std::optional<std::string> text =
+        moemesh::bench::GetBody("http://" + address, "/metrics", /*read_timeout_s=*/10);
+    if (!text) continue;
+    // moemesh_expert_rows_total has (layer, expert) labels; the dispatch rows counter has none.
+    expert_rows += moemesh::bench::SumMetric(*text, "moemesh_expert_rows_total");
+    rows += moemesh::bench::SumMetric(*text, "moemesh_expert_dispatch_rows_total");
   }
   if (rows > 0) {
     std::printf("wire (expert nodes still running): %.0f (row, expert) outputs for %.0f dispatched "
@@ -273,5 +171,5 @@ int main(int argc, char** argv) {
   }
   std::printf("measured mean layer balancedness (router's recent window): before %.3f, after %.3f\n",
               measured_before, measured_after);
-  return samples.errors == 0 ? 0 : 1;
+  return samples.failed == 0 ? 0 : 1;
 }
