@@ -114,7 +114,8 @@ TEST(PlaceCliTest, MinReplicasTwoPutsEveryExpertOnTwoNodes) {
   const std::string load = WriteFile("place_skewed2.json", SkewedLoad().dump());
   PlaceResult result = RunPlace("--load " + load + " --expert-nodes 3 --min-replicas 2");
   ASSERT_EQ(result.exit_code, 0) << result.err;
-  for (const json& entry : json::parse(result.out)["experts"]) {
+  const json placement = json::parse(result.out);  // (a temporary's element would dangle)
+  for (const json& entry : placement["experts"]) {
     EXPECT_GE(entry["nodes"].size(), 2u) << entry.dump();
   }
 }
@@ -143,7 +144,8 @@ TEST(PlaceCliTest, KeepPlacementReplansWithoutMovingWhatNeedNotMove) {
   const int moved = std::stoi(match[1]);
   EXPECT_GE(moved, 15);
   EXPECT_LT(moved, 30);  // of 3 x 18 (19 rounded down to 3 x 6); a fresh plan moves most
-  for (const json& entry : json::parse(drained.out)["experts"]) {
+  const json drained_placement = json::parse(drained.out);
+  for (const json& entry : drained_placement["experts"]) {
     for (const json& node : entry["nodes"]) EXPECT_NE(node, "d");
   }
 }
