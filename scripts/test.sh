@@ -4,16 +4,20 @@
 #   1. release build (gcc -O2, $BUILD_DIR) and every test (ctest -LE long)
 #   2. the bounded fuzz run (scripts/fuzz.sh: its own small clang ASan + UBSan build of the
 #      parsers the fuzzers reach)
-#   3. scripts/sanitize.sh tsan: the concurrency tests under ThreadSanitizer
-#   4. scripts/sanitize.sh thread-safety: clang -Wthread-safety -Werror
-#   (scripts/sanitize.sh asan, every unit and integration test under ASan + UBSan, is opt-in)
+#   3. scripts/sanitize.sh asan with ASAN_SCOPE=core: the unit tests of core/ and the services'
+#      own logic under ASan + UBSan (ASAN_SCOPE=all: every unit and integration test)
+#   4. scripts/sanitize.sh tsan: the concurrency tests under ThreadSanitizer
+#   5. scripts/sanitize.sh thread-safety: clang -Wthread-safety -Werror
 # Variables:
-#   SANITIZERS="tsan thread-safety"  which checks of scripts/sanitize.sh run (this is the default;
-#                                    "" skips them). With `asan` in the list the ASan + UBSan
-#                                    build runs every unit and integration test, and the release
-#                                    build is cut to what the main job runs (services, CLI,
-#                                    benchmarks) plus the golden/numerics tests (model_tests,
-#                                    integration_tests): the same goldens pass in both builds.
+#   SANITIZERS="asan tsan thread-safety"  which checks of scripts/sanitize.sh run (the default;
+#                                    "" skips them).
+#   ASAN_SCOPE=core                  what the asan check runs (the default here). With
+#                                    ASAN_SCOPE=all the ASan + UBSan build runs every unit and
+#                                    integration test (~8 min build + ~15 min tests on 2 cores),
+#                                    and the release build is cut to what the main job runs
+#                                    (services, CLI, benchmarks) plus the golden/numerics tests
+#                                    (model_tests, integration_tests): the same goldens pass in
+#                                    both builds.
 #   TSAN_CLUSTER=1                   the TSan run adds the services and the cluster tests
 # Extra arguments go to the release ctest run.
 set -euo pipefail
@@ -21,9 +25,10 @@ cd "$(dirname "$0")/.."
 bash scripts/install-deps.sh --with-tests
 BUILD_DIR=${BUILD_DIR:-build}
 JOBS=${JOBS:-$(nproc)}
-SANITIZERS=${SANITIZERS-tsan thread-safety}
+SANITIZERS=${SANITIZERS-asan tsan thread-safety}
+export ASAN_SCOPE=${ASAN_SCOPE:-core}
 WITH_ASAN=""
-if [[ " $SANITIZERS " == *" asan "* ]]; then WITH_ASAN=1; fi
+if [[ " $SANITIZERS " == *" asan "* && "$ASAN_SCOPE" == all ]]; then WITH_ASAN=1; fi
 phase() { echo "== $1 (${SECONDS}s so far)"; }
 phase "release build"
 cmake -S . -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMOEMESH_BUILD_TESTS=ON \
