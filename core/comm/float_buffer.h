@@ -9,7 +9,6 @@
 
 #include <bit>
 #include <cstddef>
-#include <cstring>
 #include <span>
 #include <string>
 #include <utility>
@@ -54,8 +53,7 @@ class FloatBuffer {
   const float* end() const { return data() + size(); }
   std::vector<float> ToVector() const { return std::vector<float>(begin(), end()); }
 
-  // The wire bytes; TakeBytes leaves the buffer empty.
-  const std::string& bytes() const { return bytes_; }
+  // The wire bytes; leaves the buffer empty.
   std::string TakeBytes() { return std::exchange(bytes_, std::string()); }
 
   // Bitwise equality (the tests compare cluster and single-process outputs bit for bit).

@@ -23,6 +23,14 @@ namespace {
 
 using Json = nlohmann::json;
 
+// A token id field: a JSON integer in [0, 2^24] (no real vocabulary is larger), checked without
+// converting an out-of-range value first.
+bool IsTokenIdInRange(const Json& id) {
+  if (!id.is_number_integer()) return false;
+  if (id.is_number_unsigned()) return id.get<uint64_t>() <= (1 << 24);
+  return id.get<int64_t>() >= 0 && id.get<int64_t>() <= (1 << 24);
+}
+
 // GPT-2's byte-level alphabet: printable Latin-1 bytes stand for themselves, the other 68 bytes
 // are shifted to U+0100.. in byte order. `ByteToCodePoint()[b]` is the character for byte b.
 const std::array<char32_t, 256>& ByteToCodePoint() {
@@ -230,10 +238,7 @@ absl::Status Tokenizer::Load(std::string_view text) {
     token_ids_[std::move(key)] = id;
   };
   for (const auto& [token, id_json] : vocab.items()) {
-    if (!id_json.is_number_integer() ||
-        (id_json.is_number_unsigned() ? id_json.get<uint64_t>() > (1 << 24)
-                                      : (id_json.get<int64_t>() < 0 ||
-                                         id_json.get<int64_t>() > (1 << 24)))) {
+    if (!IsTokenIdInRange(id_json)) {
       return absl::InvalidArgumentError(absl::StrCat("bad id for vocabulary token ", token));
     }
     add_token(id_json.get<TokenId>(), ByteLevelDecode(token), token);
@@ -292,10 +297,7 @@ absl::Status Tokenizer::Load(std::string_view text) {
     }
     const Json& id_json = added["id"];
     const std::string content = added["content"].get<std::string>();
-    if (id_json.is_number_unsigned() ? id_json.get<uint64_t>() > (1 << 24)
-                                     : (id_json.get<int64_t>() < 0 ||
-                                        id_json.get<int64_t>() > (1 << 24)) ||
-        content.empty()) {
+    if (!IsTokenIdInRange(id_json) || content.empty()) {
       return absl::InvalidArgumentError("bad entry in added_tokens");
     }
     const TokenId id = static_cast<TokenId>(id_json.get<int64_t>());
