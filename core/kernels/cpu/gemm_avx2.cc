@@ -101,6 +101,7 @@ inline float VSum(V16 v) {
 }
 
 constexpr int kNtRows = 2;
+constexpr int kNtRowsF32 = 2;
 constexpr int kNtOutputs = 2;
 constexpr int kNnRows = 2;
 constexpr int kNnVectors = 2;

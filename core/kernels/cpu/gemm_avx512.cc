@@ -99,6 +99,7 @@ inline void VSum4(V16 a, V16 b, V16 c, V16 d, float* out) {
 #define MOEMESH_HAVE_VSUM4 1
 
 constexpr int kNtRows = 4;
+constexpr int kNtRowsF32 = 6;
 constexpr int kNtOutputs = 4;
 constexpr int kNnRows = 4;
 constexpr int kNnVectors = 4;

@@ -116,6 +116,7 @@ inline float VSum(V16 v) {
 }
 
 constexpr int kNtRows = 1;
+constexpr int kNtRowsF32 = 1;
 constexpr int kNtOutputs = 1;
 constexpr int kNnRows = 1;
 constexpr int kNnVectors = 1;
