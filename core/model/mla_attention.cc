@@ -12,6 +12,7 @@
 #endif
 
 #include "core/kernels/cpu/elementwise.h"
+#include "core/kernels/cpu/gemm.h"
 
 namespace moemesh::model {
 namespace {
@@ -65,134 +66,11 @@ float Exp1(float x) {
 }
 #endif
 
-// The products of the tiled kernel, written here rather than taken from BLAS: their shapes are
-// small (heads x tile x kv_rank), and every output element is computed by the same sequence of
-// operations whichever code path (register block or tail) it falls in, so a row's bits cannot
-// depend on how many rows, positions or heads share a call.
-//
-// A dot product: eight lanes accumulate a[k] b[k] for k = lane (mod 8) by FMA in k order, the
-// lanes are summed pairwise, then the k tail (n mod 8) is added by FMA in order.
-#if defined(__AVX2__) && defined(__FMA__)
-float HorizontalSum(__m256 v) {
-  __m128 sum = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  sum = _mm_add_ps(sum, _mm_movehl_ps(sum, sum));
-  sum = _mm_add_ss(sum, _mm_shuffle_ps(sum, sum, 1));
-  return _mm_cvtss_f32(sum);
-}
-#endif
-
-float Dot(const float* a, const float* b, int64_t n) {
-  int64_t k = 0;
-  float sum = 0.0f;
-#if defined(__AVX2__) && defined(__FMA__)
-  __m256 acc = _mm256_setzero_ps();
-  for (; k + 8 <= n; k += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + k), _mm256_loadu_ps(b + k), acc);
-  sum = HorizontalSum(acc);
-#endif
-  for (; k < n; ++k) sum = std::fma(a[k], b[k], sum);
-  return sum;
-}
-
-// scores[h * score_stride + t] = sum over k < dim, in k order, of q[h * dim + k] *
-// keys_t[k * key_stride + t], each term by FMA from 0; h < heads, t < width_padded (a multiple of
-// 8; keys_t holds the tile transposed, [dim, key_stride], so positions lie along the vector).
-void TileScores(const float* q, int64_t dim, const float* keys_t, int64_t key_stride,
-                int64_t heads, int64_t width_padded, float* scores, int64_t score_stride) {
-#if defined(__AVX2__) && defined(__FMA__)
-  int64_t h = 0;
-  // Register block: 4 heads x 16 positions.
-  for (; h + 4 <= heads; h += 4) {
-    int64_t t = 0;
-    for (; t + 16 <= width_padded; t += 16) {
-      __m256 acc[8];
-      for (__m256& a : acc) a = _mm256_setzero_ps();
-      for (int64_t k = 0; k < dim; ++k) {
-        const __m256 key0 = _mm256_loadu_ps(keys_t + k * key_stride + t);
-        const __m256 key1 = _mm256_loadu_ps(keys_t + k * key_stride + t + 8);
-        for (int j = 0; j < 4; ++j) {
-          const __m256 qv = _mm256_broadcast_ss(q + (h + j) * dim + k);
-          acc[2 * j] = _mm256_fmadd_ps(qv, key0, acc[2 * j]);
-          acc[2 * j + 1] = _mm256_fmadd_ps(qv, key1, acc[2 * j + 1]);
-        }
-      }
-      for (int j = 0; j < 4; ++j) {
-        _mm256_storeu_ps(scores + (h + j) * score_stride + t, acc[2 * j]);
-        _mm256_storeu_ps(scores + (h + j) * score_stride + t + 8, acc[2 * j + 1]);
-      }
-    }
-    for (; t < width_padded; t += 8) {
-      __m256 acc[4];
-      for (__m256& a : acc) a = _mm256_setzero_ps();
-      for (int64_t k = 0; k < dim; ++k) {
-        const __m256 key0 = _mm256_loadu_ps(keys_t + k * key_stride + t);
-        for (int j = 0; j < 4; ++j) {
-          acc[j] = _mm256_fmadd_ps(_mm256_broadcast_ss(q + (h + j) * dim + k), key0, acc[j]);
-        }
-      }
-      for (int j = 0; j < 4; ++j) _mm256_storeu_ps(scores + (h + j) * score_stride + t, acc[j]);
-    }
-  }
-  for (; h < heads; ++h) {
-    for (int64_t t = 0; t < width_padded; t += 8) {
-      __m256 acc = _mm256_setzero_ps();
-      for (int64_t k = 0; k < dim; ++k) {
-        acc = _mm256_fmadd_ps(_mm256_broadcast_ss(q + h * dim + k),
-                              _mm256_loadu_ps(keys_t + k * key_stride + t), acc);
-      }
-      _mm256_storeu_ps(scores + h * score_stride + t, acc);
-    }
-  }
-#else
-  for (int64_t h = 0; h < heads; ++h) {
-    for (int64_t t = 0; t < width_padded; ++t) {
-      float acc = 0.0f;
-      for (int64_t k = 0; k < dim; ++k) acc = std::fma(q[h * dim + k], keys_t[k * key_stride + t], acc);
-      scores[h * score_stride + t] = acc;
-    }
-  }
-#endif
-}
-
-// acc[h * acc_stride + c] += sum over t < width, in t order, of p[h * p_stride + t] *
-// values[t * dim + c], each term by FMA; h < heads, c < dim.
-void WeightedSum(const float* p, int64_t p_stride, const float* values, int64_t dim,
-                 int64_t heads, int64_t width, float* acc, int64_t acc_stride) {
-  for (int64_t h = 0; h < heads; ++h) {
-    const float* ph = p + h * p_stride;
-    float* ah = acc + h * acc_stride;
-    int64_t c = 0;
-#if defined(__AVX2__) && defined(__FMA__)
-    for (; c + 32 <= dim; c += 32) {
-      __m256 a0 = _mm256_loadu_ps(ah + c), a1 = _mm256_loadu_ps(ah + c + 8);
-      __m256 a2 = _mm256_loadu_ps(ah + c + 16), a3 = _mm256_loadu_ps(ah + c + 24);
-      for (int64_t t = 0; t < width; ++t) {
-        const __m256 weight = _mm256_set1_ps(ph[t]);
-        const float* v = values + t * dim + c;
-        a0 = _mm256_fmadd_ps(weight, _mm256_loadu_ps(v), a0);
-        a1 = _mm256_fmadd_ps(weight, _mm256_loadu_ps(v + 8), a1);
-        a2 = _mm256_fmadd_ps(weight, _mm256_loadu_ps(v + 16), a2);
-        a3 = _mm256_fmadd_ps(weight, _mm256_loadu_ps(v + 24), a3);
-      }
-      _mm256_storeu_ps(ah + c, a0);
-      _mm256_storeu_ps(ah + c + 8, a1);
-      _mm256_storeu_ps(ah + c + 16, a2);
-      _mm256_storeu_ps(ah + c + 24, a3);
-    }
-    for (; c + 8 <= dim; c += 8) {
-      __m256 a0 = _mm256_loadu_ps(ah + c);
-      for (int64_t t = 0; t < width; ++t) {
-        a0 = _mm256_fmadd_ps(_mm256_set1_ps(ph[t]), _mm256_loadu_ps(values + t * dim + c), a0);
-      }
-      _mm256_storeu_ps(ah + c, a0);
-    }
-#endif
-    for (; c < dim; ++c) {
-      float a = ah[c];
-      for (int64_t t = 0; t < width; ++t) a = std::fma(ph[t], values[t * dim + c], a);
-      ah[c] = a;
-    }
-  }
-}
+// The products of the tiled kernel are core/kernels/cpu/gemm.h's batch-invariant kernels:
+// scores and the weighted sum of the latents as x B products (each element one fused
+// multiply-add chain over its depth, in order), the absorbed value projection as x W^T (16 fixed
+// lanes). An element's operations never depend on how many rows, positions or heads share a
+// call, the thread or the SIMD path.
 
 // Sum of values[0, count) in a fixed order: eight partial sums (lane i mod 8, in i order), then
 // pairwise.
@@ -240,43 +118,47 @@ void ExpShifted(float* values, int64_t count, float shift) {
 
 // Per-thread scratch of the tiled kernel, kept between calls (no allocation per step once warm).
 struct TileScratch {
-  std::vector<float> query;        // [heads, kv_rank + rope]: q_latent, then q_rope
+  std::vector<float> query;        // [rows, heads, kv_rank + rope]: q_latent, then q_rope
   std::vector<float> keys;         // [kv_rank + rope, padded block]: the tile transposed
-  std::vector<float> accumulator;  // [heads, kv_rank]
-  std::vector<float> scores;       // [heads, padded block]
-  std::vector<float> maximum;      // [heads]
-  std::vector<float> denominator;  // [heads]
-  void Size(int64_t heads, int64_t kv_rank, int64_t rope, int64_t padded_block) {
-    query.resize(static_cast<size_t>(heads * (kv_rank + rope)));
+  std::vector<float> accumulator;  // [rows, heads, kv_rank]
+  std::vector<float> scores;       // [rows, heads, padded block]
+  std::vector<float> maximum;      // [rows, heads]
+  std::vector<float> denominator;  // [rows, heads]
+  void Size(int64_t rows, int64_t heads, int64_t kv_rank, int64_t rope, int64_t padded_block) {
+    query.resize(static_cast<size_t>(rows * heads * (kv_rank + rope)));
     keys.resize(static_cast<size_t>((kv_rank + rope) * padded_block));
-    accumulator.resize(static_cast<size_t>(heads * kv_rank));
-    scores.resize(static_cast<size_t>(heads * padded_block));
-    maximum.resize(static_cast<size_t>(heads));
-    denominator.resize(static_cast<size_t>(heads));
+    accumulator.resize(static_cast<size_t>(rows * heads * kv_rank));
+    scores.resize(static_cast<size_t>(rows * heads * padded_block));
+    maximum.resize(static_cast<size_t>(rows * heads));
+    denominator.resize(static_cast<size_t>(rows * heads));
   }
 };
 
-// For one row, q_cat[h] = [W_uk[h]^T q_nope[h], q_rope[h]] ([heads, kv_rank + rope]);
-// W_uk[h] = kv_b rows [h (nope + v), + nope).
-void AbsorbQuery(const MlaDims& d, const float* kv_b, const float* row_query, float* q_cat) {
+// For each of `rows` rows, q_cat[r, h] = [W_uk[h]^T q_nope[r, h], q_rope[r, h]]
+// ([rows, heads, kv_rank + rope]); W_uk[h] = kv_b rows [h (nope + v), + nope). One product per
+// head over all rows, so each head's W_uk is read once.
+void AbsorbQuery(const MlaDims& d, const float* kv_b, const float* query, int64_t rows,
+                 float* q_cat) {
   const int64_t width = d.kv_rank + d.rope;
   for (int64_t h = 0; h < d.heads; ++h) {
-    float* target = q_cat + h * width;
-    std::fill(target, target + d.kv_rank, 0.0f);
-    WeightedSum(row_query + h * d.qk_head(), 0, kv_b + h * (d.nope + d.value_dim) * d.kv_rank,
-                d.kv_rank, /*heads=*/1, /*width=*/d.nope, target, 0);
-    std::copy(row_query + h * d.qk_head() + d.nope, row_query + (h + 1) * d.qk_head(),
-              target + d.kv_rank);
+    const float* w_uk = kv_b + h * (d.nope + d.value_dim) * d.kv_rank;
+    kernels::MatMul(query + h * d.qk_head(), d.heads * d.qk_head(), rows, w_uk, d.kv_rank, d.nope,
+                    d.kv_rank, q_cat + h * width, d.heads * width);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* rope_query = query + (r * d.heads + h) * d.qk_head() + d.nope;
+      std::copy(rope_query, rope_query + d.rope, q_cat + (r * d.heads + h) * width + d.kv_rank);
+    }
   }
 }
 
-// out[h] = W_uv[h] context[h] for one row; W_uv[h] = kv_b rows [h (nope + v) + nope, + v).
-void AbsorbValue(const MlaDims& d, const float* kv_b, const float* context, float* row_out) {
+// out[r, h] = W_uv[h] context[r, h] for each row; W_uv[h] = kv_b rows [h (nope + v) + nope, + v).
+void AbsorbValue(const MlaDims& d, const float* kv_b, const float* context, int64_t rows,
+                 float* out) {
   for (int64_t h = 0; h < d.heads; ++h) {
     const float* w_uv = kv_b + (h * (d.nope + d.value_dim) + d.nope) * d.kv_rank;
-    for (int64_t v = 0; v < d.value_dim; ++v) {
-      row_out[h * d.value_dim + v] = Dot(w_uv + v * d.kv_rank, context + h * d.kv_rank, d.kv_rank);
-    }
+    kernels::MatMulTransposed(context + h * d.kv_rank, d.heads * d.kv_rank, rows, w_uv, d.kv_rank,
+                              d.value_dim, d.kv_rank, out + h * d.value_dim,
+                              d.heads * d.value_dim);
   }
 }
 
@@ -299,13 +181,14 @@ void ExpInPlace(float* x, int64_t count) {
 
 void MlaAttentionTiled(const MlaDims& d, const LatentCache& cache, int layer, const float* kv_b,
                        const float* query, int64_t rows, int64_t start, float* out) {
+  if (rows <= 0) return;
   const int64_t heads = d.heads;
   const int64_t rank = d.kv_rank;
   const int64_t key_dim = rank + d.rope;
   const int64_t block_size = cache.block_size();
   const int64_t padded = (block_size + 7) / 8 * 8;
   thread_local TileScratch scratch;
-  scratch.Size(heads, rank, d.rope, padded);
+  scratch.Size(rows, heads, rank, d.rope, padded);
   float* q_cat = scratch.query.data();
   float* keys = scratch.keys.data();
   float* accumulator = scratch.accumulator.data();
@@ -314,56 +197,67 @@ void MlaAttentionTiled(const MlaDims& d, const LatentCache& cache, int layer, co
   float* denominator = scratch.denominator.data();
   constexpr float kMinusInfinity = -std::numeric_limits<float>::infinity();
 
-  for (int64_t i = 0; i < rows; ++i) {
-    const float* row_query = query + i * heads * d.qk_head();
-    const int64_t visible = start + i + 1;
-    AbsorbQuery(d, kv_b, row_query, q_cat);
-    std::fill(accumulator, accumulator + heads * rank, 0.0f);
-    std::fill(maximum, maximum + heads, kMinusInfinity);
-    std::fill(denominator, denominator + heads, 0.0f);
-    for (int64_t block = 0; block * block_size < visible; ++block) {
-      const int64_t first = block * block_size;
-      const int64_t width = std::min(block_size, visible - first);
-      const int64_t width_padded = (width + 7) / 8 * 8;
-      // The tile transposed: keys [latent | rope key, position], zero past `width`.
-      const float* latent = cache.block_latent(block, layer);
-      const float* rope_key = cache.block_rope_key(block, layer);
-      for (int64_t t = 0; t < width; ++t) {
-        const float* latent_t = latent + t * rank;
-        const float* rope_t = rope_key + t * d.rope;
-        for (int64_t c = 0; c < rank; ++c) keys[c * padded + t] = latent_t[c];
-        for (int64_t c = 0; c < d.rope; ++c) keys[(rank + c) * padded + t] = rope_t[c];
-      }
-      for (int64_t c = 0; c < key_dim; ++c) {
-        std::fill(keys + c * padded + width, keys + c * padded + width_padded, 0.0f);
-      }
-      // scores [heads, width] = q_latent . latent^T + q_rope . rope_key^T
-      TileScores(q_cat, key_dim, keys, padded, heads, width_padded, scores, padded);
+  AbsorbQuery(d, kv_b, query, rows, q_cat);
+  std::fill(accumulator, accumulator + rows * heads * rank, 0.0f);
+  std::fill(maximum, maximum + rows * heads, kMinusInfinity);
+  std::fill(denominator, denominator + rows * heads, 0.0f);
+  // Tiles in ascending position; each is transposed once and visited by every row that sees
+  // part of it (row i sees [0, start + i]). What a row computes in a tile depends only on the
+  // tile and that row's visible width, never on the other rows.
+  const int64_t last_visible = start + rows;
+  for (int64_t block = 0; block * block_size < last_visible; ++block) {
+    const int64_t first = block * block_size;
+    const int64_t tile_width = std::min(block_size, last_visible - first);
+    const int64_t tile_padded = (tile_width + 7) / 8 * 8;
+    // The tile transposed: keys [latent | rope key, position], zero past `tile_width`.
+    const float* latent = cache.block_latent(block, layer);
+    const float* rope_key = cache.block_rope_key(block, layer);
+    for (int64_t t = 0; t < tile_width; ++t) {
+      const float* latent_t = latent + t * rank;
+      const float* rope_t = rope_key + t * d.rope;
+      for (int64_t c = 0; c < rank; ++c) keys[c * padded + t] = latent_t[c];
+      for (int64_t c = 0; c < d.rope; ++c) keys[(rank + c) * padded + t] = rope_t[c];
+    }
+    for (int64_t c = 0; c < key_dim; ++c) {
+      std::fill(keys + c * padded + tile_width, keys + c * padded + tile_padded, 0.0f);
+    }
+    // Rows that see this tile: start + i + 1 > first. Their scores [rows, heads, tile width] =
+    // q_latent . latent^T + q_rope . rope_key^T in one product (a row uses its own width).
+    const int64_t first_row = std::max<int64_t>(0, first - start);
+    kernels::MatMul(q_cat + first_row * heads * key_dim, key_dim, (rows - first_row) * heads, keys,
+                    padded, key_dim, tile_padded, scores, padded);
+    for (int64_t i = first_row; i < rows; ++i) {
+      const int64_t width = std::min(block_size, start + i + 1 - first);
+      float* row_maximum = maximum + i * heads;
+      float* row_denominator = denominator + i * heads;
+      float* row_accumulator = accumulator + i * heads * rank;
+      float* row_scores_base = scores + (i - first_row) * heads * padded;
       // Online softmax: rescale what was accumulated under the old maximum.
       for (int64_t h = 0; h < heads; ++h) {
-        float* row_scores = scores + h * padded;
+        float* row_scores = row_scores_base + h * padded;
         const float tile_maximum = ScaleAndMax(row_scores, width, d.softmax_scale);
-        const float new_maximum = std::max(maximum[h], tile_maximum);
+        const float new_maximum = std::max(row_maximum[h], tile_maximum);
         const float correction =
-            maximum[h] == kMinusInfinity ? 0.0f : std::exp(maximum[h] - new_maximum);
+            row_maximum[h] == kMinusInfinity ? 0.0f : std::exp(row_maximum[h] - new_maximum);
         ExpShifted(row_scores, width, new_maximum);
-        denominator[h] = denominator[h] * correction + FixedOrderSum(row_scores, width);
-        maximum[h] = new_maximum;
+        row_denominator[h] = row_denominator[h] * correction + FixedOrderSum(row_scores, width);
+        row_maximum[h] = new_maximum;
         if (correction != 1.0f) {
-          float* row_accumulator = accumulator + h * rank;
-          for (int64_t c = 0; c < rank; ++c) row_accumulator[c] *= correction;
+          float* head_accumulator = row_accumulator + h * rank;
+          for (int64_t c = 0; c < rank; ++c) head_accumulator[c] *= correction;
         }
       }
       // accumulator [heads, rank] += p [heads, width] . latent [width, rank]
-      WeightedSum(scores, padded, latent, rank, heads, width, accumulator, rank);
+      kernels::MatMul(row_scores_base, padded, heads, latent, rank, width, rank, row_accumulator,
+                      rank, /*accumulate=*/true);
     }
-    for (int64_t h = 0; h < heads; ++h) {
-      const float inverse = 1.0f / denominator[h];
-      float* row_accumulator = accumulator + h * rank;
-      for (int64_t c = 0; c < rank; ++c) row_accumulator[c] *= inverse;
-    }
-    AbsorbValue(d, kv_b, accumulator, out + i * heads * d.value_dim);
   }
+  for (int64_t rh = 0; rh < rows * heads; ++rh) {
+    const float inverse = 1.0f / denominator[rh];
+    float* head_accumulator = accumulator + rh * rank;
+    for (int64_t c = 0; c < rank; ++c) head_accumulator[c] *= inverse;
+  }
+  AbsorbValue(d, kv_b, accumulator, rows, out);
 }
 
 void MlaAttentionNaive(const MlaDims& d, const LatentCache& cache, int layer, const float* kv_b,
