@@ -14,6 +14,7 @@
 #include "core/checkpoint/weight_matrix.h"
 #include "core/kernels/cpu/gemm.h"
 #include "core/kernels/cpu/linear.h"
+#include "core/kernels/cpu/packed_bf16.h"
 #include "core/kernels/cpu/threading.h"
 #include "core/model/latent_cache.h"
 #include "core/model/mla_attention.h"
@@ -42,6 +43,25 @@ WeightMatrix RandomFp8(int64_t rows, int64_t cols, uint32_t seed) {
     if ((code & 0x7F) == 0x7F) code = 0x30;  // no NaN codes
   }
   w.block_scales = RandomFloats(w.scale_rows() * w.scale_cols(), seed + 1, 0.01f);
+  return w;
+}
+
+// BF16 weights whose high bytes take few values per row (as trained weights do), so that every
+// row packs (packed_bf16.h).
+WeightMatrix RandomBf16(int64_t rows, int64_t cols, uint32_t seed) {
+  WeightMatrix w;
+  w.format = WeightMatrix::Format::kBFloat16;
+  w.rows = rows;
+  w.cols = cols;
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> normal(0.0f, 0.02f);
+  w.bf16.resize(static_cast<size_t>(rows * cols));
+  for (uint16_t& bits : w.bf16) {
+    float value = normal(rng);
+    uint32_t raw;
+    std::memcpy(&raw, &value, 4);
+    bits = static_cast<uint16_t>(raw >> 16);
+  }
   return w;
 }
 
@@ -101,6 +121,37 @@ void BM_MlaAttention(benchmark::State& state) {
                       (positions * (2 * dims.kv_rank + dims.rope) +
                        static_cast<double>(prompt) * (dims.nope + dims.value_dim) * dims.kv_rank));
 }
+
+// The lm_head product of decode (vocab 129,280 x hidden 1,024): BF16 as stored, and packed.
+void BM_LmHeadBf16(benchmark::State& state) {
+  const int64_t m = state.range(0), n = 129280, k = 1024;
+  static const WeightMatrix w = RandomBf16(n, k, 11);
+  const std::vector<float> x = RandomFloats(m * k, 3);
+  std::vector<float> y(static_cast<size_t>(m * n));
+  for (auto _ : state) {
+    moemesh::kernels::Linear(x.data(), m, w, y.data());
+    benchmark::DoNotOptimize(y.data());
+  }
+  SetFlops(state, 2.0 * m * n * k);
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * k * 2);
+}
+
+void BM_LmHeadPacked(benchmark::State& state) {
+  const int64_t m = state.range(0), n = 129280, k = 1024;
+  static const moemesh::kernels::PackedBf16Matrix w =
+      *moemesh::kernels::PackedBf16Matrix::Pack(RandomBf16(n, k, 11));
+  const std::vector<float> x = RandomFloats(m * k, 3);
+  std::vector<float> y(static_cast<size_t>(m * n));
+  for (auto _ : state) {
+    moemesh::kernels::LinearPacked(x.data(), m, w, y.data());
+    benchmark::DoNotOptimize(y.data());
+  }
+  SetFlops(state, 2.0 * m * n * k);
+  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * k * 3 / 2);
+}
+
+BENCHMARK(BM_LmHeadBf16)->Arg(1)->Arg(8)->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_LmHeadPacked)->Arg(1)->Arg(8)->Unit(benchmark::kMillisecond);
 
 // Expert gate/up (48 rows, 1024 -> 512), expert down (512 -> 1024), attention projections and the
 // dense MLP at 512 rows.

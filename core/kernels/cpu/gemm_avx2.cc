@@ -87,6 +87,7 @@ inline V16 VDecode(const VBlock& block, const VTable& table) {
   return V16{DecodeHalf<V>(block.low_lo, block.index_lo, table),
              DecodeHalf<V>(block.low_hi, block.index_hi, table)};
 }
+inline void VPrefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1); }
 inline V16 VFma(V16 a, V16 b, V16 c) {
   return V16{_mm256_fmadd_ps(a.lo, b.lo, c.lo), _mm256_fmadd_ps(a.hi, b.hi, c.hi)};
 }

@@ -70,6 +70,7 @@ inline V16 VDecode(const VBlock& block, const VTable& table) {
   return V16{_mm512_castsi512_ps(
       _mm512_ternarylogic_epi32(low, _mm512_set1_epi32(0x00FF0000), high, 0xEA))};
 }
+inline void VPrefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p), _MM_HINT_T1); }
 inline V16 VFma(V16 a, V16 b, V16 c) { return V16{_mm512_fmadd_ps(a.v, b.v, c.v)}; }
 inline V16 VMul(V16 a, V16 b) { return V16{_mm512_mul_ps(a.v, b.v)}; }
 inline float VSum(V16 v) {

@@ -97,6 +97,7 @@ inline V16 VDecode(const VBlock& block, const VTable& table) {
   }
   return v;
 }
+inline void VPrefetch(const void*) {}
 inline V16 VFma(V16 a, V16 b, V16 c) {
   V16 v;
   for (int i = 0; i < 16; ++i) v.lane[i] = std::fma(a.lane[i], b.lane[i], c.lane[i]);
