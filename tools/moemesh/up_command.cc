@@ -11,6 +11,7 @@
 #include <netinet/in.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -39,6 +40,8 @@ constexpr char kUsage[] =
     "                  [--ready-timeout-seconds S] [--served-model-name NAME]\n"
     "                  [--redundant-experts R] [--rebalance-interval S] [--min-replicas K]\n"
     "                  [--chat-template FILE]\n"
+    "                  [--attention-compute-threads T] [--expert-compute-threads T]\n"
+    "                  [--micro-batches M]\n"
     "                  [--api-key K] [--api-key-file F] [--admin-api-key K]\n"
     "                  [--tls-ca F --tls-cert F --tls-key F | --insecure-plaintext]\n"
     "Starts moemesh-router, A moemesh-attention-node and E moemesh-expert-node processes\n"
@@ -52,7 +55,15 @@ constexpr char kUsage[] =
     "  --rebalance-interval S  re-plan the placement from the load every S seconds (0 = never)\n"
     "  --min-replicas K        every logical expert on at least K expert nodes (router flag;\n"
     "                          2 survives the loss of any one expert node)\n"
-    "  --chat-template FILE    Jinja chat template for the router (instead of the checkpoint's)\n";
+    "  --chat-template FILE    Jinja chat template for the router (instead of the checkpoint's)\n"
+    "  --attention-compute-threads T  kernel threads per attention node (default: the cores;\n"
+    "                          the attention node runs attention, the shared experts and the\n"
+    "                          lm_head of every token, and idles while the experts compute)\n"
+    "  --expert-compute-threads T     kernel threads per expert node (default: the cores / E,\n"
+    "                          at least 1: the expert nodes compute at the same time)\n"
+    "  --micro-batches M       concurrent micro-batches per attention-node step (default 1:\n"
+    "                          every process here shares this machine's cores, so a second\n"
+    "                          micro-batch would compute on the cores the experts use)\n";
 
 volatile sig_atomic_t stop_requested = 0;
 void OnStopSignal(int) { stop_requested = 1; }
@@ -207,6 +218,9 @@ int RunUp(const Arguments& arguments) {
                                            {"rebalance-interval"},
                                            {"min-replicas"},
                                            {"chat-template"},
+                                           {"attention-compute-threads"},
+                                           {"expert-compute-threads"},
+                                           {"micro-batches"},
                                            {"api-key"},
                                            {"api-key-file"},
                                            {"admin-api-key"},
@@ -232,14 +246,22 @@ int RunUp(const Arguments& arguments) {
   auto redundant_experts = parsed->GetInt("redundant-experts", 0);
   auto rebalance_interval = parsed->GetDouble("rebalance-interval", 0);
   auto min_replicas = parsed->GetInt("min-replicas", 1);
+  auto micro_batches = parsed->GetInt("micro-batches", 1);
+  const int64_t cores = std::max(1u, std::thread::hardware_concurrency());
+  auto attention_threads = parsed->GetInt("attention-compute-threads", cores);
+  auto expert_threads =
+      parsed->GetInt("expert-compute-threads",
+                     expert_nodes.ok() && *expert_nodes > 0 ? std::max<int64_t>(1, cores / *expert_nodes) : 1);
   if (!model || !attention_nodes.ok() || !expert_nodes.ok() || !port.ok() || !cache_tokens.ok() ||
       !ready_timeout.ok() || !redundant_experts.ok() || !rebalance_interval.ok() ||
       !min_replicas.ok() || *min_replicas < 1 || *min_replicas > *expert_nodes ||
+      !attention_threads.ok() || !expert_threads.ok() || *attention_threads < 1 ||
+      *expert_threads < 1 || !micro_batches.ok() || *micro_batches < 1 ||
       *attention_nodes < 1 || *expert_nodes < 1 || *port < 0 || *redundant_experts < 0 ||
       *rebalance_interval < 0) {
     std::fprintf(stderr,
                  "moemesh up: --model is required; node counts must be >= 1, "
-                 "--redundant-experts and --rebalance-interval >= 0, "
+                 "--redundant-experts and --rebalance-interval >= 0, compute threads and micro-batches >= 1, "
                  "1 <= --min-replicas <= --expert-nodes, numbers valid\n%s",
                  kUsage);
     return 2;
@@ -321,7 +343,8 @@ int RunUp(const Arguments& arguments) {
     started = start(absl::StrCat("expert-", i),
                     secured({(bin_dir / "moemesh-expert-node").string(), "--model",
                              model_dir.string(), "--router", control_address, "--host", host,
-                             "--node-name", absl::StrCat("expert-", i)}),
+                             "--node-name", absl::StrCat("expert-", i), "--compute-threads",
+                             std::to_string(*expert_threads)}),
                     /*expert=*/true);
   }
   for (int64_t i = 0; started && i < *attention_nodes; ++i) {
@@ -329,7 +352,9 @@ int RunUp(const Arguments& arguments) {
                     secured({(bin_dir / "moemesh-attention-node").string(), "--model",
                              model_dir.string(), "--router", control_address, "--host", host,
                              "--node-name", absl::StrCat("attention-", i), "--cache-tokens",
-                             std::to_string(*cache_tokens)}));
+                             std::to_string(*cache_tokens), "--compute-threads",
+                             std::to_string(*attention_threads), "--micro-batches",
+                             std::to_string(*micro_batches)}));
   }
   if (!started) {
     StopAll(children);
