@@ -31,11 +31,16 @@ std::vector<float> RandomFloats(int64_t count, uint32_t seed, float scale = 1.0f
   return values;
 }
 
-WeightMatrix RandomFp8(int64_t rows, int64_t cols, uint32_t seed) {
+WeightMatrix Shaped(WeightMatrix::Format format, int64_t rows, int64_t cols) {
   WeightMatrix w;
-  w.format = WeightMatrix::Format::kFp8Block;
+  w.format = format;
   w.rows = rows;
   w.cols = cols;
+  return w;
+}
+
+WeightMatrix RandomFp8(int64_t rows, int64_t cols, uint32_t seed) {
+  WeightMatrix w = Shaped(WeightMatrix::Format::kFp8Block, rows, cols);
   std::mt19937 rng(seed);
   w.fp8.resize(static_cast<size_t>(rows * cols));
   for (uint8_t& code : w.fp8) {
@@ -49,10 +54,7 @@ WeightMatrix RandomFp8(int64_t rows, int64_t cols, uint32_t seed) {
 // BF16 weights whose high bytes take few values per row (as trained weights do), so that every
 // row packs (packed_bf16.h).
 WeightMatrix RandomBf16(int64_t rows, int64_t cols, uint32_t seed) {
-  WeightMatrix w;
-  w.format = WeightMatrix::Format::kBFloat16;
-  w.rows = rows;
-  w.cols = cols;
+  WeightMatrix w = Shaped(WeightMatrix::Format::kBFloat16, rows, cols);
   std::mt19937 rng(seed);
   std::normal_distribution<float> normal(0.0f, 0.02f);
   w.bf16.resize(static_cast<size_t>(rows * cols));
@@ -71,28 +73,37 @@ void SetFlops(benchmark::State& state, double flops_per_iteration) {
                                                  benchmark::Counter::kIsRate);
 }
 
-void BM_LinearFp8(benchmark::State& state) {
-  const int64_t m = state.range(0), n = state.range(1), k = state.range(2);
-  const WeightMatrix w = RandomFp8(n, k, 7);
+// Times product(x, m, y) for y [m, n] = x [m, k] W^T; counts 2 m n k FLOPs per call and, when
+// weight_bytes > 0, that many bytes of weights per call.
+template <typename Product>
+void RunProduct(benchmark::State& state, int64_t m, int64_t n, int64_t k, int64_t weight_bytes,
+                const Product& product) {
   const std::vector<float> x = RandomFloats(m * k, 3);
   std::vector<float> y(static_cast<size_t>(m * n));
   for (auto _ : state) {
-    moemesh::kernels::Linear(x.data(), m, w, y.data());
+    product(x.data(), m, y.data());
     benchmark::DoNotOptimize(y.data());
   }
   SetFlops(state, 2.0 * m * n * k);
+  if (weight_bytes > 0) {
+    state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * weight_bytes);
+  }
+}
+
+void BM_LinearFp8(benchmark::State& state) {
+  const int64_t m = state.range(0), n = state.range(1), k = state.range(2);
+  const WeightMatrix w = RandomFp8(n, k, 7);
+  RunProduct(state, m, n, k, 0, [&](const float* x, int64_t rows, float* y) {
+    moemesh::kernels::Linear(x, rows, w, y);
+  });
 }
 
 void BM_MatMulTransposed(benchmark::State& state) {
   const int64_t m = state.range(0), n = state.range(1), k = state.range(2);
   const std::vector<float> w = RandomFloats(n * k, 7);
-  const std::vector<float> x = RandomFloats(m * k, 3);
-  std::vector<float> y(static_cast<size_t>(m * n));
-  for (auto _ : state) {
-    moemesh::kernels::MatMulTransposed(x.data(), k, m, w.data(), k, n, k, y.data(), n);
-    benchmark::DoNotOptimize(y.data());
-  }
-  SetFlops(state, 2.0 * m * n * k);
+  RunProduct(state, m, n, k, 0, [&](const float* x, int64_t rows, float* y) {
+    moemesh::kernels::MatMulTransposed(x, k, rows, w.data(), k, n, k, y, n);
+  });
 }
 
 void BM_MlaAttention(benchmark::State& state) {
@@ -124,30 +135,21 @@ void BM_MlaAttention(benchmark::State& state) {
 
 // The lm_head product of decode (vocab 129,280 x hidden 1,024): BF16 as stored, and packed.
 void BM_LmHeadBf16(benchmark::State& state) {
-  const int64_t m = state.range(0), n = 129280, k = 1024;
+  constexpr int64_t n = 129280, k = 1024;
   static const WeightMatrix w = RandomBf16(n, k, 11);
-  const std::vector<float> x = RandomFloats(m * k, 3);
-  std::vector<float> y(static_cast<size_t>(m * n));
-  for (auto _ : state) {
-    moemesh::kernels::Linear(x.data(), m, w, y.data());
-    benchmark::DoNotOptimize(y.data());
-  }
-  SetFlops(state, 2.0 * m * n * k);
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * k * 2);
+  RunProduct(state, state.range(0), n, k, n * k * 2, [&](const float* x, int64_t rows, float* y) {
+    moemesh::kernels::Linear(x, rows, w, y);
+  });
 }
 
 void BM_LmHeadPacked(benchmark::State& state) {
-  const int64_t m = state.range(0), n = 129280, k = 1024;
+  constexpr int64_t n = 129280, k = 1024;
   static const moemesh::kernels::PackedBf16Matrix w =
       *moemesh::kernels::PackedBf16Matrix::Pack(RandomBf16(n, k, 11));
-  const std::vector<float> x = RandomFloats(m * k, 3);
-  std::vector<float> y(static_cast<size_t>(m * n));
-  for (auto _ : state) {
-    moemesh::kernels::LinearPacked(x.data(), m, w, y.data());
-    benchmark::DoNotOptimize(y.data());
-  }
-  SetFlops(state, 2.0 * m * n * k);
-  state.SetBytesProcessed(static_cast<int64_t>(state.iterations()) * n * k * 3 / 2);
+  RunProduct(state, state.range(0), n, k, n * k * 3 / 2,
+             [&](const float* x, int64_t rows, float* y) {
+               moemesh::kernels::LinearPacked(x, rows, w, y);
+             });
 }
 
 BENCHMARK(BM_LmHeadBf16)->Arg(1)->Arg(8)->Unit(benchmark::kMillisecond);

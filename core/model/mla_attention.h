@@ -6,10 +6,12 @@
 // MlaAttentionTiled walks the cache in tiles with an online softmax (FlashAttention, Dao et al.
 // 2022; Milakov & Gimelshein 2018): scratch memory is O(heads x (kv_rank + tile)) per query row,
 // independent of the context length. Tiles are the cache's blocks, i.e. fixed ranges of
-// ABSOLUTE positions [b * block_size, (b + 1) * block_size), visited in ascending order, and
-// every query row is computed by itself with BLAS calls whose shapes depend only on that row's
-// position: a row's result is bit-for-bit the same whichever other rows share the step and
-// however the prompt was chunked.
+// ABSOLUTE positions [b * block_size, (b + 1) * block_size), visited in ascending order. The rows
+// of one call share each tile's transpose and the absorbed kv_b products, but every product is
+// one of core/kernels/cpu/gemm.h's batch-invariant kernels (an element's operations never depend
+// on the other rows in the call) and each row's softmax runs over its own visible width: a row's
+// result is bit-for-bit the same whichever other rows share the step and however the prompt was
+// chunked.
 //
 // MlaAttentionNaive is the untiled reference (the whole score row, two-pass softmax; memory
 // rows x heads x positions) that tests compare the tiled form against.
