@@ -66,8 +66,25 @@ TEST(TokenizerTest, FieldsOfTheWrongJsonTypeAreErrorsNotExceptions) {
     absl::StatusOr<std::unique_ptr<Tokenizer>> tokenizer = Tokenizer::FromJson(json);
     EXPECT_FALSE(tokenizer.ok()) << json;
   }
-  // Past the vocabulary (DeepSeek-R1's, which loads): merges and added tokens of the wrong type.
-  const nlohmann::json real = ReadJson(MOEMESH_SHARED_DIR "/fixtures/tiny-r1/tokenizer.json");
+  // Past the vocabulary (a small one that loads; DeepSeek-R1's 4 MB file made this test take 35 s
+  // under ASan): merges and added tokens of the wrong type.
+  nlohmann::json real = nlohmann::json::parse(R"({
+      "model": {"type": "BPE", "vocab": {}, "merges": ["a b"]},
+      "added_tokens": [{"id": 257, "content": "<s>", "special": true}]})");
+  // The 256 byte-level symbols (GPT-2's bytes_to_unicode: printable bytes stand for themselves,
+  // the others for U+0100 onwards), then "ab".
+  for (int byte = 0, shifted = 0; byte < 256; ++byte) {
+    const bool printable = (byte >= 33 && byte <= 126) || (byte >= 161 && byte <= 172) || byte >= 174;
+    const int code_point = printable ? byte : 256 + shifted++;
+    std::string symbol;
+    if (code_point < 0x80) {
+      symbol = std::string(1, static_cast<char>(code_point));
+    } else {
+      symbol = {static_cast<char>(0xC0 | (code_point >> 6)), static_cast<char>(0x80 | (code_point & 0x3F))};
+    }
+    real["model"]["vocab"][symbol] = byte;
+  }
+  real["model"]["vocab"]["ab"] = 256;
   ASSERT_TRUE(Tokenizer::FromJson(real.dump()).ok());
   nlohmann::json merges_object = real;
   merges_object["model"]["merges"] = {{"a", 1}};
