@@ -119,16 +119,16 @@ void ExpShifted(float* values, int64_t count, float shift) {
 // Per-thread scratch of the tiled kernel, kept between calls (no allocation per step once warm).
 struct TileScratch {
   std::vector<float> query;        // [rows, heads, kv_rank + rope]: q_latent, then q_rope
-  std::vector<float> keys;         // [kv_rank + rope, padded block]: the tile transposed
+  std::vector<float> keys;         // [kv_rank + rope, block_size]: the tile transposed
   std::vector<float> accumulator;  // [rows, heads, kv_rank]
-  std::vector<float> scores;       // [rows, heads, padded block]
+  std::vector<float> scores;       // [rows, heads, block_size]
   std::vector<float> maximum;      // [rows, heads]
   std::vector<float> denominator;  // [rows, heads]
-  void Size(int64_t rows, int64_t heads, int64_t kv_rank, int64_t rope, int64_t padded_block) {
+  void Size(int64_t rows, int64_t heads, int64_t kv_rank, int64_t rope, int64_t block_size) {
     query.resize(static_cast<size_t>(rows * heads * (kv_rank + rope)));
-    keys.resize(static_cast<size_t>((kv_rank + rope) * padded_block));
+    keys.resize(static_cast<size_t>((kv_rank + rope) * block_size));
     accumulator.resize(static_cast<size_t>(rows * heads * kv_rank));
-    scores.resize(static_cast<size_t>(rows * heads * padded_block));
+    scores.resize(static_cast<size_t>(rows * heads * block_size));
     maximum.resize(static_cast<size_t>(rows * heads));
     denominator.resize(static_cast<size_t>(rows * heads));
   }
@@ -186,9 +186,8 @@ void MlaAttentionTiled(const MlaDims& d, const LatentCache& cache, int layer, co
   const int64_t rank = d.kv_rank;
   const int64_t key_dim = rank + d.rope;
   const int64_t block_size = cache.block_size();
-  const int64_t padded = (block_size + 7) / 8 * 8;
   thread_local TileScratch scratch;
-  scratch.Size(rows, heads, rank, d.rope, padded);
+  scratch.Size(rows, heads, rank, d.rope, block_size);
   float* q_cat = scratch.query.data();
   float* keys = scratch.keys.data();
   float* accumulator = scratch.accumulator.data();
@@ -208,33 +207,29 @@ void MlaAttentionTiled(const MlaDims& d, const LatentCache& cache, int layer, co
   for (int64_t block = 0; block * block_size < last_visible; ++block) {
     const int64_t first = block * block_size;
     const int64_t tile_width = std::min(block_size, last_visible - first);
-    const int64_t tile_padded = (tile_width + 7) / 8 * 8;
-    // The tile transposed: keys [latent | rope key, position], zero past `tile_width`.
+    // The tile transposed: keys [latent | rope key, position] (row stride block_size).
     const float* latent = cache.block_latent(block, layer);
     const float* rope_key = cache.block_rope_key(block, layer);
     for (int64_t t = 0; t < tile_width; ++t) {
       const float* latent_t = latent + t * rank;
       const float* rope_t = rope_key + t * d.rope;
-      for (int64_t c = 0; c < rank; ++c) keys[c * padded + t] = latent_t[c];
-      for (int64_t c = 0; c < d.rope; ++c) keys[(rank + c) * padded + t] = rope_t[c];
-    }
-    for (int64_t c = 0; c < key_dim; ++c) {
-      std::fill(keys + c * padded + tile_width, keys + c * padded + tile_padded, 0.0f);
+      for (int64_t c = 0; c < rank; ++c) keys[c * block_size + t] = latent_t[c];
+      for (int64_t c = 0; c < d.rope; ++c) keys[(rank + c) * block_size + t] = rope_t[c];
     }
     // Rows that see this tile: start + i + 1 > first. Their scores [rows, heads, tile width] =
     // q_latent . latent^T + q_rope . rope_key^T in one product (a row uses its own width).
     const int64_t first_row = std::max<int64_t>(0, first - start);
     kernels::MatMul(q_cat + first_row * heads * key_dim, key_dim, (rows - first_row) * heads, keys,
-                    padded, key_dim, tile_padded, scores, padded);
+                    block_size, key_dim, tile_width, scores, block_size);
     for (int64_t i = first_row; i < rows; ++i) {
       const int64_t width = std::min(block_size, start + i + 1 - first);
       float* row_maximum = maximum + i * heads;
       float* row_denominator = denominator + i * heads;
       float* row_accumulator = accumulator + i * heads * rank;
-      float* row_scores_base = scores + (i - first_row) * heads * padded;
+      float* row_scores_base = scores + (i - first_row) * heads * block_size;
       // Online softmax: rescale what was accumulated under the old maximum.
       for (int64_t h = 0; h < heads; ++h) {
-        float* row_scores = row_scores_base + h * padded;
+        float* row_scores = row_scores_base + h * block_size;
         const float tile_maximum = ScaleAndMax(row_scores, width, d.softmax_scale);
         const float new_maximum = std::max(row_maximum[h], tile_maximum);
         const float correction =
@@ -248,7 +243,7 @@ void MlaAttentionTiled(const MlaDims& d, const LatentCache& cache, int layer, co
         }
       }
       // accumulator [heads, rank] += p [heads, width] . latent [width, rank]
-      kernels::MatMul(row_scores_base, padded, heads, latent, rank, width, rank, row_accumulator,
+      kernels::MatMul(row_scores_base, block_size, heads, latent, rank, width, rank, row_accumulator,
                       rank, /*accumulate=*/true);
     }
   }
