@@ -185,6 +185,7 @@ class GrpcExpertTransport::Stream {
   // Writes the queued requests in order. A failed Write means the call is over (node gone or
   // cancelled): every pending dispatch fails, and later requests are dropped unwritten.
   void WriterLoop() {
+    bool call_over = false;
     for (;;) {
       moemesh::v1::DispatchRequest request;
       {
@@ -197,12 +198,12 @@ class GrpcExpertTransport::Stream {
         request = std::move(outbox_.front());
         outbox_.pop_front();
       }
-      bool wrote = false;
+      if (call_over) continue;  // (its dispatch was failed with the others by Break)
       {
         absl::MutexLock write_lock(&write_mutex_);
-        if (!finished_) wrote = stream_->Write(request);
+        call_over = finished_ || !stream_->Write(request);
       }
-      if (!wrote) Break(absl::UnavailableError(Describe("stream closed while sending")));
+      if (call_over) Break(absl::UnavailableError(Describe("stream closed while sending")));
     }
   }
 
