@@ -201,6 +201,10 @@ DispatchStatistics AttentionNode::dispatch_statistics() const {
 
 int AttentionNode::Drain(absl::Duration timeout, absl::Duration handover_timeout) {
   draining_.store(true);
+  // Tell the router now, not at the next heartbeat: it must stop sending new sequences here
+  // (which would be refused and resubmitted) even when the running ones finish sooner than that.
+  // Bounded: an unreachable router does not hold the drain up.
+  if (control_ != nullptr) control_->SendHeartbeatAndWait(absl::Seconds(2));
   if (service_ == nullptr) {
     Shutdown();
     return 0;

@@ -70,6 +70,18 @@ class GrpcControlClient : public ControlClient {
     wake_ = true;
   }
 
+  bool SendHeartbeatAndWait(absl::Duration timeout) override {
+    absl::MutexLock lock(&mutex_);
+    // The first heartbeat begun after now: its state is filled after the caller's changes.
+    const uint64_t wanted = heartbeats_begun_ + 1;
+    wake_ = true;
+    auto answered = [this, wanted]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
+      return stopping_ || heartbeats_answered_through_ >= wanted;
+    };
+    mutex_.AwaitWithTimeout(absl::Condition(&answered), timeout);
+    return heartbeats_answered_through_ >= wanted;
+  }
+
   ControlClientCounters counters() const override {
     absl::MutexLock lock(&mutex_);
     return counters_;
@@ -173,6 +185,11 @@ class GrpcControlClient : public ControlClient {
         }
       }
       moemesh::v1::HeartbeatRequest request;
+      uint64_t heartbeat_number;
+      {
+        absl::MutexLock lock(&mutex_);
+        heartbeat_number = ++heartbeats_begun_;
+      }
       if (heartbeat_state_) heartbeat_state_(request);
       absl::Duration interval;
       {
@@ -210,6 +227,7 @@ class GrpcControlClient : public ControlClient {
         {
           absl::MutexLock lock(&mutex_);
           ++counters_.heartbeats_ok;
+          heartbeats_answered_through_ = heartbeat_number;
           known_version = placement_.version();
         }
         if (reply.placement_version() != known_version) {
@@ -243,6 +261,9 @@ class GrpcControlClient : public ControlClient {
   ControlClientCounters counters_ ABSL_GUARDED_BY(mutex_);
   bool stopping_ ABSL_GUARDED_BY(mutex_) = false;
   bool wake_ ABSL_GUARDED_BY(mutex_) = false;
+  // Heartbeats begun (state filled after the count), and the number of the last one answered.
+  uint64_t heartbeats_begun_ ABSL_GUARDED_BY(mutex_) = 0;
+  uint64_t heartbeats_answered_through_ ABSL_GUARDED_BY(mutex_) = 0;
   // Touched by the client's thread only: one log line per outage.
   bool register_failure_logged_ = false;
   bool heartbeat_failure_logged_ = false;

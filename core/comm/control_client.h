@@ -7,6 +7,7 @@
 #include <string>
 
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "moemesh/v1/control.pb.h"
 
 namespace moemesh::comm {
@@ -64,6 +65,11 @@ class ControlClient {
   virtual absl::StatusOr<moemesh::v1::Placement> FetchTargetPlacement() = 0;
   // Sends a heartbeat now instead of at the next interval (e.g. after loading experts).
   virtual void HeartbeatSoon() = 0;
+  // Sends a heartbeat now whose state is filled after this call (so it carries whatever the
+  // caller changed before calling, e.g. "draining") and waits until the router has answered it.
+  // Returns false when `timeout` passed first, the client stops, or the router does not answer
+  // (the client keeps heartbeating as usual either way).
+  virtual bool SendHeartbeatAndWait(absl::Duration timeout) = 0;
   virtual ControlClientCounters counters() const = 0;
   // Stops heartbeating (joins the thread). Idempotent; the destructor calls it.
   virtual void Stop() = 0;

@@ -418,5 +418,38 @@ TEST(ControlClient, RegistersHeartbeatsAndFollowsPlacementOverGrpc) {
   comm::ShutdownGrpcServer(server.get(), 0);
 }
 
+TEST(ControlClient, SendHeartbeatAndWaitDeliversStateChangedJustBefore) {
+  ControlPlaneOptions options;
+  options.expected_expert_nodes = 0;
+  options.expected_attention_nodes = 1;
+  // Far longer than the test: only the heartbeat sent on request can carry the change.
+  options.heartbeat_interval_seconds = 60;
+  options.heartbeat_timeout = absl::Seconds(120);
+  ControlPlane plane(TinyConfig(), options);
+  int port = 0;
+  auto server = comm::StartGrpcServer("127.0.0.1:0", {&plane}, &port);
+  ASSERT_NE(server, nullptr);
+  comm::ControlClientOptions client_options;
+  client_options.router_address = "127.0.0.1:" + std::to_string(port);
+  client_options.registration.set_kind(moemesh::v1::NODE_KIND_ATTENTION);
+  client_options.registration.set_address("127.0.0.1:9");
+  client_options.registration.set_cache_capacity_tokens(1000);
+  std::atomic<bool> draining{false};
+  auto client = comm::ControlClient::Start(
+      client_options, [](const moemesh::v1::Placement&) {},
+      [&](HeartbeatRequest& request) { request.set_draining(draining.load()); });
+  // Registered and the first (not draining) heartbeat answered.
+  ASSERT_TRUE(client->SendHeartbeatAndWait(absl::Seconds(10)));
+  ASSERT_EQ(plane.AttentionNodes().size(), 1u);
+  EXPECT_FALSE(plane.AttentionNodes()[0].draining);
+  draining = true;
+  ASSERT_TRUE(client->SendHeartbeatAndWait(absl::Seconds(10)));
+  EXPECT_TRUE(plane.AttentionNodes()[0].draining);
+  client->Stop();
+  // A stopped client answers false at once instead of waiting.
+  EXPECT_FALSE(client->SendHeartbeatAndWait(absl::Seconds(10)));
+  comm::ShutdownGrpcServer(server.get(), 0);
+}
+
 }  // namespace
 }  // namespace moemesh::router
