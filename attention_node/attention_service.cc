@@ -87,6 +87,7 @@ absl::StatusOr<std::unique_ptr<AttentionNode>> AttentionNode::Start(AttentionNod
   transport_options.dispatch_deadline_floor =
       absl::Seconds(std::min(options.dispatch_timeout_floor_seconds,
                              options.dispatch_timeout_seconds));
+  transport_options.shared_memory = options.shared_memory_dispatch;
   SchedulerOptions scheduler_options = options.scheduler;
   if (options.metrics != nullptr) {
     node->metrics_ =

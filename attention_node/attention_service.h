@@ -62,6 +62,9 @@ struct AttentionNodeOptions {
   SchedulerOptions scheduler;
   double dispatch_timeout_seconds = 10.0;  // ceiling of the adaptive dispatch deadline
   double dispatch_timeout_floor_seconds = 1.0;  // its floor
+  // Expert nodes on this host are reached through shared-memory mailboxes, the others over the
+  // gRPC stream (comm::GrpcExpertTransportOptions::shared_memory).
+  bool shared_memory_dispatch = true;
   // A step whose experts have no live node waits this long for them to be re-placed.
   double expert_recovery_timeout_seconds = 120;
   // Optional: the process's metrics (see node_metrics.h) and where they are served (registered

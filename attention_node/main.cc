@@ -28,6 +28,9 @@ ABSL_FLAG(double, dispatch_timeout_seconds, 10.0,
           "expert round trip deadline ceiling (the deadline adapts to observed round trips)");
 ABSL_FLAG(double, dispatch_timeout_floor_seconds, 1.0,
           "the adaptive expert round trip deadline is never below this");
+ABSL_FLAG(bool, shared_memory_dispatch, true,
+          "reach expert nodes on this host through shared-memory mailboxes (the others, e.g. in "
+          "another pod or on another machine, over the gRPC stream)");
 ABSL_FLAG(double, expert_recovery_timeout, 120,
           "a step whose experts have no live node waits this long for them to be re-placed");
 ABSL_FLAG(int, compute_threads, 1, "OpenBLAS/OpenMP threads per micro-batch");
@@ -72,6 +75,7 @@ int main(int argc, char** argv) {
   options.dispatch_timeout_seconds = absl::GetFlag(FLAGS_dispatch_timeout_seconds);
   options.dispatch_timeout_floor_seconds = absl::GetFlag(FLAGS_dispatch_timeout_floor_seconds);
   options.expert_recovery_timeout_seconds = absl::GetFlag(FLAGS_expert_recovery_timeout);
+  options.shared_memory_dispatch = absl::GetFlag(FLAGS_shared_memory_dispatch);
   if (options.cache_tokens <= 0 || options.cache_block_size <= 0 ||
       options.scheduler.max_batch_tokens <= 0) {
     std::fprintf(stderr,

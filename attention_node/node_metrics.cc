@@ -90,6 +90,11 @@ AttentionNodeMetrics::AttentionNodeMetrics(std::shared_ptr<obs::MetricsRegistry>
   prometheus::Gauge* running_gauge = &running.Add({});
   prometheus::Gauge* waiting_gauge = &waiting.Add({});
   prometheus::Gauge* capacity_gauge = &capacity.Add({});
+  auto& shared_memory = registry_->Counter(
+      "moemesh_dispatch_shared_memory_total",
+      "Dispatches sent to expert nodes through a shared-memory mailbox (nodes on this host; the "
+      "others go over the gRPC stream).");
+  prometheus::Counter* shared_memory_counter = &shared_memory.Add({});
   prometheus::Counter* sent_counter = &bytes_sent.Add({});
   prometheus::Counter* received_counter = &bytes_received.Add({});
   auto& failovers = registry_->Counter(
@@ -145,6 +150,11 @@ AttentionNodeMetrics::AttentionNodeMetrics(std::shared_ptr<obs::MetricsRegistry>
       if (counters.bytes_sent > watched->bytes_sent) {
         sent_counter->Increment(static_cast<double>(counters.bytes_sent - watched->bytes_sent));
         watched->bytes_sent = counters.bytes_sent;
+      }
+      if (counters.shared_memory_dispatches > watched->shared_memory_dispatches) {
+        shared_memory_counter->Increment(static_cast<double>(
+            counters.shared_memory_dispatches - watched->shared_memory_dispatches));
+        watched->shared_memory_dispatches = counters.shared_memory_dispatches;
       }
       if (counters.bytes_received > watched->bytes_received) {
         received_counter->Increment(

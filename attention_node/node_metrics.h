@@ -80,6 +80,7 @@ class AttentionNodeMetrics : public SchedulerObserver {
     const comm::GrpcExpertTransport* transport ABSL_GUARDED_BY(mutex) = nullptr;
     uint64_t bytes_sent ABSL_GUARDED_BY(mutex) = 0;
     uint64_t bytes_received ABSL_GUARDED_BY(mutex) = 0;
+    uint64_t shared_memory_dispatches ABSL_GUARDED_BY(mutex) = 0;
     std::function<DispatchStatistics()> dispatch ABSL_GUARDED_BY(mutex);
     DispatchStatistics dispatch_seen ABSL_GUARDED_BY(mutex);  // advanced into the counters
   };

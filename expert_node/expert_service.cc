@@ -13,6 +13,7 @@
 #include "absl/strings/str_join.h"
 #include "core/comm/dispatch_codec.h"
 #include "core/comm/grpc_server.h"
+#include "core/comm/shm_mailbox.h"
 #include "core/kernels/cpu/elementwise.h"
 #include "expert_node/expert_metrics.h"
 
@@ -142,6 +143,45 @@ grpc::Status ExpertService::Dispatch(
     moemesh::v1::DispatchReply reply = Handle(request);  // takes the request's hidden bytes
     if (!stream->Write(reply)) break;
   }
+  return grpc::Status::OK;
+}
+
+grpc::Status ExpertService::ServeSharedMemory(
+    grpc::ServerContext* context, const moemesh::v1::AttachSharedMemoryRequest* request,
+    grpc::ServerWriter<moemesh::v1::SharedMemoryEvent>* writer) {
+  absl::StatusOr<std::unique_ptr<comm::MailboxServer>> mailbox =
+      comm::MailboxServer::Attach(request->segment_name(), request->nonce());
+  if (!mailbox.ok()) {
+    return grpc::Status(static_cast<grpc::StatusCode>(mailbox.status().code()),
+                        std::string(mailbox.status().message()));
+  }
+  moemesh::v1::SharedMemoryEvent attached;
+  attached.set_attached(true);
+  if (!writer->Write(attached)) return grpc::Status::OK;  // the caller is gone
+  (*mailbox)->Serve(
+      [this](absl::string_view bytes, char* out, size_t capacity) -> size_t {
+        moemesh::v1::DispatchRequest request;
+        moemesh::v1::DispatchReply reply;
+        if (!request.ParseFromArray(bytes.data(), static_cast<int>(bytes.size()))) {
+          reply.set_code(moemesh::v1::DispatchReply::INVALID);
+          reply.set_error(absl::StrCat("unparsable dispatch request of ", bytes.size(), " bytes"));
+        } else {
+          reply = Handle(request);
+        }
+        size_t size = reply.ByteSizeLong();
+        if (size > capacity) {
+          const uint64_t id = reply.dispatch_id();
+          reply.Clear();
+          reply.set_dispatch_id(id);
+          reply.set_code(moemesh::v1::DispatchReply::INVALID);
+          reply.set_error(absl::StrCat("the reply of ", size, " bytes exceeds the ", capacity,
+                                       "-byte shared-memory mailbox"));
+          size = reply.ByteSizeLong();
+        }
+        reply.SerializeWithCachedSizesToArray(reinterpret_cast<uint8_t*>(out));
+        return size;
+      },
+      [context] { return context->IsCancelled(); });
   return grpc::Status::OK;
 }
 

@@ -65,6 +65,13 @@ class ExpertService final : public moemesh::v1::ExpertService::Service {
       grpc::ServerContext* context,
       grpc::ServerReaderWriter<moemesh::v1::DispatchReply, moemesh::v1::DispatchRequest>* stream)
       override;
+  // Serves dispatches through the caller's shared-memory mailbox (core/comm/shm_mailbox.h) on
+  // this handler's thread until the caller closes it or the call ends; each request is Handle'd
+  // like a stream's. NOT_FOUND when the segment cannot be opened here (another host).
+  grpc::Status ServeSharedMemory(grpc::ServerContext* context,
+                                 const moemesh::v1::AttachSharedMemoryRequest* request,
+                                 grpc::ServerWriter<moemesh::v1::SharedMemoryEvent>* writer)
+      override;
 
   // The reply to one request: OK with partial sums, NOT_HELD naming every expert not held here,
   // or INVALID (not an MoE layer, hidden size differs from the model's, inconsistent sizes).

@@ -104,10 +104,10 @@ EOF
     export ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:detect_stack_use_after_return=0
     export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
     if [[ "${ASAN_SCOPE:-all}" == core ]]; then
-      # What CI runs: the unit tests of the parsers, the transport and control plane, the model
+      # What CI runs: the unit tests of the parsers, the transports and control plane, the model
       # and kernels, the scheduler and the expert node (an in-process cluster over gRPC).
-      cmake --build "$BUILD_DIR" -j "$JOBS" --target comm_tests text_tests checkpoint_tests \
-        model_tests attention_node_tests expert_node_tests
+      cmake --build "$BUILD_DIR" -j "$JOBS" --target comm_tests shm_mailbox_tests text_tests \
+        checkpoint_tests model_tests attention_node_tests expert_node_tests
       # (gtest_discover_tests names the binaries not built here <target>_NOT_BUILT.)
       ctest --test-dir "$BUILD_DIR" --output-on-failure -j "$JOBS" -L unit -E '_NOT_BUILT$'
     else
@@ -123,11 +123,11 @@ EOF
       -DMOEMESH_NUMERICS_OPTIMIZATION=-O2 -DMOEMESH_TSAN=ON -DCMAKE_CXX_FLAGS="$FLAGS" -DCMAKE_C_FLAGS="$FLAGS" \
       -DCMAKE_EXE_LINKER_FLAGS="-fsanitize=thread" \
       -DCMAKE_SHARED_LINKER_FLAGS="-fsanitize=thread" > /dev/null
-    # Only the concurrency test binaries: the scheduler, control plane, gRPC transport and an
-    # in-process cluster (a control plane and two expert nodes serving dispatches over gRPC);
+    # Only the concurrency test binaries: the scheduler, control plane, gRPC transport, the
+    # shared-memory mailbox and an in-process cluster (a control plane and two expert nodes serving dispatches over gRPC);
     # with TSAN_CLUSTER=1 also the services and the cluster tests that start them.
-    TARGETS=(attention_node_tests comm_tests router_control_tests expert_node_tests)
-    TESTS='SchedulerTest|ControlPlane[A-Za-z]*|ControlClient|GrpcExpertTransport|GrpcServer|ExpertNodeClusterTest'
+    TARGETS=(attention_node_tests comm_tests shm_mailbox_tests router_control_tests expert_node_tests)
+    TESTS='SchedulerTest|ControlPlane[A-Za-z]*|ControlClient|GrpcExpertTransport|GrpcServer|ExpertNodeClusterTest|SharedMemoryMailbox'
     if [[ -n "${TSAN_CLUSTER:-}" ]]; then
       TARGETS+=(integration_tests moemesh-router moemesh-attention-node moemesh-expert-node)
       TESTS+='|Cluster'

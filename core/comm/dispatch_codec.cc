@@ -3,6 +3,7 @@
 #include <set>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 
 namespace moemesh::comm {
 
@@ -69,6 +70,57 @@ absl::StatusOr<DispatchBatch> DispatchBatchFromRequest(moemesh::v1::DispatchRequ
   if (!hidden.ok()) return hidden.status();
   batch.hidden = *std::move(hidden);
   return batch;
+}
+
+absl::StatusOr<DispatchResult> DispatchResultFromReply(moemesh::v1::DispatchReply& reply,
+                                                       const DispatchShape& shape,
+                                                       absl::string_view who) {
+  auto Describe = [who](absl::string_view what) { return absl::StrCat(who, what); };
+  using moemesh::v1::DispatchReply;
+  switch (reply.code()) {
+    case DispatchReply::OK: {
+      DispatchResult result;
+      result.node_placement_version = reply.placement_version();
+      result.compute_seconds = reply.compute_seconds();
+      if (!reply.expert_outputs().empty() || shape.expert_rows == 0) {
+        const uint64_t expected =
+            static_cast<uint64_t>(shape.expert_rows) * shape.hidden_size * sizeof(float);
+        if (reply.expert_outputs().size() != expected) {
+          return absl::InternalError(Describe(absl::StrCat(
+              "reply to dispatch ", reply.dispatch_id(), " has ", reply.expert_outputs().size(),
+              " bytes of expert outputs, expected ", expected)));
+        }
+        auto floats = FloatBuffer::FromBytes(std::move(*reply.mutable_expert_outputs()));
+        if (!floats.ok()) return floats.status();
+        result.expert_outputs = *std::move(floats);
+        return result;
+      }
+      const uint64_t expected =
+          static_cast<uint64_t>(shape.rows) * shape.hidden_size * sizeof(float);
+      if (reply.partial_sum().size() != expected) {
+        return absl::InternalError(Describe(absl::StrCat(
+            "reply to dispatch ", reply.dispatch_id(), " has ", reply.partial_sum().size(),
+            " bytes of partial sums, expected ", expected)));
+      }
+      auto floats = FloatBuffer::FromBytes(std::move(*reply.mutable_partial_sum()));
+      if (!floats.ok()) return floats.status();
+      result.partial_sum = *std::move(floats);
+      return result;
+    }
+    case DispatchReply::NOT_HELD:
+      return absl::FailedPreconditionError(Describe(absl::StrCat(
+          "does not hold layer ", shape.layer, " experts [",
+          absl::StrJoin(reply.missing_experts(), ", "), "] (node serves placement version ",
+          reply.placement_version(), ")", reply.error().empty() ? "" : ": ", reply.error())));
+    case DispatchReply::INVALID:
+      return absl::InvalidArgumentError(
+          Describe(absl::StrCat("rejected dispatch: ", reply.error())));
+    case DispatchReply::OVERLOADED:
+      return absl::UnavailableError(Describe(absl::StrCat("overloaded: ", reply.error())));
+    default:
+      return absl::InternalError(
+          Describe(absl::StrCat("unknown reply code ", static_cast<int>(reply.code()))));
+  }
 }
 
 }  // namespace moemesh::comm

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "core/comm/expert_transport.h"
 #include "moemesh/v1/expert.pb.h"
 
@@ -22,5 +23,21 @@ moemesh::v1::DispatchRequest DispatchRequestFromBatch(DispatchBatch batch, uint6
 // Errors: InvalidArgument saying which check failed.
 absl::StatusOr<DispatchBatch> DispatchBatchFromRequest(moemesh::v1::DispatchRequest& request,
                                                        int num_experts);
+
+// What was asked of a node: enough to check its reply's sizes.
+struct DispatchShape {
+  int layer = 0;
+  int64_t rows = 0;
+  int64_t expert_rows = 0;  // (row, expert) pairs: the sum of slice row counts
+  int hidden_size = 0;
+};
+
+// The result a reply to a request of `shape` carries; takes the reply's float bytes. `who`
+// prefixes every error message ("expert node X (address, lane N): "). Errors:
+// FAILED_PRECONDITION (NOT_HELD: names the missing experts), INVALID_ARGUMENT (the node rejected
+// the request), UNAVAILABLE (overloaded), INTERNAL (sizes disagree, unknown code).
+absl::StatusOr<DispatchResult> DispatchResultFromReply(moemesh::v1::DispatchReply& reply,
+                                                       const DispatchShape& shape,
+                                                       absl::string_view who);
 
 }  // namespace moemesh::comm

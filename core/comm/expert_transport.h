@@ -49,7 +49,9 @@ class ExpertTransport {
   // per lane, e.g. per micro-batch). The future resolves to the node's partial sums, or to:
   // UNAVAILABLE (node unreachable, stream broken, or no reply within the deadline),
   // FAILED_PRECONDITION (the node does not hold a requested expert; the message names them),
-  // INVALID_ARGUMENT (the node rejected the batch). Never resolves to a wrong answer.
+  // INVALID_ARGUMENT (the node rejected the batch). Never resolves to a wrong answer. The future
+  // may be deferred (a shared-memory dispatch waits for its reply in the thread calling get()):
+  // take results with get(), not wait_for.
   virtual std::future<absl::StatusOr<DispatchResult>> Dispatch(const std::string& node_id,
                                                                const std::string& address,
                                                                int lane, DispatchBatch batch) = 0;

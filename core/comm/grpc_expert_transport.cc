@@ -10,6 +10,8 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/comm/dispatch_codec.h"
+#include "core/comm/round_trip_deadline.h"
+#include "core/comm/shm_expert_dispatch.h"
 #include "grpcpp/grpcpp.h"
 #include "moemesh/v1/expert.grpc.pb.h"
 
@@ -31,7 +33,11 @@ std::future<Result> Ready(Result result) {
 class GrpcExpertTransport::Stream {
  public:
   Stream(GrpcExpertTransport* owner, std::string node_id, std::string address, int lane)
-      : owner_(owner), node_id_(std::move(node_id)), address_(std::move(address)), lane_(lane) {
+      : owner_(owner),
+        node_id_(std::move(node_id)),
+        address_(std::move(address)),
+        lane_(lane),
+        deadline_(owner->options_.dispatch_deadline_floor, owner->options_.dispatch_deadline) {
     grpc::ChannelArguments args;
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
     args.SetMaxReceiveMessageSize(-1);
@@ -94,7 +100,7 @@ class GrpcExpertTransport::Stream {
         pending.expert_rows += static_cast<int64_t>(slice.rows.size());
       }
       pending.hidden_size = batch.hidden_size;
-      pending.limit = DeadlineLocked();
+      pending.limit = deadline_.Next();
       pending.deadline = absl::Now() + pending.limit;
       pending.sent = absl::Now();
       future = pending.promise.get_future();
@@ -143,25 +149,6 @@ class GrpcExpertTransport::Stream {
     absl::Duration limit;  // deadline - write time
     absl::Time sent;
   };
-
-  // The deadline of a new dispatch: kDeadlineFactor times the slowest recent round trip on this
-  // stream, within [dispatch_deadline_floor, dispatch_deadline]; the ceiling until
-  // kWarmupReplies replies were seen (the first ones include connecting and warm-up).
-  absl::Duration DeadlineLocked() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
-    const GrpcExpertTransportOptions& options = owner_->options_;
-    if (replies_ < kWarmupReplies || options.dispatch_deadline_floor >= options.dispatch_deadline) {
-      return options.dispatch_deadline;
-    }
-    return std::clamp(slowest_recent_ * kDeadlineFactor, options.dispatch_deadline_floor,
-                      options.dispatch_deadline);
-  }
-  // Folds one reply's round trip into the decaying maximum (each reply decays it by 1 %).
-  void ObserveLocked(absl::Duration round_trip) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mutex_) {
-    slowest_recent_ = std::max(round_trip, slowest_recent_ * 0.99);
-    ++replies_;
-  }
-  static constexpr int kWarmupReplies = 8;
-  static constexpr double kDeadlineFactor = 10.0;
 
   std::string Describe(absl::string_view what) const {
     return absl::StrCat("expert node ", node_id_, " (", address_, ", lane ", lane_, "): ", what);
@@ -219,7 +206,9 @@ class GrpcExpertTransport::Stream {
         pending_.erase(it);
       }
       const size_t bytes = reply.ByteSizeLong();
-      Result result = Convert(reply, *pending);
+      Result result = DispatchResultFromReply(
+          reply, {pending->layer, pending->rows, pending->expert_rows, pending->hidden_size},
+          Describe(""));
       owner_->Count([&](ExpertTransportCounters& c) {
         c.bytes_received += bytes;
         if (result.ok()) {
@@ -235,7 +224,7 @@ class GrpcExpertTransport::Stream {
       const absl::Duration round_trip = absl::Now() - pending->sent;
       if (result.ok()) {
         absl::MutexLock lock(&mutex_);
-        ObserveLocked(round_trip);
+        deadline_.Observe(round_trip);
       }
       if (owner_->options_.on_round_trip) {
         owner_->options_.on_round_trip(node_id_, absl::ToDoubleSeconds(round_trip), result.ok());
@@ -251,55 +240,6 @@ class GrpcExpertTransport::Stream {
     }
     Break(absl::UnavailableError(Describe(absl::StrCat(
         "stream closed: ", status.ok() ? std::string("by the node") : status.error_message()))));
-  }
-
-  // Takes the reply's float bytes.
-  Result Convert(moemesh::v1::DispatchReply& reply, const Pending& pending) const {
-    using moemesh::v1::DispatchReply;
-    switch (reply.code()) {
-      case DispatchReply::OK: {
-        DispatchResult result;
-        result.node_placement_version = reply.placement_version();
-        result.compute_seconds = reply.compute_seconds();
-        if (!reply.expert_outputs().empty() || pending.expert_rows == 0) {
-          const uint64_t expected =
-              static_cast<uint64_t>(pending.expert_rows) * pending.hidden_size * sizeof(float);
-          if (reply.expert_outputs().size() != expected) {
-            return absl::InternalError(Describe(absl::StrCat(
-                "reply to dispatch ", reply.dispatch_id(), " has ", reply.expert_outputs().size(),
-                " bytes of expert outputs, expected ", expected)));
-          }
-          auto floats = FloatBuffer::FromBytes(std::move(*reply.mutable_expert_outputs()));
-          if (!floats.ok()) return floats.status();
-          result.expert_outputs = *std::move(floats);
-          return result;
-        }
-        const uint64_t expected =
-            static_cast<uint64_t>(pending.rows) * pending.hidden_size * sizeof(float);
-        if (reply.partial_sum().size() != expected) {
-          return absl::InternalError(Describe(absl::StrCat(
-              "reply to dispatch ", reply.dispatch_id(), " has ", reply.partial_sum().size(),
-              " bytes of partial sums, expected ", expected)));
-        }
-        auto floats = FloatBuffer::FromBytes(std::move(*reply.mutable_partial_sum()));
-        if (!floats.ok()) return floats.status();
-        result.partial_sum = *std::move(floats);
-        return result;
-      }
-      case DispatchReply::NOT_HELD:
-        return absl::FailedPreconditionError(Describe(absl::StrCat(
-            "does not hold layer ", pending.layer, " experts [",
-            absl::StrJoin(reply.missing_experts(), ", "), "] (node serves placement version ",
-            reply.placement_version(), ")", reply.error().empty() ? "" : ": ", reply.error())));
-      case DispatchReply::INVALID:
-        return absl::InvalidArgumentError(
-            Describe(absl::StrCat("rejected dispatch: ", reply.error())));
-      case DispatchReply::OVERLOADED:
-        return absl::UnavailableError(Describe(absl::StrCat("overloaded: ", reply.error())));
-      default:
-        return absl::InternalError(
-            Describe(absl::StrCat("unknown reply code ", static_cast<int>(reply.code()))));
-    }
   }
 
   GrpcExpertTransport* const owner_;
@@ -321,14 +261,20 @@ class GrpcExpertTransport::Stream {
   std::map<uint64_t, Pending> pending_ ABSL_GUARDED_BY(mutex_);
   uint64_t next_id_ ABSL_GUARDED_BY(mutex_) = 1;
   bool broken_ ABSL_GUARDED_BY(mutex_) = false;
-  absl::Duration slowest_recent_ ABSL_GUARDED_BY(mutex_);
-  int replies_ ABSL_GUARDED_BY(mutex_) = 0;
+  RoundTripDeadline deadline_ ABSL_GUARDED_BY(mutex_);
   std::thread reader_;
   std::thread writer_;
 };
 
 GrpcExpertTransport::GrpcExpertTransport(GrpcExpertTransportOptions options)
     : options_(std::move(options)) {
+  if (options_.shared_memory) {
+    SharedMemoryDispatchOptions shared_memory;
+    shared_memory.dispatch_deadline = options_.dispatch_deadline;
+    shared_memory.dispatch_deadline_floor = options_.dispatch_deadline_floor;
+    shared_memory.on_round_trip = options_.on_round_trip;
+    shared_memory_ = std::make_unique<SharedMemoryDispatch>(std::move(shared_memory));
+  }
   watchdog_ = std::thread([this] { WatchdogLoop(); });
 }
 
@@ -341,6 +287,7 @@ GrpcExpertTransport::~GrpcExpertTransport() {
   }
   if (watchdog_.joinable()) watchdog_.join();
   streams.clear();  // cancels the calls; pending dispatches fail with UNAVAILABLE
+  shared_memory_.reset();
 }
 
 void GrpcExpertTransport::Count(const std::function<void(ExpertTransportCounters&)>& update) {
@@ -349,8 +296,13 @@ void GrpcExpertTransport::Count(const std::function<void(ExpertTransportCounters
 }
 
 ExpertTransportCounters GrpcExpertTransport::counters() const {
-  absl::MutexLock lock(&counters_mutex_);
-  return counters_;
+  ExpertTransportCounters counters;
+  {
+    absl::MutexLock lock(&counters_mutex_);
+    counters = counters_;
+  }
+  if (shared_memory_ != nullptr) shared_memory_->AddCounters(counters);
+  return counters;
 }
 
 std::future<Result> GrpcExpertTransport::Dispatch(const std::string& node_id,
@@ -360,6 +312,10 @@ std::future<Result> GrpcExpertTransport::Dispatch(const std::string& node_id,
     return Ready(absl::InvalidArgumentError(
         absl::StrCat("dispatch to expert node ", node_id, ": hidden has ", batch.hidden.size(),
                      " values, not a multiple of hidden_size ", batch.hidden_size)));
+  }
+  if (shared_memory_ != nullptr) {
+    std::optional<std::future<Result>> local = shared_memory_->Dispatch(node_id, address, batch);
+    if (local.has_value()) return *std::move(local);
   }
   std::shared_ptr<Stream> stream;
   std::shared_ptr<Stream> replaced;
@@ -382,6 +338,7 @@ std::future<Result> GrpcExpertTransport::Dispatch(const std::string& node_id,
 }
 
 void GrpcExpertTransport::Forget(const std::string& node_id) {
+  if (shared_memory_ != nullptr) shared_memory_->Forget(node_id);
   std::vector<std::shared_ptr<Stream>> dropped;
   {
     absl::MutexLock lock(&mutex_);

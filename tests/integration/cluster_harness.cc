@@ -595,4 +595,12 @@ std::string Cluster::LogTails(int lines) const {
   return out;
 }
 
+double MetricIn(const std::string& text, const std::string& prefix) {
+  std::istringstream lines(text);
+  for (std::string line; std::getline(lines, line);) {
+    if (line.rfind(prefix, 0) == 0) return std::atof(line.substr(line.rfind(' ') + 1).c_str());
+  }
+  return -1;
+}
+
 }  // namespace moemesh::integration

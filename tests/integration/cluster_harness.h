@@ -185,4 +185,8 @@ std::string StopProcess(pid_t pid, const std::string& name, std::chrono::millise
 // steps are not compared. Returns "" when they match, else a description of the mismatch.
 std::string CompareGreedy(const json& golden_prompt, const std::vector<int64_t>& generated);
 
+// The value of the first line of Prometheus text `text` that starts with `prefix` (a metric name,
+// labels included, and a space for an exact match), or -1 when none does.
+double MetricIn(const std::string& text, const std::string& prefix);
+
 }  // namespace moemesh::integration

@@ -109,12 +109,29 @@ TEST(Cluster, GoldenGreedyTwoAttentionThreeExperts) {
   ExpectAllGolden(cluster);
 }
 
-TEST(Cluster, GoldenGreedySixteenInFlight) {
-  Cluster cluster({.attention_nodes = 1, .expert_nodes = 2});
+// Sixteen requests in flight, with the expert nodes reached the way `attention_flags` say: the
+// default (this host's nodes through shared-memory mailboxes) or the gRPC stream (what nodes on
+// other hosts get). `shared_memory` says which the attention node's metrics must show.
+void ExpectSixteenInFlightGolden(std::vector<std::string> attention_flags, bool shared_memory) {
+  Cluster cluster({.attention_nodes = 1, .expert_nodes = 2, .attention_flags = attention_flags});
   ASSERT_TRUE(cluster.ok()) << cluster.error();
   std::vector<int> prompts;
   for (int i = 0; i < 16; ++i) prompts.push_back(i % static_cast<int>(Prompts().size()));
   for (const std::string& failure : RunConcurrentGolden(cluster, prompts)) ADD_FAILURE() << failure;
+  const std::string metrics =
+      Cluster::GetFrom(cluster.AttentionMetricsAddress(0), "/metrics").body;
+  const double through_memory = MetricIn(metrics, "moemesh_dispatch_shared_memory_total ");
+  if (shared_memory) {
+    EXPECT_GT(through_memory, 0) << "no dispatch went through shared memory";
+  } else {
+    EXPECT_EQ(through_memory, 0) << "dispatches went through shared memory";
+  }
+}
+
+TEST(Cluster, GoldenGreedySixteenInFlight) { ExpectSixteenInFlightGolden({}, true); }
+
+TEST(Cluster, GoldenGreedySixteenInFlightOverTheGrpcStream) {
+  ExpectSixteenInFlightGolden({"--shared-memory-dispatch=false"}, false);
 }
 
 TEST(Cluster, StreamingChatEqualsNonStreaming) {

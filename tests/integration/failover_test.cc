@@ -142,12 +142,7 @@ std::string SameStream(const Stream& want, const Stream& got) {
 
 // The value of the first metric line starting with `prefix` in the router's /metrics, or -1.
 double Metric(Cluster& cluster, const std::string& prefix) {
-  const HttpResult metrics = cluster.Get("/metrics");
-  std::istringstream lines(metrics.body);
-  for (std::string line; std::getline(lines, line);) {
-    if (line.rfind(prefix, 0) == 0) return std::atof(line.substr(line.rfind(' ') + 1).c_str());
-  }
-  return -1;
+  return MetricIn(cluster.Get("/metrics").body, prefix);
 }
 
 constexpr int kClients = 8;

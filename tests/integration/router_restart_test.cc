@@ -36,15 +36,6 @@ std::string Body(const json& prompt, int max_tokens, bool stream) {
   return body.dump();
 }
 
-// The value of the first line of Prometheus text `text` that starts with `prefix`, or -1.
-double MetricIn(const std::string& text, const std::string& prefix) {
-  std::istringstream lines(text);
-  for (std::string line; std::getline(lines, line);) {
-    if (line.rfind(prefix, 0) == 0) return std::atof(line.substr(line.rfind(' ') + 1).c_str());
-  }
-  return -1;
-}
-
 // Expert weight bytes every expert node has read from the checkpoint so far (-1: no answer).
 std::vector<double> LoadedBytes(Cluster& cluster) {
   std::vector<double> bytes;

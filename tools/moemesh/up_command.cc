@@ -41,7 +41,7 @@ constexpr char kUsage[] =
     "                  [--redundant-experts R] [--rebalance-interval S] [--min-replicas K]\n"
     "                  [--chat-template FILE]\n"
     "                  [--attention-compute-threads T] [--expert-compute-threads T]\n"
-    "                  [--micro-batches M]\n"
+    "                  [--micro-batches M] [--no-shared-memory-dispatch]\n"
     "                  [--api-key K] [--api-key-file F] [--admin-api-key K]\n"
     "                  [--tls-ca F --tls-cert F --tls-key F | --insecure-plaintext]\n"
     "Starts moemesh-router, A moemesh-attention-node and E moemesh-expert-node processes\n"
@@ -63,7 +63,9 @@ constexpr char kUsage[] =
     "                          at least 1: the expert nodes compute at the same time)\n"
     "  --micro-batches M       concurrent micro-batches per attention-node step (default 1:\n"
     "                          every process here shares this machine's cores, so a second\n"
-    "                          micro-batch would compute on the cores the experts use)\n";
+    "                          micro-batch would compute on the cores the experts use)\n"
+    "  --no-shared-memory-dispatch    dispatch to the expert nodes over the gRPC stream (what\n"
+    "                          nodes on other hosts get) instead of shared-memory mailboxes\n";
 
 volatile sig_atomic_t stop_requested = 0;
 void OnStopSignal(int) { stop_requested = 1; }
@@ -221,6 +223,7 @@ int RunUp(const Arguments& arguments) {
                                            {"attention-compute-threads"},
                                            {"expert-compute-threads"},
                                            {"micro-batches"},
+                                           {"no-shared-memory-dispatch", true},
                                            {"api-key"},
                                            {"api-key-file"},
                                            {"admin-api-key"},
@@ -354,7 +357,10 @@ int RunUp(const Arguments& arguments) {
                              "--node-name", absl::StrCat("attention-", i), "--cache-tokens",
                              std::to_string(*cache_tokens), "--compute-threads",
                              std::to_string(*attention_threads), "--micro-batches",
-                             std::to_string(*micro_batches)}));
+                             std::to_string(*micro_batches),
+                             absl::StrCat("--shared-memory-dispatch=",
+                                          parsed->Has("no-shared-memory-dispatch") ? "false"
+                                                                                   : "true")}));
   }
   if (!started) {
     StopAll(children);

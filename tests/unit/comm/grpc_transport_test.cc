@@ -161,6 +161,26 @@ TEST(GrpcExpertTransport, ConcurrentDispatchesOnSeveralLanesGetTheirOwnReplies) 
   EXPECT_EQ(transport.counters().ok, 100u);
 }
 
+// A node without ExpertService.ServeSharedMemory (UNIMPLEMENTED here; another host answers
+// NOT_FOUND) is reached over the stream by a transport that prefers shared memory.
+TEST(GrpcExpertTransport, SharedMemoryTransportUsesTheStreamForNodesThatCannotAttach) {
+  FakeServer server(/*hang=*/false);
+  GrpcExpertTransportOptions options;
+  options.shared_memory = true;
+  GrpcExpertTransport transport(options);
+  for (int i = 0; i < 5; ++i) {
+    DispatchBatch batch = MakeBatch(2, 8, 10.0f * i);
+    std::vector<float> expected = batch.hidden.ToVector();
+    for (float& v : expected) v *= 2;
+    auto result = transport.Dispatch("expert-0", server.address(), 0, batch).get();
+    ASSERT_TRUE(result.ok()) << result.status();
+    EXPECT_EQ(result->partial_sum.ToVector(), expected);
+  }
+  EXPECT_EQ(server.service.received.load(), 5);
+  EXPECT_EQ(transport.counters().dispatches, 5u);
+  EXPECT_EQ(transport.counters().shared_memory_dispatches, 0u);
+}
+
 TEST(GrpcExpertTransport, NotHeldIsFailedPreconditionNamingTheExpert) {
   FakeServer server(/*hang=*/false);
   GrpcExpertTransport transport;

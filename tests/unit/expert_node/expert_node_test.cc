@@ -233,6 +233,73 @@ TEST_F(ExpertNodeClusterTest, ExpertNotHeldIsFailedPreconditionNamingIt) {
   EXPECT_TRUE(absl::IsInvalidArgument(invalid.status())) << invalid.status();
 }
 
+// Expert nodes on this host through shared-memory mailboxes: the same bits as the stream, from
+// several threads at once, the same errors, and a node that shuts down fails the next dispatch
+// at once.
+TEST_F(ExpertNodeClusterTest, SharedMemoryDispatchGivesTheStreamsBitsAndErrors) {
+  const moemesh::v1::Placement placement = plane_->CurrentPlacement();
+  const std::string first = placement.nodes(0).node_id();
+  ExpertNode* even = a_->node_id() == first ? a_.get() : b_.get();
+  ExpertNode* odd = even == a_.get() ? b_.get() : a_.get();
+  comm::GrpcExpertTransport stream;
+  comm::GrpcExpertTransportOptions shared_options;
+  shared_options.shared_memory = true;
+  comm::GrpcExpertTransport shared(shared_options);
+  std::vector<std::thread> threads;
+  std::atomic<int> compared{0};
+  for (int t = 0; t < 3; ++t) {
+    threads.emplace_back([&, t] {
+      for (int layer = 1; layer <= 3; ++layer) {
+        const int64_t rows = 1 + 5 * t;
+        const auto hidden = RandomHidden(rows, 300 + 10 * t + layer);
+        const auto decision = RandomDecision(rows, 400 + 10 * t + layer);
+        for (ExpertNode* node : {even, odd}) {
+          const int parity = node == even ? 0 : 1;
+          const comm::DispatchBatch batch = BatchFor(
+              layer, hidden, decision, [parity](int e) { return e % 2 == parity; },
+              placement.version());
+          auto over_stream = stream.Dispatch(node->node_id(), node->address(), t, batch).get();
+          auto over_memory = shared.Dispatch(node->node_id(), node->address(), t, batch).get();
+          ASSERT_TRUE(over_stream.ok()) << over_stream.status();
+          ASSERT_TRUE(over_memory.ok()) << over_memory.status();
+          ASSERT_FALSE(over_memory->expert_outputs.empty());
+          EXPECT_EQ(over_memory->expert_outputs.ToVector(), over_stream->expert_outputs.ToVector())
+              << "layer " << layer;  // bitwise
+          ++compared;
+        }
+      }
+    });
+  }
+  for (std::thread& thread : threads) thread.join();
+  EXPECT_EQ(compared.load(), 18);
+  EXPECT_EQ(shared.counters().shared_memory_dispatches, 18u);
+  EXPECT_EQ(shared.counters().ok, 18u);
+  EXPECT_EQ(stream.counters().shared_memory_dispatches, 0u);
+  EXPECT_GT(shared.counters().bytes_received, 0u);
+
+  // NOT_HELD names the expert; a malformed batch is INVALID_ARGUMENT.
+  const auto hidden = RandomHidden(3, 1);
+  const auto decision = RandomDecision(3, 2);
+  comm::DispatchBatch all = BatchFor(2, hidden, decision, [](int) { return true; }, 1);
+  auto not_held = shared.Dispatch(even->node_id(), even->address(), 0, all).get();
+  EXPECT_TRUE(absl::IsFailedPrecondition(not_held.status())) << not_held.status();
+  EXPECT_NE(not_held.status().message().find("shared memory"), absl::string_view::npos);
+  all.layer = 0;
+  auto invalid = shared.Dispatch(even->node_id(), even->address(), 0, all).get();
+  EXPECT_TRUE(absl::IsInvalidArgument(invalid.status())) << invalid.status();
+
+  // The node shuts down: its mailboxes stop being served and the next dispatch fails fast.
+  const std::string id = odd->node_id();
+  const std::string address = odd->address();
+  const comm::DispatchBatch batch =
+      BatchFor(1, hidden, decision, [](int e) { return e % 2 == 1; }, placement.version());
+  const auto start = std::chrono::steady_clock::now();
+  (odd == a_.get() ? a_ : b_).reset();
+  auto after = shared.Dispatch(id, address, 0, batch).get();
+  EXPECT_TRUE(absl::IsUnavailable(after.status())) << after.status();
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 5.0);
+}
+
 TEST_F(ExpertNodeClusterTest, KilledNodeFailsFastIsReplannedAroundAndRejoinsOnRestart) {
   comm::GrpcExpertTransportOptions transport_options;
   transport_options.dispatch_deadline = absl::Seconds(3);

@@ -1,0 +1,312 @@
+#include "core/comm/shm_expert_dispatch.h"
+
+#include <algorithm>
+#include <chrono>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "core/comm/dispatch_codec.h"
+#include "core/comm/grpc_expert_transport.h"
+#include "core/comm/round_trip_deadline.h"
+#include "core/comm/shm_mailbox.h"
+#include "core/comm/tls.h"
+#include "core/obs/log.h"
+#include "grpcpp/grpcpp.h"
+#include "moemesh/v1/expert.grpc.pb.h"
+
+namespace moemesh::comm {
+namespace {
+
+using Result = absl::StatusOr<DispatchResult>;
+
+// Room for a reply's fields besides the floats (codes, versions, an error naming experts).
+constexpr size_t kReplyOverheadBytes = 64 * 1024;
+
+std::future<Result> Ready(Result result) {
+  std::promise<Result> promise;
+  promise.set_value(std::move(result));
+  return promise.get_future();
+}
+
+// Attach failures after which the node is reached over the stream instead: it cannot open this
+// process's segments (another host or IPC namespace), does not know the call (an older node), or
+// this process cannot make segments. Anything else (unreachable, timed out) fails the dispatch.
+bool MeansStreamOnly(const absl::Status& status) {
+  return absl::IsNotFound(status) || absl::IsUnimplemented(status) ||
+         absl::IsFailedPrecondition(status) || absl::IsInvalidArgument(status) ||
+         absl::IsPermissionDenied(status) || absl::IsResourceExhausted(status) ||
+         absl::IsInternal(status);
+}
+
+absl::Status FromGrpc(const grpc::Status& status) {
+  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
+}
+
+}  // namespace
+
+// One mailbox and the ServeSharedMemory call that keeps it served.
+struct SharedMemoryDispatch::Attached {
+  std::unique_ptr<MailboxClient> mailbox;
+  std::unique_ptr<grpc::ClientContext> context;
+  std::unique_ptr<grpc::ClientReader<moemesh::v1::SharedMemoryEvent>> reader;
+
+  ~Attached() {
+    mailbox.reset();  // closed: the node's handler returns
+    if (context != nullptr) context->TryCancel();
+    if (reader != nullptr) reader->Finish();
+  }
+};
+
+struct SharedMemoryDispatch::Node {
+  Node(std::string address, const SharedMemoryDispatchOptions& options)
+      : address(std::move(address)),
+        deadline(options.dispatch_deadline_floor, options.dispatch_deadline) {}
+  const std::string address;
+  std::unique_ptr<moemesh::v1::ExpertService::Stub> stub;
+  bool stream_only = false;
+  std::vector<std::unique_ptr<Attached>> idle;
+  RoundTripDeadline deadline;
+};
+
+// What the futures still out share with the dispatcher (they may outlive it).
+struct SharedMemoryDispatch::Shared {
+  explicit Shared(SharedMemoryDispatchOptions options) : options(std::move(options)) {}
+
+  void Count(const std::function<void(ExpertTransportCounters&)>& update) {
+    absl::MutexLock lock(&counters_mutex);
+    update(counters);
+  }
+
+  // A new mailbox of `capacity` bytes, served by node `node_id`. Errors: see MeansStreamOnly;
+  // otherwise the call's status (UNAVAILABLE, DEADLINE_EXCEEDED...).
+  absl::StatusOr<std::unique_ptr<Attached>> Attach(Node& node, size_t capacity) {
+    absl::StatusOr<std::unique_ptr<MailboxClient>> mailbox = MailboxClient::Create(capacity);
+    if (!mailbox.ok()) return mailbox.status();
+    moemesh::v1::ExpertService::Stub* stub;
+    {
+      absl::MutexLock lock(&mutex);
+      if (node.stub == nullptr) {
+        grpc::ChannelArguments args;
+        args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+        args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
+        args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
+        args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
+        node.stub = moemesh::v1::ExpertService::NewStub(CreateServiceChannel(node.address, args));
+      }
+      stub = node.stub.get();
+    }
+    auto attached = std::make_unique<Attached>();
+    attached->mailbox = *std::move(mailbox);
+    attached->context = std::make_unique<grpc::ClientContext>();
+    moemesh::v1::AttachSharedMemoryRequest request;
+    request.set_segment_name(attached->mailbox->name());
+    request.set_nonce(attached->mailbox->nonce());
+    attached->reader = stub->ServeSharedMemory(attached->context.get(), request);
+    // The node's first event says it serves the mailbox; bounded by attach_timeout.
+    grpc::ClientReader<moemesh::v1::SharedMemoryEvent>* reader = attached->reader.get();
+    std::future<bool> first = std::async(std::launch::async, [reader] {
+      moemesh::v1::SharedMemoryEvent event;
+      return reader->Read(&event) && event.attached();
+    });
+    if (first.wait_for(absl::ToChronoNanoseconds(options.attach_timeout)) !=
+        std::future_status::ready) {
+      attached->context->TryCancel();
+    }
+    if (!first.get()) {
+      grpc::Status status = attached->reader->Finish();
+      attached->reader.reset();
+      if (status.ok()) return absl::InternalError("the node ended the call without attaching");
+      return FromGrpc(status);
+    }
+    attached->mailbox->Unlink();  // both sides have it mapped: nothing is left in /dev/shm
+    return attached;
+  }
+
+  const SharedMemoryDispatchOptions options;
+  absl::Mutex mutex;
+  std::map<std::string, std::shared_ptr<Node>> nodes ABSL_GUARDED_BY(mutex);
+  uint64_t next_id ABSL_GUARDED_BY(mutex) = 1;
+  absl::Mutex counters_mutex;
+  ExpertTransportCounters counters ABSL_GUARDED_BY(counters_mutex);
+};
+
+SharedMemoryDispatch::SharedMemoryDispatch(SharedMemoryDispatchOptions options)
+    : shared_(std::make_shared<Shared>(std::move(options))) {}
+
+SharedMemoryDispatch::~SharedMemoryDispatch() {
+  std::map<std::string, std::shared_ptr<Node>> nodes;
+  {
+    absl::MutexLock lock(&shared_->mutex);
+    nodes.swap(shared_->nodes);
+  }
+}
+
+void SharedMemoryDispatch::Forget(const std::string& node_id) {
+  std::shared_ptr<Node> node;
+  absl::MutexLock lock(&shared_->mutex);
+  auto it = shared_->nodes.find(node_id);
+  if (it == shared_->nodes.end()) return;
+  node = std::move(it->second);
+  shared_->nodes.erase(it);
+  // (the idle mailboxes close when the last reference goes, outside this lock if a future
+  // holds the node)
+}
+
+void SharedMemoryDispatch::AddCounters(ExpertTransportCounters& total) const {
+  absl::MutexLock lock(&shared_->counters_mutex);
+  const ExpertTransportCounters& c = shared_->counters;
+  total.dispatches += c.dispatches;
+  total.shared_memory_dispatches += c.dispatches;
+  total.ok += c.ok;
+  total.unavailable += c.unavailable;
+  total.deadline_exceeded += c.deadline_exceeded;
+  total.not_held += c.not_held;
+  total.invalid += c.invalid;
+  total.bytes_sent += c.bytes_sent;
+  total.bytes_received += c.bytes_received;
+}
+
+std::optional<std::future<Result>> SharedMemoryDispatch::Dispatch(const std::string& node_id,
+                                                                  const std::string& address,
+                                                                  DispatchBatch& batch) {
+  std::shared_ptr<Shared> shared = shared_;
+  std::shared_ptr<Node> node;
+  uint64_t id;
+  {
+    absl::MutexLock lock(&shared->mutex);
+    std::shared_ptr<Node>& slot = shared->nodes[node_id];
+    if (slot == nullptr || slot->address != address) {
+      slot = std::make_shared<Node>(address, shared->options);
+    }
+    node = slot;
+    if (node->stream_only) return std::nullopt;
+    id = shared->next_id++;
+  }
+  const std::string who = absl::StrCat("expert node ", node_id, " (", address, ", shared memory): ");
+  DispatchShape shape{batch.layer, batch.rows(), 0, batch.hidden_size};
+  for (const ExpertSliceRows& slice : batch.slices) {
+    shape.expert_rows += static_cast<int64_t>(slice.rows.size());
+  }
+  moemesh::v1::DispatchRequest request = DispatchRequestFromBatch(std::move(batch), id);
+  const size_t request_bytes = request.ByteSizeLong();
+  const size_t needed = std::max(
+      request_bytes, static_cast<size_t>(shape.expert_rows) * shape.hidden_size * sizeof(float) +
+                         kReplyOverheadBytes);
+
+  std::unique_ptr<Attached> attached;
+  std::unique_ptr<Attached> too_small;  // replaced by a larger one (closed outside the lock)
+  {
+    absl::MutexLock lock(&shared->mutex);
+    for (auto it = node->idle.begin(); it != node->idle.end(); ++it) {
+      if ((*it)->mailbox->capacity() >= needed) {
+        attached = std::move(*it);
+        node->idle.erase(it);
+        break;
+      }
+    }
+    if (attached == nullptr && !node->idle.empty()) {
+      too_small = std::move(node->idle.back());
+      node->idle.pop_back();
+    }
+  }
+  too_small.reset();
+  if (attached == nullptr) {
+    size_t capacity = shared->options.min_capacity;
+    while (capacity < needed) capacity *= 2;
+    absl::StatusOr<std::unique_ptr<Attached>> made = shared->Attach(*node, capacity);
+    if (!made.ok()) {
+      if (MeansStreamOnly(made.status())) {
+        {
+          absl::MutexLock lock(&shared->mutex);
+          node->stream_only = true;
+        }
+        obs::LogInfo("expert node {} at {}: dispatching over the gRPC stream, not shared memory "
+                     "({})",
+                     node_id, address, std::string(made.status().message()));
+        absl::StatusOr<DispatchBatch> restored = DispatchBatchFromRequest(request, 0);
+        if (restored.ok()) {
+          batch = *std::move(restored);
+          return std::nullopt;
+        }
+        return Ready(restored.status());
+      }
+      shared->Count([](ExpertTransportCounters& c) {
+        ++c.dispatches;
+        ++c.unavailable;
+      });
+      return Ready(absl::UnavailableError(absl::StrCat(
+          who, "cannot attach a shared-memory mailbox: ", made.status().message())));
+    }
+    attached = *std::move(made);
+  }
+
+  request.SerializeWithCachedSizesToArray(reinterpret_cast<uint8_t*>(attached->mailbox->data()));
+  absl::Duration limit;
+  {
+    absl::MutexLock lock(&shared->mutex);
+    limit = node->deadline.Next();
+  }
+  shared->Count([&](ExpertTransportCounters& c) {
+    ++c.dispatches;
+    c.bytes_sent += request_bytes;
+  });
+  const absl::Time sent = absl::Now();
+  attached->mailbox->Post(request_bytes);
+  return std::async(
+      std::launch::deferred,
+      [shared, node, node_id, who, shape, sent, limit,
+       attached = std::move(attached)]() mutable -> Result {
+        absl::StatusOr<size_t> length = attached->mailbox->AwaitReply(sent + limit);
+        Result result;
+        if (!length.ok()) {
+          const bool late = absl::IsDeadlineExceeded(length.status());
+          result = absl::UnavailableError(absl::StrCat(
+              who, late ? absl::StrCat("no reply to a layer ", shape.layer, " dispatch within ",
+                                       absl::FormatDuration(limit))
+                        : std::string(length.status().message())));
+          shared->Count([late](ExpertTransportCounters& c) {
+            ++c.unavailable;
+            if (late) ++c.deadline_exceeded;
+          });
+          attached.reset();  // unusable now
+        } else {
+          moemesh::v1::DispatchReply reply;
+          if (!reply.ParseFromArray(attached->mailbox->data(), static_cast<int>(*length))) {
+            result = absl::InternalError(absl::StrCat(who, "unparsable reply of ", *length,
+                                                      " bytes"));
+          } else {
+            result = DispatchResultFromReply(reply, shape, who);
+          }
+          attached->mailbox->Reset();
+          shared->Count([&](ExpertTransportCounters& c) {
+            c.bytes_received += *length;
+            if (result.ok()) {
+              ++c.ok;
+            } else if (absl::IsFailedPrecondition(result.status())) {
+              ++c.not_held;
+            } else if (absl::IsInvalidArgument(result.status())) {
+              ++c.invalid;
+            } else {
+              ++c.unavailable;
+            }
+          });
+        }
+        const absl::Duration round_trip = absl::Now() - sent;
+        {
+          absl::MutexLock lock(&shared->mutex);
+          if (result.ok()) node->deadline.Observe(round_trip);
+          // Back to the pool while the node is still the one known under this id.
+          auto it = shared->nodes.find(node_id);
+          if (attached != nullptr && it != shared->nodes.end() && it->second == node) {
+            node->idle.push_back(std::move(attached));
+          }
+        }
+        if (shared->options.on_round_trip) {
+          shared->options.on_round_trip(node_id, absl::ToDoubleSeconds(round_trip), result.ok());
+        }
+        return result;  // a mailbox not pooled closes here
+      });
+}
+
+}  // namespace moemesh::comm
