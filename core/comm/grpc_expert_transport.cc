@@ -209,18 +209,7 @@ class GrpcExpertTransport::Stream {
       Result result = DispatchResultFromReply(
           reply, {pending->layer, pending->rows, pending->expert_rows, pending->hidden_size},
           Describe(""));
-      owner_->Count([&](ExpertTransportCounters& c) {
-        c.bytes_received += bytes;
-        if (result.ok()) {
-          ++c.ok;
-        } else if (absl::IsFailedPrecondition(result.status())) {
-          ++c.not_held;
-        } else if (absl::IsInvalidArgument(result.status())) {
-          ++c.invalid;
-        } else {
-          ++c.unavailable;
-        }
-      });
+      owner_->Count([&](ExpertTransportCounters& c) { c.CountReply(result.status(), bytes); });
       const absl::Duration round_trip = absl::Now() - pending->sent;
       if (result.ok()) {
         absl::MutexLock lock(&mutex_);
@@ -265,6 +254,32 @@ class GrpcExpertTransport::Stream {
   std::thread reader_;
   std::thread writer_;
 };
+
+void ExpertTransportCounters::CountReply(const absl::Status& result, uint64_t bytes) {
+  bytes_received += bytes;
+  if (result.ok()) {
+    ++ok;
+  } else if (absl::IsFailedPrecondition(result)) {
+    ++not_held;
+  } else if (absl::IsInvalidArgument(result)) {
+    ++invalid;
+  } else {
+    ++unavailable;
+  }
+}
+
+void ExpertTransportCounters::Add(const ExpertTransportCounters& other) {
+  dispatches += other.dispatches;
+  ok += other.ok;
+  unavailable += other.unavailable;
+  deadline_exceeded += other.deadline_exceeded;
+  not_held += other.not_held;
+  invalid += other.invalid;
+  reconnects += other.reconnects;
+  shared_memory_dispatches += other.shared_memory_dispatches;
+  bytes_sent += other.bytes_sent;
+  bytes_received += other.bytes_received;
+}
 
 GrpcExpertTransport::GrpcExpertTransport(GrpcExpertTransportOptions options)
     : options_(std::move(options)) {

@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/status/status.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "core/comm/expert_transport.h"
@@ -60,6 +61,11 @@ struct ExpertTransportCounters {
   uint64_t shared_memory_dispatches = 0;  // subset of dispatches: through a shared-memory mailbox
   uint64_t bytes_sent = 0;
   uint64_t bytes_received = 0;
+
+  // Counts one reply of `bytes` that resolved to `result` (ok, not_held, invalid, unavailable).
+  void CountReply(const absl::Status& result, uint64_t bytes);
+  // Adds every counter of `other`.
+  void Add(const ExpertTransportCounters& other);
 };
 
 // Thread-safe: any number of threads may call Dispatch concurrently (on the same or different

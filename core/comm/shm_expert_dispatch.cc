@@ -154,17 +154,9 @@ void SharedMemoryDispatch::Forget(const std::string& node_id) {
 }
 
 void SharedMemoryDispatch::AddCounters(ExpertTransportCounters& total) const {
-  absl::MutexLock lock(&shared_->counters_mutex);
-  const ExpertTransportCounters& c = shared_->counters;
-  total.dispatches += c.dispatches;
-  total.shared_memory_dispatches += c.dispatches;
-  total.ok += c.ok;
-  total.unavailable += c.unavailable;
-  total.deadline_exceeded += c.deadline_exceeded;
-  total.not_held += c.not_held;
-  total.invalid += c.invalid;
-  total.bytes_sent += c.bytes_sent;
-  total.bytes_received += c.bytes_received;
+  Shared& shared = *shared_;
+  absl::MutexLock lock(&shared.counters_mutex);
+  total.Add(shared.counters);  // (its shared_memory_dispatches = its dispatches)
 }
 
 std::optional<std::future<Result>> SharedMemoryDispatch::Dispatch(const std::string& node_id,
@@ -233,6 +225,7 @@ std::optional<std::future<Result>> SharedMemoryDispatch::Dispatch(const std::str
       }
       shared->Count([](ExpertTransportCounters& c) {
         ++c.dispatches;
+        ++c.shared_memory_dispatches;
         ++c.unavailable;
       });
       return Ready(absl::UnavailableError(absl::StrCat(
@@ -249,6 +242,7 @@ std::optional<std::future<Result>> SharedMemoryDispatch::Dispatch(const std::str
   }
   shared->Count([&](ExpertTransportCounters& c) {
     ++c.dispatches;
+    ++c.shared_memory_dispatches;
     c.bytes_sent += request_bytes;
   });
   const absl::Time sent = absl::Now();
@@ -279,18 +273,8 @@ std::optional<std::future<Result>> SharedMemoryDispatch::Dispatch(const std::str
             result = DispatchResultFromReply(reply, shape, who);
           }
           attached->mailbox->Reset();
-          shared->Count([&](ExpertTransportCounters& c) {
-            c.bytes_received += *length;
-            if (result.ok()) {
-              ++c.ok;
-            } else if (absl::IsFailedPrecondition(result.status())) {
-              ++c.not_held;
-            } else if (absl::IsInvalidArgument(result.status())) {
-              ++c.invalid;
-            } else {
-              ++c.unavailable;
-            }
-          });
+          shared->Count(
+              [&](ExpertTransportCounters& c) { c.CountReply(result.status(), *length); });
         }
         const absl::Duration round_trip = absl::Now() - sent;
         {
