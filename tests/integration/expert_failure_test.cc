@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -103,11 +104,11 @@ Output Stream(Cluster& cluster, const json& prompt, int max_tokens,
   return out;
 }
 
-// Eight streaming clients, each running prompts (i % prompts) back to back; expert node
-// `victim` is SIGKILLed once 40 tokens were streamed in all. Expects zero failed requests and
-// every output's tokens equal to the no-fault run (and so to the goldens); returns the longest gap
-// between two tokens of any stream.
-double KillExpertUnderEightStreams(Cluster& cluster, int victim) {
+// Eight streaming clients, each running prompts (i % prompts) back to back; `fault` runs (on the
+// main thread: the harness forks from it) once 40 tokens were streamed in all. Expects zero
+// failed requests and every output's tokens equal to the no-fault run (and so to the goldens);
+// returns the longest gap between two tokens of any stream.
+double FaultUnderEightStreams(Cluster& cluster, const std::function<void()>& fault) {
   constexpr int kMaxTokens = 24;
   constexpr int kRequestsPerClient = 3;
   std::vector<Output> reference;
@@ -149,7 +150,7 @@ double KillExpertUnderEightStreams(Cluster& cluster, int victim) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   EXPECT_GE(tokens.load(), 40) << "the streams did not start";
-  cluster.KillExpert(victim);  // from the main thread (the harness forks from it)
+  fault();
   for (std::thread& client : clients) client.join();
   EXPECT_EQ(requests, 8 * kRequestsPerClient);
   EXPECT_TRUE(failures.empty()) << failures.size() << " failed or wrong, first: "
@@ -189,7 +190,7 @@ TEST(ExpertFailure, MinReplicasTwoSigkillUnderEightStreamsLosesNothing) {
                    .router_flags = {"--min-replicas", "2"}});
   ASSERT_TRUE(cluster.ok()) << cluster.error();
   ASSERT_EQ(FewestReplicas(cluster.Get("/v1/placement").Json()), 2u);
-  const double gap = KillExpertUnderEightStreams(cluster, /*victim=*/1);
+  const double gap = FaultUnderEightStreams(cluster, [&] { cluster.KillExpert(1); });
   std::printf("[ expert failure ] min-replicas 2, SIGKILL: longest gap between two tokens %.3f s\n",
               gap);
   // The router re-plans without the dead node and restores two replicas per expert.
@@ -214,11 +215,34 @@ TEST(ExpertFailure, MinReplicasTwoSigkillUnderEightStreamsLosesNothing) {
   }
 }
 
+// A hung expert node (SIGSTOP: the process, its sockets and its shared-memory mailboxes stay,
+// nothing answers) is found by the dispatch deadline rather than by a broken connection or a
+// freed lock; the rows go to the other replica and nothing is lost.
+TEST(ExpertFailure, MinReplicasTwoHungNodeUnderEightStreamsLosesNothing) {
+  Cluster cluster({.attention_nodes = 1,
+                   .expert_nodes = 4,
+                   .router_flags = {"--min-replicas", "2"}});
+  ASSERT_TRUE(cluster.ok()) << cluster.error();
+  ASSERT_EQ(FewestReplicas(cluster.Get("/v1/placement").Json()), 2u);
+  const double gap =
+      FaultUnderEightStreams(cluster, [&] { cluster.SignalExpert(1, SIGSTOP); });
+  std::printf("[ expert failure ] min-replicas 2, SIGSTOP: longest gap between two tokens %.3f s\n",
+              gap);
+  const std::string attention =
+      Cluster::GetFrom(cluster.AttentionMetricsAddress(0), "/metrics").body;
+  EXPECT_GE(MetricIn(attention, "moemesh_dispatch_failovers_total{reason=\"unreachable\"} "), 1)
+      << attention.substr(0, 400);
+  EXPECT_EQ(MetricIn(attention, "moemesh_dispatch_layer_failures_total "), 0);
+  // The router's heartbeat timeout calls it lost and re-plans without it.
+  EXPECT_TRUE(WaitReplannedWithout(cluster, "expert-1", 60)) << cluster.LogTails();
+  cluster.KillExpert(1);  // (SIGKILL ends a stopped process; the harness would SIGINT it)
+}
+
 TEST(ExpertFailure, NoRedundancySigkillWaitsForReplacementAndLosesNothing) {
   Cluster cluster({.attention_nodes = 1, .expert_nodes = 3});
   ASSERT_TRUE(cluster.ok()) << cluster.error();
   ASSERT_EQ(FewestReplicas(cluster.Get("/v1/placement").Json()), 1u);
-  const double stall = KillExpertUnderEightStreams(cluster, /*victim=*/2);
+  const double stall = FaultUnderEightStreams(cluster, [&] { cluster.KillExpert(2); });
   std::printf("[ expert failure ] no redundancy, SIGKILL: stall (longest gap between two tokens) "
               "%.3f s\n",
               stall);
