@@ -87,8 +87,8 @@ TEST(SharedMemoryMailbox, ServerThatStopsServingFailsTheWaitingClient) {
   auto client = MailboxClient::Create(4096);
   ASSERT_TRUE(client.ok()) << client.status();
   std::atomic<bool> stop{false};
-  std::thread serving([&] {
-    auto server = MailboxServer::Attach((*client)->name(), (*client)->nonce());
+  std::thread serving([&, name = (*client)->name(), nonce = (*client)->nonce()] {
+    auto server = MailboxServer::Attach(name, nonce);
     ASSERT_TRUE(server.ok()) << server.status();
     (*server)->Serve(
         [&](absl::string_view, char*, size_t) -> size_t {
@@ -126,8 +126,8 @@ TEST(SharedMemoryMailbox, HungServerFailsAtTheDeadline) {
   auto client = MailboxClient::Create(4096);
   ASSERT_TRUE(client.ok()) << client.status();
   std::atomic<bool> release{false};
-  std::thread serving([&] {
-    auto server = MailboxServer::Attach((*client)->name(), (*client)->nonce());
+  std::thread serving([&, name = (*client)->name(), nonce = (*client)->nonce()] {
+    auto server = MailboxServer::Attach(name, nonce);
     ASSERT_TRUE(server.ok()) << server.status();
     (*server)->Serve(
         [&](absl::string_view, char*, size_t) -> size_t {
