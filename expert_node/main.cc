@@ -1,7 +1,11 @@
 // moemesh-expert-node: holds the routed experts its placement share names and serves
 // ExpertService.Dispatch. Registers with the router's control plane and follows its placement.
+#include <sched.h>
+
+#include <cerrno>
 #include <csignal>
 #include <cstdio>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -23,6 +27,10 @@ ABSL_FLAG(int, compute_threads, 1, "OpenBLAS/OpenMP threads per expert computati
 ABSL_FLAG(int, metrics_port, 0, "port of GET /metrics (Prometheus); 0 picks one, -1 disables");
 ABSL_FLAG(int, max_experts_per_layer, 0,
           "capacity registered with the router: physical experts per MoE layer (0 = no limit)");
+ABSL_FLAG(bool, batch_scheduling, false,
+          "run this node's threads under SCHED_BATCH: a woken expert thread does not preempt "
+          "whatever runs on its core (it waits for a free core or the next tick); for expert "
+          "nodes sharing cores with the attention node that wakes them (moemesh up sets it)");
 ABSL_FLAG(std::string, log_level, "",
           "debug, info, warn, error or off (default: MOEMESH_LOG_LEVEL or info)");
 
@@ -40,6 +48,15 @@ int main(int argc, char** argv) {
   if (absl::GetFlag(FLAGS_model).empty()) {
     std::fprintf(stderr, "moemesh-expert-node: --model is required\n");
     return 2;
+  }
+  if (absl::GetFlag(FLAGS_batch_scheduling)) {
+    // Before any thread starts: threads inherit the policy (sched(7): per thread).
+    const sched_param param{};
+    if (sched_setscheduler(0, SCHED_BATCH, &param) != 0) {
+      std::fprintf(stderr, "moemesh-expert-node: --batch-scheduling: sched_setscheduler: %s\n",
+                   std::strerror(errno));
+      return 2;
+    }
   }
   // Several processes share the cores of a machine: no BLAS thread per core each by default.
   moemesh::kernels::SetComputeThreads(absl::GetFlag(FLAGS_compute_threads));

@@ -2,6 +2,7 @@
 // expert nodes drains it (exit 0), up says so and keeps running, and requests still get the
 // golden tokens; Ctrl-C (SIGINT) then stops everything and up exits 0. The processes talk mTLS
 // with the throwaway CA up generates (the default).
+#include <sched.h>
 #include <signal.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
@@ -9,6 +10,7 @@
 
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <regex>
 #include <sstream>
@@ -82,6 +84,18 @@ TEST(MoemeshUp, ExpertNodeDrainedWithSigtermLeavesTheClusterServing) {
         << name << ": " << ReadAll(log_dir + "/" + name + ".log");
   }
 
+  // The expert nodes share the cores with the attention node that wakes them: every thread of
+  // theirs runs under SCHED_BATCH (no wake-up preemption of the attention node).
+  const std::string tasks = "/proc/" + std::to_string(expert_pid) + "/task";
+  int threads = 0;
+  for (const auto& task : std::filesystem::directory_iterator(tasks)) {
+    const pid_t tid = std::stoi(task.path().filename().string());
+    const int policy = ::sched_getscheduler(tid);
+    if (policy < 0) continue;  // (a thread that just ended)
+    ++threads;
+    EXPECT_EQ(policy, SCHED_BATCH) << "expert-1 thread " << tid;
+  }
+  EXPECT_GT(threads, 1);
   ::kill(expert_pid, SIGTERM);
   std::smatch drained = WaitFor(
       output, std::regex("expert-1 exited with status 0 \\(drained[^\\n]*keeps serving with 1 "
@@ -103,6 +117,10 @@ TEST(MoemeshUp, ExpertNodeDrainedWithSigtermLeavesTheClusterServing) {
     EXPECT_EQ(CompareGreedy(prompt, answer["choices"][0]["token_ids"].get<std::vector<int64_t>>()),
               "");
   }
+  // The attention node reached the expert nodes through shared memory, not the stream.
+  EXPECT_EQ(ReadAll(log_dir + "/attention-0.log").find("dispatching over the gRPC stream"),
+            std::string::npos)
+      << ReadAll(log_dir + "/attention-0.log");
   ::kill(up, SIGINT);
   int status = 0;
   ASSERT_EQ(::waitpid(up, &status, 0), up);

@@ -41,6 +41,7 @@ constexpr char kUsage[] =
     "                  [--redundant-experts R] [--rebalance-interval S] [--min-replicas K]\n"
     "                  [--chat-template FILE]\n"
     "                  [--attention-compute-threads T] [--expert-compute-threads T]\n"
+    "                  [--expert-dispatch-threads T]\n"
     "                  [--micro-batches M] [--no-shared-memory-dispatch]\n"
     "                  [--api-key K] [--api-key-file F] [--admin-api-key K]\n"
     "                  [--tls-ca F --tls-cert F --tls-key F | --insecure-plaintext]\n"
@@ -61,11 +62,17 @@ constexpr char kUsage[] =
     "                          lm_head of every token, and idles while the experts compute)\n"
     "  --expert-compute-threads T     kernel threads per expert node (default: the cores / E,\n"
     "                          at least 1: the expert nodes compute at the same time)\n"
+    "  --expert-dispatch-threads T    experts of one dispatch computed at once per expert node\n"
+    "                          (default: the cores / expert compute threads: a node whose share\n"
+    "                          of a token's experts is the larger one uses the cores the other\n"
+    "                          node leaves idle)\n"
     "  --micro-batches M       concurrent micro-batches per attention-node step (default 1:\n"
     "                          every process here shares this machine's cores, so a second\n"
     "                          micro-batch would compute on the cores the experts use)\n"
     "  --no-shared-memory-dispatch    dispatch to the expert nodes over the gRPC stream (what\n"
-    "                          nodes on other hosts get) instead of shared-memory mailboxes\n";
+    "                          nodes on other hosts get) instead of shared-memory mailboxes\n"
+    "The expert nodes run under SCHED_BATCH (--batch-scheduling): when the attention node wakes\n"
+    "them, they take a free core instead of preempting it.\n";
 
 volatile sig_atomic_t stop_requested = 0;
 void OnStopSignal(int) { stop_requested = 1; }
@@ -222,6 +229,7 @@ int RunUp(const Arguments& arguments) {
                                            {"chat-template"},
                                            {"attention-compute-threads"},
                                            {"expert-compute-threads"},
+                                           {"expert-dispatch-threads"},
                                            {"micro-batches"},
                                            {"no-shared-memory-dispatch", true},
                                            {"api-key"},
@@ -255,11 +263,15 @@ int RunUp(const Arguments& arguments) {
   auto expert_threads =
       parsed->GetInt("expert-compute-threads",
                      expert_nodes.ok() && *expert_nodes > 0 ? std::max<int64_t>(1, cores / *expert_nodes) : 1);
+  auto dispatch_threads = parsed->GetInt(
+      "expert-dispatch-threads",
+      expert_threads.ok() && *expert_threads > 0 ? std::max<int64_t>(1, cores / *expert_threads) : 1);
   if (!model || !attention_nodes.ok() || !expert_nodes.ok() || !port.ok() || !cache_tokens.ok() ||
       !ready_timeout.ok() || !redundant_experts.ok() || !rebalance_interval.ok() ||
       !min_replicas.ok() || *min_replicas < 1 || *min_replicas > *expert_nodes ||
       !attention_threads.ok() || !expert_threads.ok() || *attention_threads < 1 ||
-      *expert_threads < 1 || !micro_batches.ok() || *micro_batches < 1 ||
+      *expert_threads < 1 || !dispatch_threads.ok() || *dispatch_threads < 1 ||
+      !micro_batches.ok() || *micro_batches < 1 ||
       *attention_nodes < 1 || *expert_nodes < 1 || *port < 0 || *redundant_experts < 0 ||
       *rebalance_interval < 0) {
     std::fprintf(stderr,
@@ -347,7 +359,8 @@ int RunUp(const Arguments& arguments) {
                     secured({(bin_dir / "moemesh-expert-node").string(), "--model",
                              model_dir.string(), "--router", control_address, "--host", host,
                              "--node-name", absl::StrCat("expert-", i), "--compute-threads",
-                             std::to_string(*expert_threads)}),
+                             std::to_string(*expert_threads), "--dispatch-threads",
+                             std::to_string(*dispatch_threads), "--batch-scheduling"}),
                     /*expert=*/true);
   }
   for (int64_t i = 0; started && i < *attention_nodes; ++i) {
