@@ -288,6 +288,9 @@ GrpcExpertTransport::GrpcExpertTransport(GrpcExpertTransportOptions options)
     shared_memory.dispatch_deadline = options_.dispatch_deadline;
     shared_memory.dispatch_deadline_floor = options_.dispatch_deadline_floor;
     shared_memory.on_round_trip = options_.on_round_trip;
+    // A first attach includes connecting (TLS): at least 2 s, never past the dispatch deadline.
+    shared_memory.attach_timeout = std::min(
+        std::max(options_.dispatch_deadline_floor, absl::Seconds(2)), options_.dispatch_deadline);
     shared_memory_ = std::make_unique<SharedMemoryDispatch>(std::move(shared_memory));
   }
   watchdog_ = std::thread([this] { WatchdogLoop(); });

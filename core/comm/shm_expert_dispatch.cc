@@ -29,14 +29,28 @@ std::future<Result> Ready(Result result) {
   return promise.get_future();
 }
 
-// Attach failures after which the node is reached over the stream instead: it cannot open this
-// process's segments (another host or IPC namespace), does not know the call (an older node), or
-// this process cannot make segments. Anything else (unreachable, timed out) fails the dispatch.
+// Attach failures after which the node is reached over the stream for good: it cannot open this
+// process's segments (another host or IPC namespace), does not know the call (an older node) or
+// refused the segment. Anything else (unreachable, timed out, /dev/shm full here, a transient
+// gRPC error) sends that dispatch over the stream and shared memory is tried again after
+// kRetryAttachAfter.
 bool MeansStreamOnly(const absl::Status& status) {
   return absl::IsNotFound(status) || absl::IsUnimplemented(status) ||
          absl::IsFailedPrecondition(status) || absl::IsInvalidArgument(status) ||
-         absl::IsPermissionDenied(status) || absl::IsResourceExhausted(status) ||
-         absl::IsInternal(status);
+         absl::IsPermissionDenied(status);
+}
+
+constexpr absl::Duration kRetryAttachAfter = absl::Seconds(5);
+// Idle mailboxes kept per node (each is reserved tmpfs memory and a parked handler thread on the
+// node); more are closed when their dispatch ends.
+constexpr size_t kMaxIdlePerNode = 4;
+
+// Bytes a request for `batch` takes at most (the floats, each slice's indices and weights as
+// packed varints and floats, and the fixed fields).
+size_t RequestBytesBound(const DispatchBatch& batch) {
+  size_t bytes = batch.hidden.size() * sizeof(float) + 256;
+  for (const ExpertSliceRows& slice : batch.slices) bytes += 32 + slice.rows.size() * 9;
+  return bytes;
 }
 
 absl::Status FromGrpc(const grpc::Status& status) {
@@ -65,6 +79,7 @@ struct SharedMemoryDispatch::Node {
   const std::string address;
   std::unique_ptr<moemesh::v1::ExpertService::Stub> stub;
   bool stream_only = false;
+  absl::Time retry_after = absl::InfinitePast();  // after a transient attach failure
   std::vector<std::unique_ptr<Attached>> idle;
   RoundTripDeadline deadline;
 };
@@ -109,13 +124,16 @@ struct SharedMemoryDispatch::Shared {
       moemesh::v1::SharedMemoryEvent event;
       return reader->Read(&event) && event.attached();
     });
-    if (first.wait_for(absl::ToChronoNanoseconds(options.attach_timeout)) !=
-        std::future_status::ready) {
-      attached->context->TryCancel();
-    }
-    if (!first.get()) {
+    const bool in_time = first.wait_for(absl::ToChronoNanoseconds(options.attach_timeout)) ==
+                         std::future_status::ready;
+    if (!in_time) attached->context->TryCancel();
+    if (!first.get() || !in_time) {  // (late: the call is cancelled whatever Read returned)
       grpc::Status status = attached->reader->Finish();
       attached->reader.reset();
+      if (!in_time) {
+        return absl::DeadlineExceededError(absl::StrCat(
+            "no answer to ServeSharedMemory within ", absl::FormatDuration(options.attach_timeout)));
+      }
       if (status.ok()) return absl::InternalError("the node ended the call without attaching");
       return FromGrpc(status);
     }
@@ -163,77 +181,85 @@ std::optional<std::future<Result>> SharedMemoryDispatch::Dispatch(const std::str
                                                                   const std::string& address,
                                                                   DispatchBatch& batch) {
   std::shared_ptr<Shared> shared = shared_;
+  DispatchShape shape{batch.layer, batch.rows(), 0, batch.hidden_size};
+  for (const ExpertSliceRows& slice : batch.slices) {
+    shape.expert_rows += static_cast<int64_t>(slice.rows.size());
+  }
+  // Room for the request and for the reply written over it.
+  const size_t needed = std::max(
+      RequestBytesBound(batch), static_cast<size_t>(shape.expert_rows) * shape.hidden_size *
+                                        sizeof(float) + kReplyOverheadBytes);
+  if (needed > shared->options.max_capacity) return std::nullopt;  // (the stream carries it)
+
   std::shared_ptr<Node> node;
+  std::shared_ptr<Node> replaced;  // a node that moved: closed outside the lock
+  std::vector<std::unique_ptr<Attached>> dropped;  // closed outside the lock
+  std::unique_ptr<Attached> attached;
   uint64_t id;
   {
     absl::MutexLock lock(&shared->mutex);
     std::shared_ptr<Node>& slot = shared->nodes[node_id];
     if (slot == nullptr || slot->address != address) {
+      replaced = std::move(slot);
       slot = std::make_shared<Node>(address, shared->options);
     }
     node = slot;
-    if (node->stream_only) return std::nullopt;
+    if (node->stream_only || absl::Now() < node->retry_after) return std::nullopt;
     id = shared->next_id++;
-  }
-  const std::string who = absl::StrCat("expert node ", node_id, " (", address, ", shared memory): ");
-  DispatchShape shape{batch.layer, batch.rows(), 0, batch.hidden_size};
-  for (const ExpertSliceRows& slice : batch.slices) {
-    shape.expert_rows += static_cast<int64_t>(slice.rows.size());
-  }
-  moemesh::v1::DispatchRequest request = DispatchRequestFromBatch(std::move(batch), id);
-  const size_t request_bytes = request.ByteSizeLong();
-  const size_t needed = std::max(
-      request_bytes, static_cast<size_t>(shape.expert_rows) * shape.hidden_size * sizeof(float) +
-                         kReplyOverheadBytes);
-
-  std::unique_ptr<Attached> attached;
-  std::unique_ptr<Attached> too_small;  // replaced by a larger one (closed outside the lock)
-  {
-    absl::MutexLock lock(&shared->mutex);
-    for (auto it = node->idle.begin(); it != node->idle.end(); ++it) {
-      if ((*it)->mailbox->capacity() >= needed) {
+    // The smallest idle mailbox that fits and is still served (a node that restarted or stopped
+    // serving left its mailboxes dead); dead ones are dropped.
+    for (auto it = node->idle.begin(); it != node->idle.end();) {
+      if (!(*it)->mailbox->ServerAlive()) {
+        dropped.push_back(std::move(*it));
+        it = node->idle.erase(it);
+      } else if (attached == nullptr && (*it)->mailbox->capacity() >= needed) {
         attached = std::move(*it);
-        node->idle.erase(it);
-        break;
+        it = node->idle.erase(it);
+      } else {
+        ++it;
       }
     }
-    if (attached == nullptr && !node->idle.empty()) {
-      too_small = std::move(node->idle.back());
-      node->idle.pop_back();
-    }
   }
-  too_small.reset();
+  dropped.clear();
+  replaced.reset();
   if (attached == nullptr) {
     size_t capacity = shared->options.min_capacity;
     while (capacity < needed) capacity *= 2;
+    capacity = std::min(capacity, shared->options.max_capacity);
     absl::StatusOr<std::unique_ptr<Attached>> made = shared->Attach(*node, capacity);
     if (!made.ok()) {
-      if (MeansStreamOnly(made.status())) {
-        {
-          absl::MutexLock lock(&shared->mutex);
+      const bool for_good = MeansStreamOnly(made.status());
+      {
+        absl::MutexLock lock(&shared->mutex);
+        if (for_good) {
           node->stream_only = true;
+        } else {
+          node->retry_after = absl::Now() + kRetryAttachAfter;
         }
+      }
+      if (for_good) {
         obs::LogInfo("expert node {} at {}: dispatching over the gRPC stream, not shared memory "
                      "({})",
                      node_id, address, std::string(made.status().message()));
-        absl::StatusOr<DispatchBatch> restored = DispatchBatchFromRequest(request, 0);
-        if (restored.ok()) {
-          batch = *std::move(restored);
-          return std::nullopt;
-        }
-        return Ready(restored.status());
+      } else {
+        obs::LogWarn("expert node {} at {}: no shared-memory mailbox for now, the gRPC stream "
+                     "carries its dispatches for {} ({})",
+                     node_id, address, absl::FormatDuration(kRetryAttachAfter),
+                     std::string(made.status().message()));
       }
-      shared->Count([](ExpertTransportCounters& c) {
-        ++c.dispatches;
-        ++c.shared_memory_dispatches;
-        ++c.unavailable;
-      });
-      return Ready(absl::UnavailableError(absl::StrCat(
-          who, "cannot attach a shared-memory mailbox: ", made.status().message())));
+      return std::nullopt;  // `batch` is untouched
     }
     attached = *std::move(made);
   }
 
+  const std::string who = absl::StrCat("expert node ", node_id, " (", address, ", shared memory): ");
+  moemesh::v1::DispatchRequest request = DispatchRequestFromBatch(std::move(batch), id);
+  const size_t request_bytes = request.ByteSizeLong();
+  if (request_bytes > attached->mailbox->capacity()) {  // (RequestBytesBound is an upper bound)
+    return Ready(absl::InternalError(absl::StrCat(who, "a request of ", request_bytes,
+                                                  " bytes exceeds its ",
+                                                  attached->mailbox->capacity(), "-byte mailbox")));
+  }
   request.SerializeWithCachedSizesToArray(reinterpret_cast<uint8_t*>(attached->mailbox->data()));
   absl::Duration limit;
   {
@@ -249,7 +275,7 @@ std::optional<std::future<Result>> SharedMemoryDispatch::Dispatch(const std::str
   attached->mailbox->Post(request_bytes);
   return std::async(
       std::launch::deferred,
-      [shared, node, node_id, who, shape, sent, limit,
+      [shared, node, node_id, who, shape, sent, limit, id,
        attached = std::move(attached)]() mutable -> Result {
         absl::StatusOr<size_t> length = attached->mailbox->AwaitReply(sent + limit);
         Result result;
@@ -269,6 +295,9 @@ std::optional<std::future<Result>> SharedMemoryDispatch::Dispatch(const std::str
           if (!reply.ParseFromArray(attached->mailbox->data(), static_cast<int>(*length))) {
             result = absl::InternalError(absl::StrCat(who, "unparsable reply of ", *length,
                                                       " bytes"));
+          } else if (reply.dispatch_id() != id) {
+            result = absl::InternalError(absl::StrCat(who, "the reply is to dispatch ",
+                                                      reply.dispatch_id(), ", not ", id));
           } else {
             result = DispatchResultFromReply(reply, shape, who);
           }
@@ -282,7 +311,8 @@ std::optional<std::future<Result>> SharedMemoryDispatch::Dispatch(const std::str
           if (result.ok()) node->deadline.Observe(round_trip);
           // Back to the pool while the node is still the one known under this id.
           auto it = shared->nodes.find(node_id);
-          if (attached != nullptr && it != shared->nodes.end() && it->second == node) {
+          if (attached != nullptr && it != shared->nodes.end() && it->second == node &&
+              node->idle.size() < kMaxIdlePerNode) {
             node->idle.push_back(std::move(attached));
           }
         }

@@ -9,8 +9,10 @@
 // call that stays open for its life: the node serves it in that call's handler, so a node
 // shutting down or this process dying ends it. Failures resolve futures as the stream's do:
 // UNAVAILABLE (the node's process died: noticed within MailboxClient::kLivenessCheck; it stopped
-// serving; no reply within the deadline; it cannot be reached to attach), and the reply's
-// FAILED_PRECONDITION / INVALID_ARGUMENT.
+// serving; no reply within the deadline), and the reply's
+// FAILED_PRECONDITION / INVALID_ARGUMENT. A dispatch that cannot get a mailbox (larger than
+// max_capacity, /dev/shm full, the node not answering the attach) goes over the stream; a node
+// whose attach failed for such a reason is tried again after a few seconds.
 #pragma once
 
 #include <cstddef>
@@ -37,8 +39,10 @@ struct SharedMemoryDispatchOptions {
   absl::Duration dispatch_deadline_floor = absl::Seconds(10);
   // How long attaching a new mailbox may take (an RPC to the node).
   absl::Duration attach_timeout = absl::Seconds(2);
-  // Smallest mailbox (bytes of message space); larger ones are made for larger dispatches.
+  // Smallest mailbox (bytes of message space); larger ones are made for larger dispatches, up to
+  // max_capacity; a dispatch that needs more goes over the stream.
   size_t min_capacity = size_t{1} << 20;
+  size_t max_capacity = size_t{64} << 20;
   // Optional: called for every reply with its round trip in seconds and whether it was OK.
   std::function<void(const std::string& node_id, double seconds, bool ok)> on_round_trip;
 };

@@ -147,18 +147,31 @@ absl::StatusOr<size_t> MailboxClient::AwaitReply(absl::Time deadline) {
     // Still no reply: is anyone serving?
     const int locked = pthread_mutex_trylock(&header_->server_alive);
     if (locked == EBUSY) continue;
+    if (locked == EOWNERDEAD) pthread_mutex_consistent(&header_->server_alive);
+    if (locked == 0 || locked == EOWNERDEAD) pthread_mutex_unlock(&header_->server_alive);
+    // The server may have answered just before it went.
+    if (header_->state.load(std::memory_order_acquire) == kReply) {
+      return static_cast<size_t>(header_->length);
+    }
     dead_ = true;
     if (locked == EOWNERDEAD) {
-      pthread_mutex_consistent(&header_->server_alive);
-      pthread_mutex_unlock(&header_->server_alive);
       return absl::UnavailableError("the serving process died (its shared-memory lock was freed)");
     }
-    if (locked == 0) pthread_mutex_unlock(&header_->server_alive);
     return absl::UnavailableError("the server stopped serving this shared-memory mailbox");
   }
 }
 
 void MailboxClient::Reset() { header_->state.store(kIdle, std::memory_order_release); }
+
+bool MailboxClient::ServerAlive() {
+  if (dead_) return false;
+  const int locked = pthread_mutex_trylock(&header_->server_alive);
+  if (locked == EBUSY) return true;
+  if (locked == EOWNERDEAD) pthread_mutex_consistent(&header_->server_alive);
+  if (locked == 0 || locked == EOWNERDEAD) pthread_mutex_unlock(&header_->server_alive);
+  dead_ = true;
+  return false;
+}
 
 absl::StatusOr<std::unique_ptr<MailboxServer>> MailboxServer::Attach(const std::string& name,
                                                                      const std::string& nonce) {
@@ -216,6 +229,7 @@ absl::StatusOr<std::unique_ptr<MailboxServer>> MailboxServer::Attach(const std::
                                                 std::strerror(error)));
   }
   server->locked_ = true;
+  shm_unlink(name.c_str());  // the name was only the rendezvous
   return server;
 }
 

@@ -62,6 +62,9 @@ class MailboxClient {
   absl::StatusOr<size_t> AwaitReply(absl::Time deadline);
   // Ready for the next Post, after the reply was read.
   void Reset();
+  // Whether a server still holds the liveness lock (a pooled mailbox whose node restarted or
+  // stopped serving is not). False marks the mailbox dead.
+  bool ServerAlive();
   bool dead() const { return dead_; }
 
   static constexpr absl::Duration kLivenessCheck = absl::Milliseconds(5);
@@ -92,7 +95,8 @@ class MailboxServer {
       std::function<size_t(absl::string_view request, char* reply, size_t capacity)>;
 
   // Opens segment `name` made by a MailboxClient on this host, checks its header and `nonce`,
-  // and takes the liveness lock. Errors: NOT_FOUND (no such segment here: another host or IPC
+  // takes the liveness lock and removes the name (both sides keep their mapping; nothing is left
+  // in /dev/shm if the client dies before it unlinks). Errors: NOT_FOUND (no such segment here: another host or IPC
   // namespace), FAILED_PRECONDITION (not a mailbox, another layout version, the wrong nonce),
   // INVALID_ARGUMENT (not a shared-memory name).
   static absl::StatusOr<std::unique_ptr<MailboxServer>> Attach(const std::string& name,

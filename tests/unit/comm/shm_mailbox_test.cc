@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <future>
 #include <string>
 #include <thread>
 
@@ -73,22 +74,22 @@ TEST(SharedMemoryMailbox, RefusesOtherSegmentsAndNonces) {
   auto refused = MailboxServer::Attach((*client)->name(), wrong);
   EXPECT_TRUE(absl::IsFailedPrecondition(refused.status())) << refused.status();
   EXPECT_NE(refused.status().message().find("nonce"), absl::string_view::npos);
-  // One server per mailbox.
+  // The first server to attach removes the name: no second server, nothing left in /dev/shm.
   auto first = MailboxServer::Attach((*client)->name(), (*client)->nonce());
   ASSERT_TRUE(first.ok()) << first.status();
-  std::thread second([&] {  // (the liveness lock is per thread: try from another one)
-    auto again = MailboxServer::Attach((*client)->name(), (*client)->nonce());
-    EXPECT_TRUE(absl::IsFailedPrecondition(again.status())) << again.status();
-  });
-  second.join();
+  EXPECT_TRUE(absl::IsNotFound(
+      MailboxServer::Attach((*client)->name(), (*client)->nonce()).status()));
+  EXPECT_TRUE((*first)->capacity() == 4096);
 }
 
 TEST(SharedMemoryMailbox, ServerThatStopsServingFailsTheWaitingClient) {
   auto client = MailboxClient::Create(4096);
   ASSERT_TRUE(client.ok()) << client.status();
   std::atomic<bool> stop{false};
+  std::promise<void> attached;
   std::thread serving([&, name = (*client)->name(), nonce = (*client)->nonce()] {
     auto server = MailboxServer::Attach(name, nonce);
+    attached.set_value();
     ASSERT_TRUE(server.ok()) << server.status();
     (*server)->Serve(
         [&](absl::string_view, char*, size_t) -> size_t {
@@ -98,6 +99,7 @@ TEST(SharedMemoryMailbox, ServerThatStopsServingFailsTheWaitingClient) {
         },
         [&] { return stop.load(); });
   });
+  attached.get_future().wait();  // (posting before the server holds its lock would fail at once)
   std::memcpy((*client)->data(), "x", 1);
   (*client)->Post(1);
   std::thread stopper([&] {
@@ -112,7 +114,8 @@ TEST(SharedMemoryMailbox, ServerThatStopsServingFailsTheWaitingClient) {
   serving.join();
   EXPECT_LT(std::chrono::duration<double>(Clock::now() - start).count(), 10);
   if (!reply.ok()) EXPECT_TRUE(absl::IsUnavailable(reply.status())) << reply.status();
-  // The server is gone now: the next request fails at once.
+  // The server is gone now: a pool would see it before posting, and a request fails at once.
+  EXPECT_FALSE((*client)->ServerAlive());
   (*client)->Reset();
   (*client)->Post(1);
   absl::StatusOr<size_t> after = (*client)->AwaitReply(absl::Now() + absl::Seconds(60));
@@ -126,8 +129,10 @@ TEST(SharedMemoryMailbox, HungServerFailsAtTheDeadline) {
   auto client = MailboxClient::Create(4096);
   ASSERT_TRUE(client.ok()) << client.status();
   std::atomic<bool> release{false};
+  std::promise<void> attached;
   std::thread serving([&, name = (*client)->name(), nonce = (*client)->nonce()] {
     auto server = MailboxServer::Attach(name, nonce);
+    attached.set_value();
     ASSERT_TRUE(server.ok()) << server.status();
     (*server)->Serve(
         [&](absl::string_view, char*, size_t) -> size_t {
@@ -136,6 +141,7 @@ TEST(SharedMemoryMailbox, HungServerFailsAtTheDeadline) {
         },
         [] { return false; });
   });
+  attached.get_future().wait();
   std::memcpy((*client)->data(), "x", 1);
   (*client)->Post(1);
   const auto start = Clock::now();

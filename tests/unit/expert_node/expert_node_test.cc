@@ -2,6 +2,7 @@
 // the tiny-r1 fixture registering, loading their placement share and answering Dispatch over the
 // real GrpcExpertTransport.
 #include <atomic>
+#include <optional>
 #include <random>
 #include <set>
 #include <thread>
@@ -46,11 +47,12 @@ class ExpertNodeClusterTest : public ::testing::Test {
     if (router_ != nullptr) comm::ShutdownGrpcServer(router_.get(), 0);
   }
 
-  std::unique_ptr<ExpertNode> StartNode(const std::string& name) {
+  std::unique_ptr<ExpertNode> StartNode(const std::string& name, int port = 0) {
     ExpertNodeOptions options;
     options.model_dir = kFixture;
     options.router_address = "127.0.0.1:" + std::to_string(router_port_);
     options.node_name = name;
+    options.port = port;
     options.dispatch_threads = 2;
     auto node = ExpertNode::Start(options);
     EXPECT_TRUE(node.ok()) << node.status();
@@ -298,6 +300,49 @@ TEST_F(ExpertNodeClusterTest, SharedMemoryDispatchGivesTheStreamsBitsAndErrors) 
   auto after = shared.Dispatch(id, address, 0, batch).get();
   EXPECT_TRUE(absl::IsUnavailable(after.status())) << after.status();
   EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 5.0);
+}
+
+// A node restarted on its address: the mailboxes pooled for the old process are dead (their
+// liveness lock was let go); the next dispatch attaches a new one instead of failing on them.
+TEST_F(ExpertNodeClusterTest, SharedMemoryPoolSurvivesANodeRestartOnItsAddress) {
+  comm::GrpcExpertTransportOptions options;
+  options.shared_memory = true;
+  comm::GrpcExpertTransport transport(options);
+  const std::string id = b_->node_id();
+  const std::string address = b_->address();
+  const int port = std::stoi(address.substr(address.rfind(':') + 1));
+  // A batch of the node's own experts (rows 0..1 to its first held expert of some layer).
+  auto own_batch = [&]() -> std::optional<comm::DispatchBatch> {
+    std::shared_ptr<const model::ExpertShard> shard = b_ == nullptr ? nullptr : b_->service().shard();
+    if (shard == nullptr || shard->HeldExperts().empty()) return std::nullopt;
+    const auto [layer, expert] = shard->HeldExperts().front();
+    model::GateDecision decision;
+    decision.top_k = 1;
+    decision.experts = {expert, expert};
+    decision.weights = {0.5f, 0.25f};
+    return BatchFor(layer, RandomHidden(2, 9), decision, [](int) { return true; }, 0);
+  };
+  ASSERT_TRUE(own_batch().has_value());
+  ASSERT_TRUE(transport.Dispatch(id, address, 0, *own_batch()).get().ok());
+  ASSERT_TRUE(transport.Dispatch(id, address, 1, *own_batch()).get().ok());
+  EXPECT_EQ(transport.counters().shared_memory_dispatches, 2u);
+
+  b_->Shutdown(0);
+  b_.reset();
+  b_ = StartNode("ex-b", port);
+  ASSERT_NE(b_, nullptr);
+  ASSERT_EQ(b_->address(), address);
+  std::optional<comm::DispatchBatch> batch;
+  for (int i = 0; i < 1000 && !(batch = own_batch()).has_value(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  ASSERT_TRUE(batch.has_value()) << "the restarted node loaded no experts";
+  const comm::ExpertTransportCounters before = transport.counters();
+  auto after = transport.Dispatch(id, address, 0, *batch).get();
+  EXPECT_TRUE(after.ok()) << after.status();
+  const comm::ExpertTransportCounters counters = transport.counters();
+  EXPECT_EQ(counters.unavailable, before.unavailable);
+  EXPECT_EQ(counters.shared_memory_dispatches, before.shared_memory_dispatches + 1);
 }
 
 TEST_F(ExpertNodeClusterTest, KilledNodeFailsFastIsReplannedAroundAndRejoinsOnRestart) {
