@@ -113,6 +113,12 @@ absl::StatusOr<Json> ParseJson(std::string_view text) {
 
 }  // namespace
 
+std::string ByteLevelSymbol(uint8_t byte) {
+  std::string symbol;
+  AppendCodePoint(ByteToCodePoint()[byte], &symbol);
+  return symbol;
+}
+
 struct Tokenizer::Regex {
   pcre2_code* code = nullptr;
   bool jit = false;
@@ -244,9 +250,7 @@ absl::Status Tokenizer::Load(std::string_view text) {
     add_token(id_json.get<TokenId>(), ByteLevelDecode(token), token);
   }
   for (int byte = 0; byte < 256; ++byte) {
-    std::string character;
-    AppendCodePoint(ByteToCodePoint()[byte], &character);
-    auto it = token_ids_.find(character);
+    auto it = token_ids_.find(ByteLevelSymbol(static_cast<uint8_t>(byte)));
     if (it == token_ids_.end()) {
       return absl::InvalidArgumentError(absl::StrCat("vocabulary lacks byte ", byte));
     }

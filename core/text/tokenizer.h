@@ -30,6 +30,11 @@ namespace moemesh::text {
 
 using TokenId = int32_t;
 
+// The vocabulary symbol (UTF-8) standing for byte `byte` in GPT-2's byte-level alphabet, which
+// the ByteLevel pre-tokenizer and decoder use: printable Latin-1 bytes stand for themselves, the
+// other 68 are U+0100.. in byte order.
+std::string ByteLevelSymbol(uint8_t byte);
+
 class Tokenizer {
  public:
   // Reads `path`: a tokenizer.json file, or a directory holding one. Errors: NotFound when the

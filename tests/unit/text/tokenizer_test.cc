@@ -71,18 +71,9 @@ TEST(TokenizerTest, FieldsOfTheWrongJsonTypeAreErrorsNotExceptions) {
   nlohmann::json real = nlohmann::json::parse(R"({
       "model": {"type": "BPE", "vocab": {}, "merges": ["a b"]},
       "added_tokens": [{"id": 257, "content": "<s>", "special": true}]})");
-  // The 256 byte-level symbols (GPT-2's bytes_to_unicode: printable bytes stand for themselves,
-  // the others for U+0100 onwards), then "ab".
-  for (int byte = 0, shifted = 0; byte < 256; ++byte) {
-    const bool printable = (byte >= 33 && byte <= 126) || (byte >= 161 && byte <= 172) || byte >= 174;
-    const int code_point = printable ? byte : 256 + shifted++;
-    std::string symbol;
-    if (code_point < 0x80) {
-      symbol = std::string(1, static_cast<char>(code_point));
-    } else {
-      symbol = {static_cast<char>(0xC0 | (code_point >> 6)), static_cast<char>(0x80 | (code_point & 0x3F))};
-    }
-    real["model"]["vocab"][symbol] = byte;
+  // The 256 byte-level symbols, then "ab".
+  for (int byte = 0; byte < 256; ++byte) {
+    real["model"]["vocab"][ByteLevelSymbol(static_cast<uint8_t>(byte))] = byte;
   }
   real["model"]["vocab"]["ab"] = 256;
   ASSERT_TRUE(Tokenizer::FromJson(real.dump()).ok());
