@@ -10,6 +10,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstring>
+#include <functional>
 #include <future>
 #include <string>
 #include <thread>
@@ -39,6 +40,30 @@ std::string Ask(MailboxClient& client, const std::string& text, absl::Duration t
   std::string reply(client.data(), *length);
   client.Reset();
   return reply;
+}
+
+// A thread serving `client`'s mailbox whose handler holds every request until `release` is
+// set (then answers 0 bytes), stopping when `stop_requested` says so. Returns once the server
+// holds its liveness lock (posting before that would fail at once).
+std::thread ServeWithoutAnswering(MailboxClient& client, std::atomic<bool>& release,
+                                  std::function<bool()> stop_requested) {
+  std::promise<void> attached;
+  std::future<void> attached_future = attached.get_future();
+  std::thread serving([&release, name = client.name(), nonce = client.nonce(),
+                       stop_requested = std::move(stop_requested),
+                       attached = std::move(attached)]() mutable {
+    auto server = MailboxServer::Attach(name, nonce);
+    attached.set_value();
+    ASSERT_TRUE(server.ok()) << server.status();
+    (*server)->Serve(
+        [&](absl::string_view, char*, size_t) -> size_t {
+          while (!release.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+          return 0;
+        },
+        stop_requested);
+  });
+  attached_future.wait();
+  return serving;
 }
 
 TEST(SharedMemoryMailbox, AnswersInPlaceRequestAfterRequest) {
@@ -85,21 +110,9 @@ TEST(SharedMemoryMailbox, RefusesOtherSegmentsAndNonces) {
 TEST(SharedMemoryMailbox, ServerThatStopsServingFailsTheWaitingClient) {
   auto client = MailboxClient::Create(4096);
   ASSERT_TRUE(client.ok()) << client.status();
+  // The server never answers: it stops being a server while "computing".
   std::atomic<bool> stop{false};
-  std::promise<void> attached;
-  std::thread serving([&, name = (*client)->name(), nonce = (*client)->nonce()] {
-    auto server = MailboxServer::Attach(name, nonce);
-    attached.set_value();
-    ASSERT_TRUE(server.ok()) << server.status();
-    (*server)->Serve(
-        [&](absl::string_view, char*, size_t) -> size_t {
-          // Never answers: stops being a server while "computing".
-          while (!stop.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-          return 0;
-        },
-        [&] { return stop.load(); });
-  });
-  attached.get_future().wait();  // (posting before the server holds its lock would fail at once)
+  std::thread serving = ServeWithoutAnswering(**client, stop, [&] { return stop.load(); });
   std::memcpy((*client)->data(), "x", 1);
   (*client)->Post(1);
   std::thread stopper([&] {
@@ -129,19 +142,7 @@ TEST(SharedMemoryMailbox, HungServerFailsAtTheDeadline) {
   auto client = MailboxClient::Create(4096);
   ASSERT_TRUE(client.ok()) << client.status();
   std::atomic<bool> release{false};
-  std::promise<void> attached;
-  std::thread serving([&, name = (*client)->name(), nonce = (*client)->nonce()] {
-    auto server = MailboxServer::Attach(name, nonce);
-    attached.set_value();
-    ASSERT_TRUE(server.ok()) << server.status();
-    (*server)->Serve(
-        [&](absl::string_view, char*, size_t) -> size_t {
-          while (!release.load()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-          return 0;
-        },
-        [] { return false; });
-  });
-  attached.get_future().wait();
+  std::thread serving = ServeWithoutAnswering(**client, release, [] { return false; });
   std::memcpy((*client)->data(), "x", 1);
   (*client)->Post(1);
   const auto start = Clock::now();
