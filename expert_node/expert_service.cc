@@ -13,6 +13,7 @@
 #include "absl/strings/str_join.h"
 #include "core/comm/dispatch_codec.h"
 #include "core/comm/grpc_server.h"
+#include "core/comm/grpc_status.h"
 #include "core/comm/shm_mailbox.h"
 #include "core/kernels/cpu/elementwise.h"
 #include "expert_node/expert_metrics.h"
@@ -151,10 +152,7 @@ grpc::Status ExpertService::ServeSharedMemory(
     grpc::ServerWriter<moemesh::v1::SharedMemoryEvent>* writer) {
   absl::StatusOr<std::unique_ptr<comm::MailboxServer>> mailbox =
       comm::MailboxServer::Attach(request->segment_name(), request->nonce());
-  if (!mailbox.ok()) {
-    return grpc::Status(static_cast<grpc::StatusCode>(mailbox.status().code()),
-                        std::string(mailbox.status().message()));
-  }
+  if (!mailbox.ok()) return comm::ToGrpcStatus(mailbox.status());
   moemesh::v1::SharedMemoryEvent attached;
   attached.set_attached(true);
   if (!writer->Write(attached)) return grpc::Status::OK;  // the caller is gone

@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "router/sequence_replay.h"
+#include "core/comm/grpc_status.h"
 #include "core/comm/tls.h"
 
 namespace moemesh::router {
@@ -139,9 +140,7 @@ class GrpcAttentionBackend::Sequence : public SequenceHandle {
               "node_failed"};
     }
     return {End::kFailed,
-            absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                         absl::StrCat("attention node ", address, ": ", status.error_message())),
-            ""};
+            comm::FromGrpcStatus(status, absl::StrCat("attention node ", address)), ""};
   }
 
   // Waits `duration` unless the sequence is cancelled first (then false).

@@ -1,5 +1,6 @@
 #include "core/comm/control_client.h"
 
+#include "core/comm/grpc_status.h"
 #include "core/comm/tls.h"
 #include "core/obs/log.h"
 
@@ -15,12 +16,6 @@
 
 namespace moemesh::comm {
 namespace {
-
-absl::Status FromGrpc(const grpc::Status& status, absl::string_view what) {
-  if (status.ok()) return absl::OkStatus();
-  return absl::Status(static_cast<absl::StatusCode>(status.error_code()),
-                      absl::StrCat(what, ": ", status.error_message()));
-}
 
 class GrpcControlClient : public ControlClient {
  public:
@@ -110,7 +105,7 @@ class GrpcControlClient : public ControlClient {
     moemesh::v1::GetPlacementRequest request;
     request.set_target(target);
     grpc::Status status = stub_->GetPlacement(context.get(), request, &placement);
-    if (!status.ok()) return FromGrpc(status, "GetPlacement from " + options_.router_address);
+    if (!status.ok()) return FromGrpcStatus(status, "GetPlacement from " + options_.router_address);
     return placement;
   }
 

@@ -72,6 +72,14 @@ absl::StatusOr<DispatchBatch> DispatchBatchFromRequest(moemesh::v1::DispatchRequ
   return batch;
 }
 
+DispatchShape ShapeOf(const DispatchBatch& batch) {
+  DispatchShape shape{batch.layer, batch.rows(), 0, batch.hidden_size};
+  for (const ExpertSliceRows& slice : batch.slices) {
+    shape.expert_rows += static_cast<int64_t>(slice.rows.size());
+  }
+  return shape;
+}
+
 absl::StatusOr<DispatchResult> DispatchResultFromReply(moemesh::v1::DispatchReply& reply,
                                                        const DispatchShape& shape,
                                                        absl::string_view who) {

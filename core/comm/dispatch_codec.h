@@ -32,6 +32,9 @@ struct DispatchShape {
   int hidden_size = 0;
 };
 
+// The shape of `batch`.
+DispatchShape ShapeOf(const DispatchBatch& batch);
+
 // The result a reply to a request of `shape` carries; takes the reply's float bytes. `who`
 // prefixes every error message ("expert node X (address, lane N): "). Errors:
 // FAILED_PRECONDITION (NOT_HELD: names the missing experts), INVALID_ARGUMENT (the node rejected

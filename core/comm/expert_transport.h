@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <future>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -41,6 +42,15 @@ struct DispatchResult {
   uint64_t node_placement_version = 0;
   double compute_seconds = 0;
 };
+
+// A future already holding `result` (a dispatch answered without a round trip: refused
+// before sending, or failed at once).
+inline std::future<absl::StatusOr<DispatchResult>> ResolvedDispatch(
+    absl::StatusOr<DispatchResult> result) {
+  std::promise<absl::StatusOr<DispatchResult>> promise;
+  promise.set_value(std::move(result));
+  return promise.get_future();
+}
 
 class ExpertTransport {
  public:

@@ -20,13 +20,28 @@ namespace {
 
 using Result = absl::StatusOr<DispatchResult>;
 
-std::future<Result> Ready(Result result) {
-  std::promise<Result> promise;
-  promise.set_value(std::move(result));
-  return promise.get_future();
-}
-
 }  // namespace
+
+grpc::ChannelArguments ExpertChannelArguments(const GrpcExpertTransportOptions& options) {
+  grpc::ChannelArguments args;
+  args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+  args.SetMaxReceiveMessageSize(-1);
+  args.SetMaxSendMessageSize(-1);
+  const int max_backoff_ms =
+      std::max<int>(100, static_cast<int>(absl::ToInt64Milliseconds(options.max_reconnect_backoff)));
+  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, std::min(100, max_backoff_ms));
+  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, std::min(100, max_backoff_ms));
+  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, max_backoff_ms);
+  if (options.keepalive_time > absl::ZeroDuration()) {
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS,
+                static_cast<int>(absl::ToInt64Milliseconds(options.keepalive_time)));
+    args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
+                static_cast<int>(absl::ToInt64Milliseconds(options.keepalive_timeout)));
+    args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
+    args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);  // an idle stream keeps pinging
+  }
+  return args;
+}
 
 // One ExpertService.Dispatch stream to one node on one lane, with its own channel (a fresh
 // connection per stream, so a restarted node is reached without inheriting backoff state).
@@ -38,24 +53,7 @@ class GrpcExpertTransport::Stream {
         address_(std::move(address)),
         lane_(lane),
         deadline_(owner->options_.dispatch_deadline_floor, owner->options_.dispatch_deadline) {
-    grpc::ChannelArguments args;
-    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-    args.SetMaxReceiveMessageSize(-1);
-    args.SetMaxSendMessageSize(-1);
-    const int max_backoff_ms =
-        std::max<int>(100, static_cast<int>(absl::ToInt64Milliseconds(owner->options_.max_reconnect_backoff)));
-    args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, std::min(100, max_backoff_ms));
-    args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, std::min(100, max_backoff_ms));
-    args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, max_backoff_ms);
-    if (owner->options_.keepalive_time > absl::ZeroDuration()) {
-      args.SetInt(GRPC_ARG_KEEPALIVE_TIME_MS,
-                  static_cast<int>(absl::ToInt64Milliseconds(owner->options_.keepalive_time)));
-      args.SetInt(GRPC_ARG_KEEPALIVE_TIMEOUT_MS,
-                  static_cast<int>(absl::ToInt64Milliseconds(owner->options_.keepalive_timeout)));
-      args.SetInt(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
-      args.SetInt(GRPC_ARG_HTTP2_MAX_PINGS_WITHOUT_DATA, 0);  // an idle stream keeps pinging
-    }
-    auto channel = CreateServiceChannel(address_, args);
+    auto channel = CreateServiceChannel(address_, ExpertChannelArguments(owner->options_));
     stub_ = moemesh::v1::ExpertService::NewStub(channel);
     // Corked: the constructor of the stream does not wait for the connection; the first Write
     // does, bounded by the dispatch deadline (the watchdog cancels the call).
@@ -91,15 +89,10 @@ class GrpcExpertTransport::Stream {
     std::future<Result> future;
     {
       absl::MutexLock lock(&mutex_);
-      if (broken_) return Ready(absl::UnavailableError(Describe("stream is broken")));
+      if (broken_) return ResolvedDispatch(absl::UnavailableError(Describe("stream is broken")));
       id = next_id_++;
       Pending& pending = pending_[id];
-      pending.layer = batch.layer;
-      pending.rows = batch.rows();
-      for (const ExpertSliceRows& slice : batch.slices) {
-        pending.expert_rows += static_cast<int64_t>(slice.rows.size());
-      }
-      pending.hidden_size = batch.hidden_size;
+      pending.shape = ShapeOf(batch);
       pending.limit = deadline_.Next();
       pending.deadline = absl::Now() + pending.limit;
       pending.sent = absl::Now();
@@ -125,7 +118,7 @@ class GrpcExpertTransport::Stream {
       for (const auto& [id, pending] : pending_) {
         if (pending.deadline <= now) {
           late_id = id;
-          layer = pending.layer;
+          layer = pending.shape.layer;
           limit = pending.limit;
           break;
         }
@@ -141,10 +134,7 @@ class GrpcExpertTransport::Stream {
  private:
   struct Pending {
     std::promise<Result> promise;
-    int layer = 0;
-    int64_t rows = 0;
-    int64_t expert_rows = 0;  // (row, expert) pairs: sum of slice row counts
-    int hidden_size = 0;
+    DispatchShape shape;  // what the reply must match
     absl::Time deadline;
     absl::Duration limit;  // deadline - write time
     absl::Time sent;
@@ -206,9 +196,7 @@ class GrpcExpertTransport::Stream {
         pending_.erase(it);
       }
       const size_t bytes = reply.ByteSizeLong();
-      Result result = DispatchResultFromReply(
-          reply, {pending->layer, pending->rows, pending->expert_rows, pending->hidden_size},
-          Describe(""));
+      Result result = DispatchResultFromReply(reply, pending->shape, Describe(""));
       owner_->Count([&](ExpertTransportCounters& c) { c.CountReply(result.status(), bytes); });
       const absl::Duration round_trip = absl::Now() - pending->sent;
       if (result.ok()) {
@@ -288,6 +276,7 @@ GrpcExpertTransport::GrpcExpertTransport(GrpcExpertTransportOptions options)
     shared_memory.dispatch_deadline = options_.dispatch_deadline;
     shared_memory.dispatch_deadline_floor = options_.dispatch_deadline_floor;
     shared_memory.on_round_trip = options_.on_round_trip;
+    shared_memory.channel_arguments = ExpertChannelArguments(options_);
     // A first attach includes connecting (TLS): at least 2 s, never past the dispatch deadline.
     shared_memory.attach_timeout = std::min(
         std::max(options_.dispatch_deadline_floor, absl::Seconds(2)), options_.dispatch_deadline);
@@ -327,7 +316,7 @@ std::future<Result> GrpcExpertTransport::Dispatch(const std::string& node_id,
                                                   const std::string& address, int lane,
                                                   DispatchBatch batch) {
   if (batch.hidden_size <= 0 || batch.hidden.size() % batch.hidden_size != 0) {
-    return Ready(absl::InvalidArgumentError(
+    return ResolvedDispatch(absl::InvalidArgumentError(
         absl::StrCat("dispatch to expert node ", node_id, ": hidden has ", batch.hidden.size(),
                      " values, not a multiple of hidden_size ", batch.hidden_size)));
   }
@@ -340,7 +329,7 @@ std::future<Result> GrpcExpertTransport::Dispatch(const std::string& node_id,
   {
     absl::MutexLock lock(&mutex_);
     if (stopping_) {
-      return Ready(absl::UnavailableError("expert transport is shutting down"));
+      return ResolvedDispatch(absl::UnavailableError("expert transport is shutting down"));
     }
     const auto key = std::make_pair(node_id, lane);
     std::shared_ptr<Stream>& slot = streams_[key];

@@ -17,6 +17,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "core/comm/expert_transport.h"
+#include "grpcpp/support/channel_arguments.h"
 
 namespace moemesh::comm {
 
@@ -48,6 +49,11 @@ struct GrpcExpertTransportOptions {
   // reply and whether the reply was OK.
   std::function<void(const std::string& node_id, double seconds, bool ok)> on_round_trip;
 };
+
+// The arguments of every channel to an expert node: a local subchannel pool (a fresh
+// connection per channel), no message size limit, reconnect backoff within
+// [100 ms, max_reconnect_backoff] and the HTTP/2 keepalive of `options`.
+grpc::ChannelArguments ExpertChannelArguments(const GrpcExpertTransportOptions& options);
 
 // Counters for the metrics issue (plain numbers, read with counters()).
 struct ExpertTransportCounters {

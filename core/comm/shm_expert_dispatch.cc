@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/comm/dispatch_codec.h"
 #include "core/comm/grpc_expert_transport.h"
+#include "core/comm/grpc_status.h"
 #include "core/comm/round_trip_deadline.h"
 #include "core/comm/shm_mailbox.h"
 #include "core/comm/tls.h"
@@ -22,12 +23,6 @@ using Result = absl::StatusOr<DispatchResult>;
 
 // Room for a reply's fields besides the floats (codes, versions, an error naming experts).
 constexpr size_t kReplyOverheadBytes = 64 * 1024;
-
-std::future<Result> Ready(Result result) {
-  std::promise<Result> promise;
-  promise.set_value(std::move(result));
-  return promise.get_future();
-}
 
 // Attach failures after which the node is reached over the stream for good: it cannot open this
 // process's segments (another host or IPC namespace), does not know the call (an older node) or
@@ -51,10 +46,6 @@ size_t RequestBytesBound(const DispatchBatch& batch) {
   size_t bytes = batch.hidden.size() * sizeof(float) + 256;
   for (const ExpertSliceRows& slice : batch.slices) bytes += 32 + slice.rows.size() * 9;
   return bytes;
-}
-
-absl::Status FromGrpc(const grpc::Status& status) {
-  return absl::Status(static_cast<absl::StatusCode>(status.error_code()), status.error_message());
 }
 
 }  // namespace
@@ -102,12 +93,8 @@ struct SharedMemoryDispatch::Shared {
     {
       absl::MutexLock lock(&mutex);
       if (node.stub == nullptr) {
-        grpc::ChannelArguments args;
-        args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
-        args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-        args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
-        args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-        node.stub = moemesh::v1::ExpertService::NewStub(CreateServiceChannel(node.address, args));
+        node.stub = moemesh::v1::ExpertService::NewStub(
+            CreateServiceChannel(node.address, options.channel_arguments));
       }
       stub = node.stub.get();
     }
@@ -135,7 +122,7 @@ struct SharedMemoryDispatch::Shared {
             "no answer to ServeSharedMemory within ", absl::FormatDuration(options.attach_timeout)));
       }
       if (status.ok()) return absl::InternalError("the node ended the call without attaching");
-      return FromGrpc(status);
+      return FromGrpcStatus(status, "ServeSharedMemory");
     }
     attached->mailbox->Unlink();  // both sides have it mapped: nothing is left in /dev/shm
     return attached;
@@ -181,10 +168,7 @@ std::optional<std::future<Result>> SharedMemoryDispatch::Dispatch(const std::str
                                                                   const std::string& address,
                                                                   DispatchBatch& batch) {
   std::shared_ptr<Shared> shared = shared_;
-  DispatchShape shape{batch.layer, batch.rows(), 0, batch.hidden_size};
-  for (const ExpertSliceRows& slice : batch.slices) {
-    shape.expert_rows += static_cast<int64_t>(slice.rows.size());
-  }
+  const DispatchShape shape = ShapeOf(batch);
   // Room for the request and for the reply written over it.
   const size_t needed = std::max(
       RequestBytesBound(batch), static_cast<size_t>(shape.expert_rows) * shape.hidden_size *
@@ -256,7 +240,7 @@ std::optional<std::future<Result>> SharedMemoryDispatch::Dispatch(const std::str
   moemesh::v1::DispatchRequest request = DispatchRequestFromBatch(std::move(batch), id);
   const size_t request_bytes = request.ByteSizeLong();
   if (request_bytes > attached->mailbox->capacity()) {  // (RequestBytesBound is an upper bound)
-    return Ready(absl::InternalError(absl::StrCat(who, "a request of ", request_bytes,
+    return ResolvedDispatch(absl::InternalError(absl::StrCat(who, "a request of ", request_bytes,
                                                   " bytes exceeds its ",
                                                   attached->mailbox->capacity(), "-byte mailbox")));
   }

@@ -28,6 +28,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "core/comm/expert_transport.h"
+#include "grpcpp/support/channel_arguments.h"
 
 namespace moemesh::comm {
 
@@ -37,6 +38,8 @@ struct SharedMemoryDispatchOptions {
   // As GrpcExpertTransportOptions: the ceiling and floor of the adaptive per-node deadline.
   absl::Duration dispatch_deadline = absl::Seconds(10);
   absl::Duration dispatch_deadline_floor = absl::Seconds(10);
+  // The channel to each node's ExpertService (comm::ExpertChannelArguments).
+  grpc::ChannelArguments channel_arguments;
   // How long attaching a new mailbox may take (an RPC to the node).
   absl::Duration attach_timeout = absl::Seconds(2);
   // Smallest mailbox (bytes of message space); larger ones are made for larger dispatches, up to

@@ -145,16 +145,14 @@ absl::StatusOr<size_t> MailboxClient::AwaitReply(absl::Time deadline) {
     FutexWait(&header_->state, state, std::min(deadline - now, kLivenessCheck));
     if (header_->state.load(std::memory_order_acquire) == kReply) continue;
     // Still no reply: is anyone serving?
-    const int locked = pthread_mutex_trylock(&header_->server_alive);
-    if (locked == EBUSY) continue;
-    if (locked == EOWNERDEAD) pthread_mutex_consistent(&header_->server_alive);
-    if (locked == 0 || locked == EOWNERDEAD) pthread_mutex_unlock(&header_->server_alive);
+    const int server = ProbeServer();
+    if (server == EBUSY) continue;
     // The server may have answered just before it went.
     if (header_->state.load(std::memory_order_acquire) == kReply) {
       return static_cast<size_t>(header_->length);
     }
     dead_ = true;
-    if (locked == EOWNERDEAD) {
+    if (server == EOWNERDEAD) {
       return absl::UnavailableError("the serving process died (its shared-memory lock was freed)");
     }
     return absl::UnavailableError("the server stopped serving this shared-memory mailbox");
@@ -163,12 +161,16 @@ absl::StatusOr<size_t> MailboxClient::AwaitReply(absl::Time deadline) {
 
 void MailboxClient::Reset() { header_->state.store(kIdle, std::memory_order_release); }
 
-bool MailboxClient::ServerAlive() {
-  if (dead_) return false;
+int MailboxClient::ProbeServer() {
   const int locked = pthread_mutex_trylock(&header_->server_alive);
-  if (locked == EBUSY) return true;
   if (locked == EOWNERDEAD) pthread_mutex_consistent(&header_->server_alive);
   if (locked == 0 || locked == EOWNERDEAD) pthread_mutex_unlock(&header_->server_alive);
+  return locked;
+}
+
+bool MailboxClient::ServerAlive() {
+  if (dead_) return false;
+  if (ProbeServer() == EBUSY) return true;
   dead_ = true;
   return false;
 }

@@ -71,6 +71,9 @@ class MailboxClient {
 
  private:
   MailboxClient() = default;
+  // Tries the liveness lock and lets it go again: EBUSY (a server holds it), EOWNERDEAD (its
+  // holder died), 0 (nobody held it: the server let go), or another pthread error.
+  int ProbeServer();
 
   std::string name_;
   std::string nonce_;
